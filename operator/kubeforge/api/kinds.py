@@ -1,0 +1,70 @@
+"""Registry of the five kinds: names, models, printer columns and how each runs on Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kubeforge.api.evalrun import EvalRunSpec
+from kubeforge.api.finetune import FineTuneSpec
+from kubeforge.api.meta import ApiModel
+from kubeforge.api.servingendpoint import ServingEndpointSpec
+from kubeforge.api.status import CommonStatus
+from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.api.vectorindex import VectorIndexSpec
+
+COMMON_COLUMNS_HEAD = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase"},
+]
+COMMON_COLUMNS_TAIL = [
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Counted retries"},
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status', "priority": 1},
+    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason', "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+PROGRESS_COLUMN = {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary", "description": "Steps done"}
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    plural: str
+    short_name: str
+    spec_model: type[ApiModel]
+    workload: str
+    """Python module run as the Ray entrypoint."""
+    shape: Literal["RayJob", "RayService"]
+    extra_columns: tuple[dict, ...] = field(default_factory=tuple)
+    status_model: type[ApiModel] = CommonStatus
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    @property
+    def printer_columns(self) -> list[dict]:
+        return [*COMMON_COLUMNS_HEAD, *self.extra_columns, *COMMON_COLUMNS_TAIL]
+
+
+KINDS: tuple[KindInfo, ...] = (
+    KindInfo("TrainingJob", "trainingjobs", "tj", TrainingJobSpec, "kubeforge_workloads.pretrain", "RayJob",
+             (PROGRESS_COLUMN,)),
+    KindInfo("FineTune", "finetunes", "ft", FineTuneSpec, "kubeforge_workloads.finetune", "RayJob",
+             (PROGRESS_COLUMN,
+              {"name": "Model", "type": "string", "jsonPath": ".status.output.modelUri", "priority": 1})),
+    KindInfo("VectorIndex", "vectorindexes", "vi", VectorIndexSpec, "kubeforge_workloads.index", "RayJob",
+             (PROGRESS_COLUMN,
+              {"name": "Version", "type": "string", "jsonPath": ".status.output.version"})),
+    KindInfo("ServingEndpoint", "servingendpoints", "se", ServingEndpointSpec, "kubeforge_workloads.serve",
+             "RayService", ({"name": "URL", "type": "string", "jsonPath": ".status.output.url"},)),
+    KindInfo("EvalRun", "evalruns", "er", EvalRunSpec, "kubeforge_workloads.evaluate", "RayJob",
+             (PROGRESS_COLUMN,
+              {"name": "Passed", "type": "boolean", "jsonPath": ".status.output.passed"})),
+)
+
+
+def kind_info(kind: str) -> KindInfo:
+    for info in KINDS:
+        if kind in (info.kind, info.plural, info.short_name, info.singular):
+            return info
+    raise KeyError(f"unknown Kubeforge kind {kind!r}")

@@ -1,0 +1,118 @@
+"""The status contract shared by every kind (DESIGN.md §4): kstatus conditions, attempts, progress."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Optional
+
+from pydantic import Field
+
+from kubeforge.api.meta import ApiModel
+from kubeforge.api.shared import FailureReason
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    RETRYING = "Retrying"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    READY = "Ready"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+class ConditionType(str, Enum):
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+
+
+class Reason(str, Enum):
+    """Machine-readable reasons on conditions; one vocabulary for every kind."""
+
+    CREATED = "Created"
+    LAUNCHING = "Launching"
+    RUNNING = "Running"
+    RETRYING = "Retrying"
+    BACKING_OFF = "BackingOff"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    INVALID_SPEC = "InvalidSpec"
+    WAITING_FOR_DEPENDENCY = "WaitingForDependency"
+    SERVING = "Serving"
+
+
+class Condition(ApiModel):
+    """A kstatus-style condition."""
+
+    type: str
+    status: str = Field(pattern="^(True|False|Unknown)$")
+    reason: str = ""
+    message: str = ""
+    last_transition_time: Optional[str] = None
+    observed_generation: Optional[int] = None
+
+
+class Attempt(ApiModel):
+    """One execution of the workload: one RayJob."""
+
+    number: int = Field(ge=1)
+    ray_job: str
+    """Name of the RayJob that ran this attempt."""
+    start_time: Optional[str] = None
+    end_time: Optional[str] = None
+    outcome: Optional[str] = None
+    """Running, Succeeded or Failed."""
+    reason: Optional[FailureReason] = None
+    """Classification of the failure."""
+    message: Optional[str] = None
+    exit_code: Optional[int] = None
+    step_reached: Optional[int] = None
+    resumed_from: Optional[str] = None
+    """Checkpoint URI this attempt resumed from."""
+    counted: Optional[bool] = None
+    """False when a rule said Ignore: the attempt does not count against maxRestarts."""
+
+
+class ProgressStatus(ApiModel):
+    """The latest heartbeat of the workload, copied from progress.json."""
+
+    phase: Optional[str] = None
+    step: Optional[int] = None
+    total_steps: Optional[int] = None
+    epoch: Optional[float] = None
+    loss: Optional[float] = None
+    tokens_per_second: Optional[float] = None
+    last_checkpoint: Optional[str] = None
+    updated_at: Optional[str] = None
+    eta_seconds: Optional[int] = None
+    summary: Optional[str] = None
+    """Human summary for printer columns, e.g. 40/120 (33%)."""
+
+
+class CommonStatus(ApiModel):
+    """Status fields every kind has."""
+
+    model_config = {"extra": "allow"}
+
+    phase: Optional[Phase] = None
+    observed_generation: Optional[int] = None
+    conditions: list[Condition] = Field(default_factory=list)
+    attempts: list[Attempt] = Field(default_factory=list)
+    restarts: Optional[int] = None
+    """Attempts after the first that count against maxRestarts."""
+    progress: Optional[ProgressStatus] = None
+    next_attempt_at: Optional[str] = None
+    """When the next attempt is launched (while backing off)."""
+    message: Optional[str] = None
+    output: Optional[dict[str, Any]] = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Kind-specific results: model URI and version, index version, endpoint URL, scores."""
+    storage_prefix: Optional[str] = None
+    """s3:// URI of this resource's prefix."""
+    mlflow_run_id: Optional[str] = None

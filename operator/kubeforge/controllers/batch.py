@@ -1,0 +1,320 @@
+"""The pure reconcile step shared by every batch kind (TrainingJob, FineTune, VectorIndex, EvalRun).
+
+`reconcile(kind, obj, observed, now, settings) -> Plan`: from the whole object and what was observed
+(child RayJobs, the progress heartbeat, failure reports, results, dependencies) compute the desired
+children, the new status and the events. No I/O here; `controllers.wiring` does the I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Optional, Protocol
+
+from pydantic import ValidationError
+
+from kubeforge.api.kinds import KindInfo
+from kubeforge.api.shared import CommonSpec, FailureReason
+from kubeforge.api.status import ConditionType, Phase, Reason
+from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
+from kubeforge.controllers.conditions import condition_status, set_kstatus
+from kubeforge.launch.names import attempt_name
+from kubeforge.launch.rayjob import build_rayjob
+from kubeforge.resilience import ObservedFailure, classify, decide, heartbeat_is_stale, parse_duration
+from kubeforge.resilience.policy import count_restarts
+from kubeforge.settings import Settings
+from kubeforge.storage.layout import ResourcePrefix
+from kubeforge.storage.progress import FailureReport, Progress
+
+FAILED_JOB_STATUS = {"FAILED", "STOPPED"}
+KOPF_STATUS_KEYS = ("kopf",)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Observed:
+    rayjobs: dict[str, dict] = field(default_factory=dict)
+    """Child RayJobs by name."""
+    progress: Optional[Progress] = None
+    failure_report: Optional[FailureReport] = None
+    """failure.json of the current attempt, when its RayJob has ended badly."""
+    result: Optional[dict] = None
+    """outputs/result.json, when the current attempt succeeded."""
+    dependencies: dict[tuple[str, str], Optional[dict]] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    status: dict
+    create: list[dict] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    """Names of child RayJobs to delete (hung attempts)."""
+    events: list[Event] = field(default_factory=list)
+    requeue_after: Optional[float] = None
+
+
+class BatchKind(Protocol):
+    info: KindInfo
+
+    def validate(self, spec: Any, obj: dict) -> list[str]:
+        """Checks only the operator can make; each message names the field and says what to do."""
+
+    def dependencies(self, spec: Any) -> list[tuple[str, str]]:
+        """(kind, name) of resources in the same namespace that must be Ready first."""
+
+    def output(self, result: dict) -> dict:
+        """status.output from the workload's outputs/result.json."""
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: Optional[str]) -> Optional[datetime]:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def resource_prefix(obj: dict, spec: CommonSpec, settings: Settings) -> ResourcePrefix:
+    meta = obj["metadata"]
+    return ResourcePrefix.for_resource(spec.storage.bucket or settings.bucket, meta["namespace"], obj["kind"],
+                                       meta["name"], spec.storage.prefix)
+
+
+def workload_context(obj: dict, spec: CommonSpec, attempt: int, settings: Settings) -> WorkloadContext:
+    meta = obj["metadata"]
+    prefix = resource_prefix(obj, spec, settings)
+    return WorkloadContext(
+        kind=obj["kind"], namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
+        generation=meta.get("generation", 1), attempt=attempt, spec=obj["spec"],
+        storage=StorageContext(bucket=prefix.bucket, prefix=prefix.prefix),
+        mlflow=MlflowContext(experiment=spec.mlflow.experiment or f"{meta['namespace']}/{obj['kind']}",
+                             run_name=meta["name"], tracking_uri=settings.mlflow_tracking_uri),
+    )
+
+
+def validation_message(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        location = ".".join(str(p) for p in item["loc"])
+        parts.append(f"spec.{location}: {item['msg']}" if location else item["msg"])
+    return "; ".join(parts)
+
+
+class _Pass:
+    """One reconcile pass: accumulates status edits and events, then yields a Plan."""
+
+    def __init__(self, obj: dict, now: datetime):
+        self.obj = obj
+        self.now = now
+        self.now_text = rfc3339(now)
+        self.generation = obj["metadata"].get("generation")
+        self.status = {k: v for k, v in copy.deepcopy(obj.get("status") or {}).items() if k not in KOPF_STATUS_KEYS}
+        self.status["observedGeneration"] = self.generation
+        self.plan = Plan(status=self.status)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.plan.events.append(Event(type_, reason, message))
+
+    def set_phase(self, phase: Phase, *, ready: bool, reconciling: bool, stalled: bool, reason: Reason | str,
+                  message: str) -> None:
+        reason_text = reason.value if isinstance(reason, Reason) else reason
+        previous = self.status.get("phase")
+        self.status["phase"] = phase.value
+        self.status["message"] = message
+        self.status["conditions"] = set_kstatus(
+            self.status.get("conditions") or [], ready=ready, reconciling=reconciling, stalled=stalled,
+            reason=reason_text, message=message, generation=self.generation, now=self.now_text)
+        if previous != phase.value:
+            self.event("Warning" if phase == Phase.FAILED else "Normal", reason_text, message)
+
+    def done(self, requeue_after: Optional[float] = None) -> Plan:
+        self.plan.requeue_after = requeue_after
+        return self.plan
+
+
+def reconcile(kind: BatchKind, obj: dict, observed: Observed, now: datetime, settings: Settings) -> Plan:
+    run = _Pass(obj, now)
+    status = run.status
+    phase = status.get("phase")
+    stalled_on_spec = _stalled_reason(status) == Reason.INVALID_SPEC.value
+
+    if phase in (Phase.SUCCEEDED.value, Phase.FAILED.value) and not stalled_on_spec:
+        return run.done()  # finished attempts are history; a new run is a new resource
+
+    try:
+        spec = kind.info.spec_model.model_validate(obj.get("spec") or {})
+    except ValidationError as error:
+        return _invalid(run, validation_message(error))
+    problems = kind.validate(spec, obj)
+    if problems:
+        return _invalid(run, "; ".join(problems))
+
+    waiting = [f"{k} {n}" for k, n in kind.dependencies(spec)
+               if condition_status(observed.dependencies.get((k, n)), ConditionType.READY.value) != "True"]
+    if waiting and not status.get("attempts"):
+        run.set_phase(Phase.WAITING, ready=False, reconciling=True, stalled=False,
+                      reason=Reason.WAITING_FOR_DEPENDENCY,
+                      message=f"waiting for {', '.join(waiting)} to become Ready")
+        return run.done(settings.reconcile_period_seconds)
+
+    status.setdefault("storagePrefix", resource_prefix(obj, spec, settings).uri())
+    attempts: list[dict] = status.setdefault("attempts", [])
+    if not attempts:
+        return _start_attempt(run, kind, spec, 1, settings)
+
+    current = attempts[-1]
+    if current.get("outcome") == "Failed":
+        due = parse_time(status.get("nextAttemptAt")) or now
+        if now >= due:
+            return _start_attempt(run, kind, spec, current["number"] + 1, settings)
+        return run.done((due - now).total_seconds())
+
+    rayjob = observed.rayjobs.get(current["rayJob"])
+    if rayjob is None:
+        # Recorded but not (yet) created, e.g. the operator stopped in between: create it now.
+        run.plan.create.append(_rayjob_for(kind, obj, spec, current["number"], settings))
+        return run.done(settings.reconcile_period_seconds)
+
+    _copy_progress(status, current, observed.progress)
+    job_status = rayjob.get("status") or {}
+    deployment, ray_state = job_status.get("jobDeploymentStatus"), job_status.get("jobStatus")
+
+    if ray_state == "SUCCEEDED" and (deployment == "Complete" or observed.result is not None):
+        return _succeeded(run, kind, current, observed)
+    if deployment == "Failed" or ray_state in FAILED_JOB_STATUS:
+        failure = ObservedFailure(
+            message=job_status.get("message") or job_status.get("reason") or "RayJob failed",
+            exit_code=observed.failure_report.exit_code if observed.failure_report else None,
+            report_reason=observed.failure_report.reason if observed.failure_report else None,
+            log_tail=(observed.failure_report.message if observed.failure_report else "") or "",
+        )
+        return _failed(run, spec, current, failure)
+
+    timeout = parse_duration(spec.failure_policy.hang_timeout)
+    heartbeat = observed.progress if observed.progress and observed.progress.attempt == current["number"] else None
+    started = parse_time(current.get("startTime")) or now
+    if heartbeat_is_stale(now, started, parse_time(heartbeat.updated_at) if heartbeat else None, timeout):
+        run.plan.delete.append(current["rayJob"])
+        last = heartbeat.updated_at if heartbeat else "never"
+        failure = ObservedFailure(message=f"no progress heartbeat for {spec.failure_policy.hang_timeout} "
+                                          f"(last heartbeat: {last}); attempt stopped", hang=True)
+        return _failed(run, spec, current, failure)
+
+    step_text = f" at step {heartbeat.step}" if heartbeat else ""
+    run.set_phase(Phase.RUNNING, ready=False, reconciling=True, stalled=False, reason=Reason.RUNNING,
+                  message=f"attempt {current['number']} running{step_text} (RayJob {current['rayJob']})")
+    return run.done(settings.reconcile_period_seconds)
+
+
+def _stalled_reason(status: dict) -> Optional[str]:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == ConditionType.STALLED.value and condition.get("status") == "True":
+            return condition.get("reason")
+    return None
+
+
+def _invalid(run: _Pass, message: str) -> Plan:
+    run.set_phase(Phase.FAILED, ready=False, reconciling=False, stalled=True, reason=Reason.INVALID_SPEC,
+                  message=f"invalid spec: {message}. Fix the spec and re-apply; nothing was started.")
+    return run.done()
+
+
+def _rayjob_for(kind: BatchKind, obj: dict, spec: CommonSpec, attempt: int, settings: Settings) -> dict:
+    context = workload_context(obj, spec, attempt, settings)
+    return build_rayjob(obj, spec, context, kind.info.workload, settings)
+
+
+def _start_attempt(run: _Pass, kind: BatchKind, spec: CommonSpec, number: int, settings: Settings) -> Plan:
+    name = attempt_name(run.obj["metadata"]["name"], number)
+    attempt = {"number": number, "rayJob": name, "startTime": run.now_text, "outcome": "Running"}
+    if number > 1:
+        attempt["counted"] = run.status.pop("pendingRetryCounted", True)
+    run.status["attempts"].append(attempt)
+    run.status.pop("nextAttemptAt", None)
+    run.plan.create.append(_rayjob_for(kind, run.obj, spec, number, settings))
+    resume = " (resumes from the latest committed checkpoint)" if number > 1 else ""
+    run.event("Normal", "AttemptStarted", f"attempt {number} started as RayJob {name}{resume}")
+    phase, reason = (Phase.RUNNING, Reason.LAUNCHING)
+    run.set_phase(phase, ready=False, reconciling=True, stalled=False, reason=reason,
+                  message=f"attempt {number} launching as RayJob {name}")
+    return run.done(settings.reconcile_period_seconds)
+
+
+def _copy_progress(status: dict, current: dict, progress: Optional[Progress]) -> None:
+    if progress is None or progress.attempt != current["number"]:
+        return
+    summary = f"{progress.step}/{progress.total_steps}" if progress.total_steps else str(progress.step)
+    if progress.total_steps:
+        summary += f" ({100 * progress.step // max(progress.total_steps, 1)}%)"
+    eta = None
+    if progress.total_steps and progress.throughput and progress.step and status.get("attempts"):
+        started = parse_time(current.get("startTime"))
+        updated = parse_time(progress.updated_at)
+        if started and updated and updated > started:
+            seconds_per_step = (updated - started).total_seconds() / max(progress.step - _first_step(progress), 1)
+            eta = int(seconds_per_step * (progress.total_steps - progress.step))
+    status["progress"] = {k: v for k, v in {
+        "phase": progress.phase, "step": progress.step, "totalSteps": progress.total_steps,
+        "epoch": progress.epoch, "loss": progress.loss, "tokensPerSecond": progress.throughput,
+        "lastCheckpoint": progress.last_checkpoint, "updatedAt": progress.updated_at,
+        "etaSeconds": eta, "summary": summary,
+    }.items() if v is not None}
+    current["stepReached"] = progress.step
+    if progress.resumed_from:
+        current["resumedFrom"] = progress.resumed_from
+
+
+def _first_step(progress: Progress) -> int:
+    if progress.resumed_from and "step-" in progress.resumed_from:
+        try:
+            return int(progress.resumed_from.rstrip("/").rsplit("step-", 1)[1])
+        except ValueError:
+            return 0
+    return 0
+
+
+def _succeeded(run: _Pass, kind: BatchKind, current: dict, observed: Observed) -> Plan:
+    current.update(outcome="Succeeded", endTime=run.now_text)
+    if observed.result is not None:
+        run.status["output"] = kind.output(observed.result)
+    run.set_phase(Phase.SUCCEEDED, ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
+                  message=f"succeeded after {current['number']} attempt(s)")
+    return run.done()
+
+
+def _failed(run: _Pass, spec: CommonSpec, current: dict, failure: ObservedFailure) -> Plan:
+    reason = classify(failure)
+    attempts = run.status["attempts"]
+    counted_so_far = count_restarts([a.get("counted") for a in attempts])
+    decision = decide(spec.failure_policy, reason, failure, counted_restarts=counted_so_far,
+                      total_retries=len(attempts) - 1)
+    current.update(outcome="Failed", endTime=run.now_text, reason=reason.value,
+                   message=failure.message[:1024])
+    if failure.effective_exit_code() is not None:
+        current["exitCode"] = failure.effective_exit_code()
+    number = current["number"]
+    run.event("Warning", "AttemptFailed", f"attempt {number} failed ({reason.value}): {failure.message[:300]}")
+
+    if decision.retry:
+        # The next attempt's `counted` flag is decided now, from this failure.
+        run.status["pendingRetryCounted"] = decision.counted
+        run.status["restarts"] = counted_so_far + (1 if decision.counted else 0)
+        due = run.now + timedelta(seconds=decision.delay_seconds)
+        run.status["nextAttemptAt"] = rfc3339(due)
+        run.set_phase(Phase.RETRYING, ready=False, reconciling=True, stalled=False, reason=Reason.BACKING_OFF,
+                      message=f"attempt {number} failed ({reason.value}); {decision.summary}")
+        return run.done(float(decision.delay_seconds))
+
+    final_reason = Reason.RETRIES_EXHAUSTED if "exhausted" in decision.summary else Reason.FAILED
+    run.set_phase(Phase.FAILED, ready=False, reconciling=False, stalled=True, reason=final_reason,
+                  message=f"failed after {number} attempt(s): {reason.value}: {failure.message[:300]} ({decision.summary})")
+    return run.done()

@@ -1,0 +1,74 @@
+"""Gather what a batch reconcile needs to see: child RayJobs, heartbeat, failure report, result, deps."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Optional
+
+from pydantic import ValidationError
+
+from kubeforge.controllers.batch import BatchKind, Observed, resource_prefix
+from kubeforge.cluster import Cluster
+from kubeforge.settings import Settings
+from kubeforge.storage.objectstore import ObjectStore
+from kubeforge.storage.progress import FailureReport, Progress
+
+log = logging.getLogger(__name__)
+TERMINAL = {"Succeeded", "Failed"}
+
+
+def needs_observation(status: dict) -> bool:
+    """Finished resources are history (unless stalled on an invalid spec, which a new generation may fix)."""
+    if status.get("phase") not in TERMINAL:
+        return True
+    return any(c.get("type") == "Stalled" and c.get("status") == "True" and c.get("reason") == "InvalidSpec"
+               for c in status.get("conditions") or [])
+
+
+def _load(store: ObjectStore, bucket: str, key: str, model):
+    raw = store.get(bucket, key)
+    if raw is None:
+        return None
+    try:
+        return model.model_validate_json(raw) if model is not dict else json.loads(raw)
+    except (ValidationError, ValueError) as error:
+        log.warning("ignoring unreadable s3://%s/%s: %s", bucket, key, error)
+        return None
+
+
+def observe(kind: BatchKind, obj: dict, cluster: Cluster, store: ObjectStore, settings: Settings) -> Observed:
+    try:
+        spec = kind.info.spec_model.model_validate(obj.get("spec") or {})
+    except ValidationError:
+        return Observed()  # reconcile reports the invalid spec; nothing to look at
+    meta, status = obj["metadata"], obj.get("status") or {}
+    observed = Observed()
+    attempts = status.get("attempts") or []
+    if not attempts:
+        observed.dependencies = {(k, n): cluster.get_resource(k, meta["namespace"], n)
+                                 for k, n in kind.dependencies(spec)}
+        return observed
+
+    prefix = resource_prefix(obj, spec, settings)
+    observed.rayjobs = cluster.rayjobs_of(meta["namespace"], meta["uid"])
+    observed.progress = _load(store, prefix.bucket, prefix.progress_key, Progress)
+    current = attempts[-1]
+    child_status = (observed.rayjobs.get(current.get("rayJob")) or {}).get("status") or {}
+    if child_status.get("jobStatus") == "SUCCEEDED":
+        observed.result = _load(store, prefix.bucket, prefix.output_key("result.json"), dict)
+    elif child_status.get("jobDeploymentStatus") == "Failed" or child_status.get("jobStatus") in ("FAILED", "STOPPED"):
+        observed.failure_report = _load(store, prefix.bucket, prefix.failure_key(current["number"]), FailureReport)
+    return observed
+
+
+def latest_status_patch(old: dict, new: dict) -> Optional[dict]:
+    """A merge patch turning `old` status into `new`, or None when nothing changed (write only on change)."""
+    old = {k: v for k, v in old.items() if k != "kopf"}
+    if old == new:
+        return None
+    patch = dict(new)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch

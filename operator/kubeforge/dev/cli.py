@@ -1,0 +1,133 @@
+"""`kubeforge dev ...`: the local sandbox commands. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+STATE_DIR_OPTION = click.option("--state-dir", type=click.Path(path_type=Path),
+                                default=lambda: os.environ.get("KUBEFORGE_DEV_DIR", ".kubeforge-dev"),
+                                show_default=".kubeforge-dev (or $KUBEFORGE_DEV_DIR)")
+
+
+@click.group()
+def dev() -> None:
+    """Local sandbox: API emulator, local KubeRay + Ray, S3 (moto), MLflow and the operator on loopback."""
+
+
+@dev.command()
+@STATE_DIR_OPTION
+@click.option("--base-port", type=int, default=17000, show_default=True, help="First of six consecutive ports.")
+@click.option("--no-operator", is_flag=True, help="Start everything but the operator (run it yourself).")
+@click.option("--no-seed", is_flag=True, help="Skip the seed model and datasets.")
+def up(state_dir: Path, base_port: int, no_operator: bool, no_seed: bool) -> None:
+    """Start the sandbox in the background."""
+    from kubeforge.dev import sandbox
+
+    try:
+        state = sandbox.up(state_dir, base_port, with_operator=not no_operator, seed=not no_seed)
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"\nexport KUBECONFIG={state.kubeconfig.resolve()}")
+
+
+@dev.command()
+@STATE_DIR_OPTION
+def down(state_dir: Path) -> None:
+    """Stop every sandbox process (state stays on disk)."""
+    from kubeforge.dev import sandbox
+
+    click.echo("stopped" if sandbox.down(state_dir) else f"no sandbox state in {state_dir}")
+
+
+@dev.command()
+@STATE_DIR_OPTION
+def status(state_dir: Path) -> None:
+    """Show each component and whether it answers."""
+    from kubeforge.dev import sandbox
+
+    report = sandbox.status(state_dir)
+    if not report:
+        raise click.ClickException(f"no sandbox in {state_dir}; run `kubeforge dev up`")
+    for component, state in report.items():
+        click.echo(f"{component:10} {state}")
+    sys.exit(0 if all(s.startswith("running") for s in report.values()) else 1)
+
+
+@dev.command()
+@STATE_DIR_OPTION
+def kubeconfig(state_dir: Path) -> None:
+    """Print the kubeconfig path: `export KUBECONFIG=$(kubeforge dev kubeconfig)`."""
+    path = Path(state_dir).resolve() / "kubeconfig"
+    if not path.exists():
+        raise click.ClickException(f"no kubeconfig in {state_dir}; run `kubeforge dev up`")
+    click.echo(str(path))
+
+
+@dev.command()
+@STATE_DIR_OPTION
+@click.argument("component", type=click.Choice(["s3", "apiserver", "mlflow", "kuberay", "operator", "seed"]))
+@click.option("-f", "--follow", is_flag=True)
+def logs(state_dir: Path, component: str, follow: bool) -> None:
+    """Show a component's log."""
+    path = Path(state_dir).resolve() / "logs" / f"{component}.log"
+    if not path.exists():
+        raise click.ClickException(f"no log for {component} in {path.parent}")
+    os.execvp("tail", ["tail", "-n", "200", *(["-f"] if follow else []), str(path)])
+
+
+@dev.command()
+@STATE_DIR_OPTION
+@click.option("-f", "--file", "manifest", type=click.Path(exists=True), default="examples/quickstart.yaml",
+              show_default=True)
+@click.option("--timeout", default=900, show_default=True, help="Seconds to wait for the final state.")
+def demo(state_dir: Path, manifest: str, timeout: int) -> None:
+    """Bring the sandbox up if needed, apply a manifest and watch it to its final state."""
+    from kubeforge.dev import sandbox
+
+    state = sandbox.SandboxState.load(Path(state_dir).resolve())
+    if state is None or not all(s.startswith("running") for s in sandbox.status(state_dir).values()):
+        state = sandbox.up(state_dir)
+    env = {**os.environ, **state.client_env()}
+    subprocess.run(["kubectl", "apply", "-f", manifest], env=env, check=True)
+    watcher = subprocess.Popen(["kubectl", "get", "genai", "-w"], env=env)
+    try:
+        finished = _wait_final(env, timeout)
+    finally:
+        watcher.terminate()
+    subprocess.run(["kubectl", "get", "genai", "-o", "wide"], env=env)
+    if not finished:
+        raise click.ClickException("not every resource reached a final state; see `kubectl describe` and "
+                                   "`kubeforge dev logs operator`")
+    click.echo(f"\nAll done. In another shell: export KUBECONFIG={state.kubeconfig.resolve()}")
+
+
+def _wait_final(env: dict, timeout: int) -> bool:
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["kubectl", "get", "genai", "-o", "json"], env=env, capture_output=True, text=True)
+        if out.returncode == 0:
+            items = json.loads(out.stdout).get("items", [])
+            phases = [(i.get("status") or {}).get("phase") for i in items]
+            if items and all(p in ("Succeeded", "Failed", "Ready") for p in phases):
+                return all(p != "Failed" for p in phases)
+        time.sleep(3)
+    return False
+
+
+def _attach_chaos() -> None:
+    try:
+        from kubeforge.dev.chaos import chaos_cli
+    except ImportError:
+        return
+    dev.add_command(chaos_cli, "chaos")
+
+
+_attach_chaos()

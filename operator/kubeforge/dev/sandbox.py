@@ -1,0 +1,335 @@
+"""Start, stop and inspect the local sandbox: every component a background process on loopback.
+
+State lives under one directory (default ./.kubeforge-dev): state.json (ports, pids), logs/, kubeconfig,
+mlflow.db, the Ray temp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+DEFAULT_STATE_DIR = Path(".kubeforge-dev")
+BUCKET = "kubeforge"
+NAMESPACE = "default"
+WORKLOAD_SECRET = "kubeforge-workload-env"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "kubeforge", "AWS_SECRET_ACCESS_KEY": "kubeforge-secret",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+COMPONENTS = ("s3", "apiserver", "mlflow", "ray", "kuberay", "operator")
+
+
+def kuberay_crd_dir() -> Path:
+    """KubeRay's published CRDs: ../shared/kuberay-crds beside the checkout (or KUBEFORGE_KUBERAY_CRDS)."""
+    return Path(os.environ.get("KUBEFORGE_KUBERAY_CRDS", SHARED_DIR / "kuberay-crds"))
+
+
+@dataclass
+class Ports:
+    apiserver: int
+    s3: int
+    mlflow: int
+    ray_gcs: int
+    ray_dashboard: int
+    serve: int
+
+    @classmethod
+    def from_base(cls, base: int) -> "Ports":
+        return cls(apiserver=base, s3=base + 1, mlflow=base + 2, ray_gcs=base + 3, ray_dashboard=base + 4,
+                   serve=base + 5)
+
+
+@dataclass
+class SandboxState:
+    state_dir: str
+    ports: Ports
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.apiserver}"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.s3}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.mlflow}"
+
+    @property
+    def ray_dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.ray_dashboard}"
+
+    def log_path(self, component: str) -> Path:
+        return self.root / "logs" / f"{component}.log"
+
+    def save(self) -> None:
+        (self.root / "state.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Optional["SandboxState"]:
+        path = Path(state_dir) / "state.json"
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        return cls(state_dir=raw["state_dir"], ports=Ports(**raw["ports"]), pids=raw.get("pids", {}))
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for anything that talks to the sandbox: kubectl, boto3, mlflow, the operator."""
+        return {
+            "KUBECONFIG": str(self.kubeconfig.resolve()),
+            "AWS_ENDPOINT_URL": self.s3_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "HF_HUB_OFFLINE": "1",
+            **S3_CREDENTIALS,
+        }
+
+    def workload_env(self) -> dict[str, str]:
+        """What workloads get through the workload Secret (as a real cluster's platform team would set)."""
+        return {
+            "AWS_ENDPOINT_URL": self.s3_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
+            "HF_HUB_OFFLINE": "1",
+            **S3_CREDENTIALS,
+        }
+
+
+def _progress(message: str) -> None:
+    print(f"[kubeforge dev] {message}", flush=True)
+
+
+def _wait_until(check: Callable[[], bool], what: str, timeout: float, proc: Optional[subprocess.Popen] = None,
+                log: Optional[Path] = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting:\n{tail}")
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f}s (see {log})")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status < 500
+    except Exception:
+        return False
+
+
+def _spawn(state: SandboxState, component: str, argv: list[str], env: Optional[dict] = None) -> subprocess.Popen:
+    log = state.log_path(component)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log, "ab")
+    proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})}, start_new_session=True, cwd=REPO_ROOT)
+    state.pids[component] = proc.pid
+    state.save()
+    return proc
+
+
+def _alive(pid: Optional[int]) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child of ours is not alive
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def write_kubeconfig(state: SandboxState) -> None:
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "kubeforge-dev", "preferences": {},
+        "clusters": [{"name": "kubeforge-dev", "cluster": {"server": state.api_url}}],
+        "users": [{"name": "kubeforge-dev", "user": {}}],
+        "contexts": [{"name": "kubeforge-dev",
+                      "context": {"cluster": "kubeforge-dev", "user": "kubeforge-dev", "namespace": NAMESPACE}}],
+    }
+    state.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def start_s3(state: SandboxState) -> None:
+    proc = _spawn(state, "s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(state.ports.s3)])
+    _wait_until(lambda: _http_ok(state.s3_url + "/moto-api/"), "S3 (moto)", 60, proc, state.log_path("s3"))
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=state.s3_url, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if BUCKET not in existing:
+        s3.create_bucket(Bucket=BUCKET)
+
+
+def start_apiserver(state: SandboxState) -> None:
+    ready = state.root / "apiserver.ready"
+    ready.unlink(missing_ok=True)
+    proc = _spawn(state, "apiserver", [
+        sys.executable, "-m", "kubeforge.dev.apiserver", "--host", "127.0.0.1", "--port", str(state.ports.apiserver),
+        "--crds", str(REPO_ROOT / "crds"), "--crds", str(kuberay_crd_dir()), "--ready-file", str(ready)])
+    _wait_until(lambda: ready.exists() and _http_ok(state.api_url + "/readyz"), "API server", 60, proc,
+                state.log_path("apiserver"))
+    write_kubeconfig(state)
+
+
+def start_mlflow(state: SandboxState) -> None:
+    db = (state.root / "mlflow.db").resolve()
+    proc = _spawn(state, "mlflow", [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+        "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts", "--host", "127.0.0.1",
+        "--port", str(state.ports.mlflow), "--workers", "1"],
+        env={**S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": state.s3_url, "AWS_ENDPOINT_URL": state.s3_url})
+    _wait_until(lambda: _http_ok(state.mlflow_url + "/health"), "MLflow", 120, proc, state.log_path("mlflow"))
+
+
+def start_ray(state: SandboxState) -> None:
+    from kubeforge.dev import ray_head
+
+    ray_head.start(state.root / "ray", gcs_port=state.ports.ray_gcs, dashboard_port=state.ports.ray_dashboard,
+                   serve_port=state.ports.serve, env=state.workload_env())
+
+
+def start_kuberay(state: SandboxState) -> None:
+    _spawn(state, "kuberay", [sys.executable, "-m", "kubeforge.dev.kuberay", "--kubeconfig", str(state.kubeconfig),
+                              "--ray-address", state.ray_dashboard_url], env=state.client_env())
+
+
+def start_operator(state: SandboxState) -> None:
+    _spawn(state, "operator", [sys.executable, "-m", "kubeforge", "operator"], env={
+        **state.client_env(), "KUBEFORGE_BUCKET": BUCKET, "KUBEFORGE_S3_ENDPOINT_URL": state.s3_url,
+        "KUBEFORGE_RECONCILE_PERIOD_SECONDS": os.environ.get("KUBEFORGE_RECONCILE_PERIOD_SECONDS", "2"),
+        "KUBEFORGE_WORKLOAD_IMAGE": "local"})
+
+
+def bootstrap(state: SandboxState) -> None:
+    """Namespace-level setup a platform team would do: the workload Secret; then seed data."""
+    from kubernetes import client, config
+
+    api = client.CoreV1Api(config.new_client_from_config(str(state.kubeconfig)))
+    body = client.V1Secret(metadata=client.V1ObjectMeta(name=WORKLOAD_SECRET, namespace=NAMESPACE),
+                           string_data=state.workload_env())
+    try:
+        api.create_namespaced_secret(NAMESPACE, body)
+    except client.exceptions.ApiException as error:
+        if error.status != 409:
+            raise
+        api.replace_namespaced_secret(WORKLOAD_SECRET, NAMESPACE, body)
+    log = state.log_path("seed")
+    with open(log, "ab") as handle:
+        result = subprocess.run([sys.executable, "-m", "kubeforge_workloads.seed", "--bucket", BUCKET],
+                                env={**os.environ, **state.client_env()}, stdout=handle, stderr=subprocess.STDOUT,
+                                cwd=REPO_ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"seeding failed (exit {result.returncode}); see {log}")
+
+
+def up(state_dir: Path = DEFAULT_STATE_DIR, base_port: int = 17000, with_operator: bool = True,
+       seed: bool = True) -> SandboxState:
+    state_dir = Path(state_dir).resolve()
+    existing = SandboxState.load(state_dir)
+    if existing and any(_alive(p) for p in existing.pids.values()):
+        raise RuntimeError(f"a sandbox is already running from {state_dir}; run `kubeforge dev down` first")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = SandboxState(state_dir=str(state_dir), ports=Ports.from_base(base_port))
+    state.save()
+    steps: list[tuple[str, Callable[[SandboxState], None]]] = [
+        ("S3 endpoint (moto)", start_s3), ("Kubernetes API emulator", start_apiserver),
+        ("MLflow tracking server", start_mlflow), ("Ray head", start_ray), ("local KubeRay", start_kuberay)]
+    if seed:
+        steps.append(("workload Secret and seed data (tiny Llama, datasets)", bootstrap))
+    if with_operator:
+        steps.append(("Kubeforge operator", start_operator))
+    began = time.monotonic()
+    try:
+        for label, step in steps:
+            started = time.monotonic()
+            _progress(f"starting {label} ...")
+            step(state)
+            _progress(f"  {label} ready in {time.monotonic() - started:.1f}s")
+    except Exception:
+        down(state_dir)
+        raise
+    _progress(f"sandbox up in {time.monotonic() - began:.1f}s; export KUBECONFIG={state.kubeconfig}")
+    return state
+
+
+def _stop_pid(pid: int, timeout: float = 10) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def down(state_dir: Path = DEFAULT_STATE_DIR) -> bool:
+    state = SandboxState.load(Path(state_dir).resolve())
+    if state is None:
+        return False
+    for component in reversed(COMPONENTS):
+        pid = state.pids.get(component)
+        if pid:
+            _stop_pid(pid)
+    try:
+        from kubeforge.dev import ray_head
+
+        ray_head.stop(state.root / "ray")
+    except Exception as error:  # stopping must not stop at the first problem
+        _progress(f"ray stop: {error}")
+    state.pids = {}
+    state.save()
+    return True
+
+
+def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, str]:
+    state = SandboxState.load(Path(state_dir).resolve())
+    if state is None:
+        return {}
+    health = {
+        "s3": _http_ok(state.s3_url + "/moto-api/"),
+        "apiserver": _http_ok(state.api_url + "/readyz"),
+        "mlflow": _http_ok(state.mlflow_url + "/health"),
+        "ray": _http_ok(state.ray_dashboard_url + "/api/version"),
+    }
+    report = {}
+    for component in COMPONENTS:
+        pid = state.pids.get(component)
+        ok = health.get(component, _alive(pid))
+        report[component] = ("running" if ok else "down") + (f" (pid {pid})" if pid else "")
+    return report
+
+
+def remove_state(state_dir: Path) -> None:
+    shutil.rmtree(state_dir, ignore_errors=True)

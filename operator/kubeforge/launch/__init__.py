@@ -1,0 +1,1 @@
+"""Pure builders of KubeRay objects (RayJob, RayService) from Kubeforge resources."""

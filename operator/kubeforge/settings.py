@@ -1,0 +1,36 @@
+"""The one settings object for the operator: environment variables `KUBEFORGE_*` (Helm values set them)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBEFORGE_", extra="ignore")
+
+    bucket: str = "kubeforge"
+    """Default bucket for every resource's prefix (spec.storage.bucket overrides)."""
+    s3_endpoint_url: Optional[str] = None
+    """S3 endpoint the operator reads progress from; None means AWS (or AWS_ENDPOINT_URL)."""
+    workload_image: str = "ghcr.io/kubeforge/kubeforge-workloads:0.1.0"
+    ray_version: str = "2.60.0"
+    workload_env_secret: str = "kubeforge-workload-env"
+    """Secret (in the resource's namespace) whose keys become env vars of Ray head and workers:
+    S3 endpoint and credentials, MLFLOW_TRACKING_URI."""
+    mlflow_tracking_uri: Optional[str] = None
+    """Passed to workloads when the workload Secret does not set MLFLOW_TRACKING_URI."""
+    reconcile_period_seconds: float = Field(default=10.0, gt=0)
+    """How often each resource is re-observed (child status, progress heartbeat, hang check)."""
+    rayjob_ttl_seconds: int = Field(default=3600, ge=0)
+    """KubeRay ttlSecondsAfterFinished for finished attempts' clusters."""
+    namespace: Optional[str] = None
+    """Watch only this namespace; None watches all."""
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

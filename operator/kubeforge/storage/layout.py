@@ -1,0 +1,79 @@
+"""The one definition of where things live in the object store (DESIGN.md §2).
+
+    s3://<bucket>/<namespace>/<Kind>/<name>/
+        progress.json                      heartbeat, rewritten every few seconds
+        checkpoints/step-<n>/...           checkpoint files
+        checkpoints/step-<n>/MANIFEST.json written last: the checkpoint counts only once it exists
+        attempts/<n>/failure.json          what the workload knew when attempt n failed
+        outputs/...                        adapters, merged models, index versions, eval tables
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+PROGRESS_FILE = "progress.json"
+MANIFEST_FILE = "MANIFEST.json"
+FAILURE_FILE = "failure.json"
+_STEP_DIR = re.compile(r"checkpoints/step-(\d+)/$")
+
+
+@dataclass(frozen=True)
+class ResourcePrefix:
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def for_resource(cls, bucket: str, namespace: str, kind: str, name: str,
+                     override: Optional[str] = None) -> "ResourcePrefix":
+        return cls(bucket, (override or f"{namespace}/{kind}/{name}").strip("/"))
+
+    def key(self, *parts: str) -> str:
+        return "/".join([self.prefix, *(p.strip("/") for p in parts if p)])
+
+    def uri(self, *parts: str) -> str:
+        return f"s3://{self.bucket}/{self.key(*parts)}"
+
+    @property
+    def progress_key(self) -> str:
+        return self.key(PROGRESS_FILE)
+
+    @property
+    def checkpoints_key(self) -> str:
+        return self.key("checkpoints") + "/"
+
+    def checkpoint_key(self, step: int) -> str:
+        return self.key("checkpoints", f"step-{step}") + "/"
+
+    def manifest_key(self, step: int) -> str:
+        return self.checkpoint_key(step) + MANIFEST_FILE
+
+    def failure_key(self, attempt: int) -> str:
+        return self.key("attempts", str(attempt), FAILURE_FILE)
+
+    def output_key(self, *parts: str) -> str:
+        return self.key("outputs", *parts)
+
+
+def committed_steps(prefix: ResourcePrefix, keys: Iterable[str]) -> list[int]:
+    """Steps whose manifest exists, ascending. Torn checkpoints (no manifest) never count."""
+    steps = []
+    base = prefix.checkpoints_key
+    for key in keys:
+        if not key.startswith(base) or not key.endswith("/" + MANIFEST_FILE):
+            continue
+        match = _STEP_DIR.search(key[: -len(MANIFEST_FILE)])
+        if match:
+            steps.append(int(match.group(1)))
+    return sorted(set(steps))
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI without a bucket: {uri!r}")
+    return bucket, key

@@ -1,0 +1,97 @@
+"""Classification, retry policy and hang detection on plain objects."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from kubeforge.api.shared import FailurePolicy, FailureReason
+from kubeforge.resilience import ObservedFailure, classify, decide, heartbeat_is_stale, parse_duration
+from kubeforge.resilience.policy import backoff_delay, count_restarts
+
+
+@pytest.mark.parametrize("failure,reason", [
+    (ObservedFailure(hang=True, message="anything"), FailureReason.HANG),
+    (ObservedFailure(report_reason="UserError", exit_code=1), FailureReason.USER_ERROR),
+    (ObservedFailure(exit_code=64), FailureReason.USER_ERROR),
+    (ObservedFailure(exit_code=65), FailureReason.USER_ERROR),
+    (ObservedFailure(exit_code=69), FailureReason.NODE_CHECK_FAILED),
+    (ObservedFailure(exit_code=137), FailureReason.OUT_OF_MEMORY),
+    (ObservedFailure(message="Job entrypoint command failed with exit code 69, last available logs"),
+     FailureReason.NODE_CHECK_FAILED),
+    (ObservedFailure(message="ray head pod lost: NodeLost"), FailureReason.INFRASTRUCTURE),
+    (ObservedFailure(message="worker pod was Evicted"), FailureReason.INFRASTRUCTURE),
+    (ObservedFailure(message="container OOMKilled"), FailureReason.OUT_OF_MEMORY),
+    (ObservedFailure(message="torch.OutOfMemoryError: CUDA out of memory"), FailureReason.OUT_OF_MEMORY),
+    (ObservedFailure(log_tail="ModuleNotFoundError: No module named 'foo'"), FailureReason.USER_ERROR),
+    (ObservedFailure(message="something odd"), FailureReason.UNKNOWN),
+    (ObservedFailure(report_reason="NotAReason", message="NodeLost"), FailureReason.INFRASTRUCTURE),
+])
+def test_classify(failure, reason):
+    assert classify(failure) == reason
+
+
+def policy(**kwargs):
+    return FailurePolicy.model_validate(kwargs)
+
+
+def test_user_errors_are_never_retried():
+    decision = decide(policy(), FailureReason.USER_ERROR, ObservedFailure(exit_code=64), 0, 0)
+    assert not decision.retry
+
+
+def test_retries_until_max_restarts_then_fails():
+    p = policy(maxRestarts=2)
+    failure = ObservedFailure(message="NodeLost")
+    assert decide(p, FailureReason.INFRASTRUCTURE, failure, 0, 0).retry
+    assert decide(p, FailureReason.INFRASTRUCTURE, failure, 1, 1).retry
+    final = decide(p, FailureReason.INFRASTRUCTURE, failure, 2, 2)
+    assert not final.retry and "exhausted" in final.summary
+
+
+def test_backoff_doubles_and_caps():
+    p = policy(backoff={"initialSeconds": 10, "maxSeconds": 35})
+    assert [backoff_delay(p, n) for n in (1, 2, 3, 4)] == [10, 20, 35, 35]
+
+
+def test_user_rules_come_first():
+    p = policy(maxRestarts=0, rules=[
+        {"onExitCodes": [3], "action": "Ignore"},
+        {"onLogPattern": "flaky storage", "action": "Retry"},
+        {"onReason": "OutOfMemory", "action": "Fail"},
+    ])
+    ignored = decide(p, FailureReason.UNKNOWN, ObservedFailure(exit_code=3), 0, 0)
+    assert ignored.retry and not ignored.counted and ignored.rule == 0
+    retried = decide(p, FailureReason.UNKNOWN, ObservedFailure(message="flaky storage here"), 0, 0)
+    assert not retried.retry  # Retry still counts, and maxRestarts is 0
+    oom = decide(policy(rules=[{"onReason": "OutOfMemory", "action": "Fail"}]), FailureReason.OUT_OF_MEMORY,
+                 ObservedFailure(message="OOMKilled"), 0, 0)
+    assert not oom.retry and oom.rule == 0
+
+
+def test_rule_with_invalid_regex_does_not_match():
+    p = policy(rules=[{"onLogPattern": "([", "action": "Fail"}])
+    assert decide(p, FailureReason.INFRASTRUCTURE, ObservedFailure(message="(["), 0, 0).retry
+
+
+def test_count_restarts_skips_first_and_ignored():
+    assert count_restarts([None, True, False, None]) == 2
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("10m", 600), ("1h30m", 5400), ("500ms", 0.5)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "5x", "m10"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_heartbeat_staleness():
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    timeout = timedelta(minutes=1)
+    assert not heartbeat_is_stale(start + timedelta(seconds=30), start, None, timeout)
+    assert heartbeat_is_stale(start + timedelta(seconds=61), start, None, timeout)
+    assert not heartbeat_is_stale(start + timedelta(seconds=90), start, start + timedelta(seconds=60), timeout)
+    assert heartbeat_is_stale(start + timedelta(seconds=121), start, start + timedelta(seconds=60), timeout)
