@@ -191,13 +191,7 @@ def reconcile(kind: BatchKind, obj: dict, observed: Observed, now: datetime, set
     if ray_state == "SUCCEEDED" and (deployment == "Complete" or observed.result is not None):
         return _succeeded(run, kind, current, observed)
     if deployment == "Failed" or ray_state in FAILED_JOB_STATUS:
-        failure = ObservedFailure(
-            message=job_status.get("message") or job_status.get("reason") or "RayJob failed",
-            exit_code=observed.failure_report.exit_code if observed.failure_report else None,
-            report_reason=observed.failure_report.reason if observed.failure_report else None,
-            log_tail=(observed.failure_report.message if observed.failure_report else "") or "",
-        )
-        return _failed(run, spec, current, failure)
+        return _failed(run, spec, current, _failure_of(job_status, observed.failure_report))
 
     timeout = parse_duration(spec.failure_policy.hang_timeout)
     heartbeat = observed.progress if observed.progress and observed.progress.attempt == current["number"] else None
@@ -280,6 +274,15 @@ def _first_step(progress: Progress) -> int:
         except ValueError:
             return 0
     return 0
+
+
+def _failure_of(job_status: dict, report: Optional[FailureReport]) -> ObservedFailure:
+    """The workload's own report, when it wrote one, says more than the RayJob message."""
+    job_message = job_status.get("message") or job_status.get("reason") or "RayJob failed"
+    if report is None:
+        return ObservedFailure(message=job_message)
+    return ObservedFailure(message=report.message, exit_code=report.exit_code, report_reason=report.reason,
+                           log_tail=f"{report.traceback_tail or ''}\nRayJob: {job_message}")
 
 
 def _succeeded(run: _Pass, kind: BatchKind, current: dict, observed: Observed) -> Plan:

@@ -1,0 +1,1 @@
+from tests.integration.sandbox_fixtures import sandbox  # noqa: F401  (session fixture)

@@ -1,0 +1,113 @@
+"""The whole chain in the sandbox: kubectl → emulator → real kopf operator process → RayJob → local KubeRay →
+real Ray → workload → progress/checkpoints in S3 (moto) → MLflow → status."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+QUICKSTART = yaml.safe_load((REPO_ROOT / "examples" / "quickstart.yaml").read_text())
+
+
+def finetune(name: str, **training) -> dict:
+    obj = copy.deepcopy(QUICKSTART)
+    obj["metadata"] = {"name": name}
+    obj["spec"]["training"].update(training)
+    return obj
+
+
+def apply(sandbox, obj) -> subprocess.CompletedProcess:
+    return sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump(obj), check=False)
+
+
+def condition(obj: dict, type_: str) -> dict:
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def rayjobs_of(sandbox, name: str) -> list[str]:
+    out = sandbox.kubectl("get", "rayjobs", "-l", f"kubeforge.dev/name={name}", "-o", "json").stdout
+    return sorted(item["metadata"]["name"] for item in json.loads(out)["items"])
+
+
+def test_quickstart_reaches_succeeded_through_the_whole_chain(sandbox):
+    result = sandbox.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "quickstart.yaml"))
+    assert "finetune.kubeforge.dev/quickstart created" in result.stdout
+    waited = sandbox.kubectl("wait", "--for=condition=Ready", "finetune/quickstart", "--timeout=600s",
+                             check=False, timeout=660)
+    obj = sandbox.get("finetune", "quickstart")
+    assert waited.returncode == 0, json.dumps(obj.get("status"), indent=1) + sandbox.log_tail("operator")
+    status = obj["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert len(status["attempts"]) == 1 and status["attempts"][0]["outcome"] == "Succeeded"
+    assert status["progress"]["step"] == status["progress"]["totalSteps"] == 20
+    assert status["output"]["registeredModelName"] == "kubeforge-docs-assistant"
+    assert rayjobs_of(sandbox, "quickstart") == ["quickstart-1"]
+
+    table = sandbox.kubectl("get", "ft", "quickstart").stdout
+    assert "Succeeded" in table and "20/20 (100%)" in table
+    described = sandbox.kubectl("describe", "finetune", "quickstart").stdout
+    assert "AttemptStarted" in described and "Succeeded" in described
+    assert "quickstart" in sandbox.kubectl("get", "genai").stdout
+
+
+@pytest.mark.parametrize("mutate,fragment", [
+    (lambda s: s.update(method="dora"), 'Unsupported value: "dora"'),
+    (lambda s: s["failurePolicy"].update(maxRestarts=-1), "greater than or equal to 0"),
+    (lambda s: s.pop("dataset"), "Required value"),
+    (lambda s: s.update(method="qlora"), "qlora needs GPUs"),
+])
+def test_schema_violations_are_refused_with_422(sandbox, mutate, fragment):
+    obj = finetune("refused")
+    mutate(obj["spec"])
+    result = apply(sandbox, obj)
+    assert result.returncode != 0
+    assert fragment in result.stderr, result.stderr
+    assert sandbox.kubectl("get", "ft", "refused", check=False).returncode != 0
+
+
+def test_fifty_operator_only_invalid_specs_stall_and_the_operator_stays_up(sandbox):
+    docs = []
+    for index in range(50):
+        obj = finetune(f"bad-template-{index}")
+        obj["spec"]["dataset"]["promptTemplate"] = "{instruction"  # only the operator can parse a format string
+        docs.append(yaml.safe_dump(obj))
+    sandbox.kubectl("apply", "-f", "-", input="---\n".join(docs))
+
+    def all_stalled():
+        items = json.loads(sandbox.kubectl("get", "ft", "-o", "json").stdout)["items"]
+        bad = [i for i in items if i["metadata"]["name"].startswith("bad-template-")]
+        return len(bad) == 50 and all(condition(i, "Stalled").get("reason") == "InvalidSpec" for i in bad) and bad
+
+    stalled = sandbox.wait_for(all_stalled, "50 InvalidSpec resources", timeout=240)
+    assert "spec.dataset.promptTemplate" in condition(stalled[0], "Stalled")["message"]
+    assert sandbox.operator_alive()
+    rayjobs = json.loads(sandbox.kubectl("get", "rayjobs", "-o", "json").stdout)["items"]
+    assert not any(r["metadata"]["name"].startswith("bad-template") for r in rayjobs)
+    sandbox.kubectl("delete", "ft", *(f"bad-template-{i}" for i in range(50)), "--wait=false")
+
+
+def test_operator_restart_adopts_the_running_rayjob(sandbox):
+    obj = finetune("adopt", maxSteps=40, checkpointEverySteps=10)
+    assert apply(sandbox, obj).returncode == 0
+
+    def running():
+        current = sandbox.get("ft", "adopt")
+        progress = (current.get("status") or {}).get("progress") or {}
+        return progress.get("step", 0) >= 2
+
+    sandbox.wait_for(running, "adopt to report training steps", timeout=300)
+    sandbox.restart_operator()
+    sandbox.kubectl("wait", "--for=condition=Ready", "finetune/adopt", "--timeout=600s", timeout=660)
+    current = sandbox.get("ft", "adopt")
+    assert current["status"]["phase"] == "Succeeded"
+    assert len(current["status"]["attempts"]) == 1
+    assert rayjobs_of(sandbox, "adopt") == ["adopt-1"]
