@@ -19,7 +19,7 @@ SETTINGS = Settings()
 def example_objects():
     for path in sorted((REPO_ROOT / "examples").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("apiVersion") == "kubeforge.dev/v1alpha1":
+            if doc and doc.get("apiVersion") == "kubeforge.dev/v1alpha1" and doc["kind"] == "FineTune":
                 doc["metadata"].update(namespace="default", uid="0123456789abcdef", generation=1)
                 yield pytest.param(doc, id=f"{path.stem}-{doc['metadata']['name']}")
 
