@@ -1,0 +1,1 @@
+"""The local sandbox: API emulator, local KubeRay, S3, MLflow, Ray head, operator on loopback."""

@@ -1,0 +1,460 @@
+"""The object store: CRUD with kube-apiserver semantics, watch history, finalizers and garbage collection."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Optional
+
+import jsonpatch
+import yaml
+
+from kubeforge.dev.apiserver.errors import ApiError, already_exists, conflict, invalid, not_found
+from kubeforge.dev.apiserver.types import ResourceType, builtin_types, from_crd
+from kubeforge.dev.apiserver.validation import check_custom_resource, validate
+
+log = logging.getLogger(__name__)
+HISTORY = 5000
+CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
+NAMESPACE_KEY = ("", "namespaces")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _spec_part(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+@dataclass
+class Watcher:
+    queue: asyncio.Queue
+    namespace: Optional[str]
+    matches: Callable[[dict], bool]
+
+
+class Store:
+    def __init__(self):
+        self.types: dict[tuple[str, str], ResourceType] = {}
+        self.objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = {}
+        self.history: dict[tuple[str, str], deque] = {}
+        self.watchers: dict[tuple[str, str], set[Watcher]] = {}
+        self.rv = 1
+        for rtype in builtin_types():
+            self.register(rtype)
+        for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            self.create(self.types[NAMESPACE_KEY], None, {"metadata": {"name": ns}})
+
+    # ---- types -------------------------------------------------------------------------------------------------
+    def register(self, rtype: ResourceType) -> None:
+        self.types[rtype.key] = rtype
+        self.objects.setdefault(rtype.key, {})
+        self.history.setdefault(rtype.key, deque(maxlen=HISTORY))
+        self.watchers.setdefault(rtype.key, set())
+
+    def unregister(self, key: tuple[str, str]) -> None:
+        self.types.pop(key, None)
+        self.objects.pop(key, None)
+        for watcher in self.watchers.pop(key, set()):
+            watcher.queue.put_nowait(None)
+        self.history.pop(key, None)
+
+    def find_type(self, group: str, version: str, plural: str) -> ResourceType:
+        rtype = self.types.get((group, plural))
+        if rtype is None or rtype.version != version:
+            raise ApiError(404, "the server could not find the requested resource", "NotFound")
+        return rtype
+
+    def load_crd(self, crd: dict) -> None:
+        try:
+            self.create(self.types[CRD_KEY], None, crd)
+        except ApiError as error:
+            if error.code != 409:
+                raise
+
+    # ---- helpers -----------------------------------------------------------------------------------------------
+    def _kind_group(self, rtype: ResourceType) -> tuple[str, str]:
+        return (rtype.plural, rtype.group)
+
+    def _get(self, rtype: ResourceType, namespace: Optional[str], name: str) -> dict:
+        obj = self.objects[rtype.key].get((namespace or "", name))
+        if obj is None:
+            raise not_found(rtype.qualified, name, self._kind_group(rtype))
+        return obj
+
+    def _next_rv(self) -> str:
+        self.rv += 1
+        return str(self.rv)
+
+    def _emit(self, rtype: ResourceType, event_type: str, obj: dict) -> None:
+        self.history[rtype.key].append((int(obj["metadata"]["resourceVersion"]), event_type, obj))
+        for watcher in list(self.watchers.get(rtype.key, ())):
+            if watcher.namespace and obj["metadata"].get("namespace") != watcher.namespace:
+                continue
+            if watcher.matches(obj):
+                watcher.queue.put_nowait({"type": event_type, "object": obj})
+
+    def _check_namespace(self, rtype: ResourceType, namespace: Optional[str]) -> None:
+        if rtype.namespaced:
+            if not namespace:
+                raise ApiError(400, "the namespace of the provided object does not match the namespace sent on the request")
+            ns = self.objects[NAMESPACE_KEY].get(("", namespace))
+            if ns is None:
+                raise not_found("namespaces", namespace, ("namespaces", ""))
+            if ns["metadata"].get("deletionTimestamp"):
+                raise ApiError(403, f'{rtype.kind} "..." is forbidden: unable to create new content in namespace '
+                                    f'{namespace} because it is being terminated', "Forbidden")
+
+    def _validate(self, rtype: ResourceType, obj: dict, strict: bool, subresource: Optional[str] = None) -> list[str]:
+        name = obj["metadata"].get("name", "")
+        if rtype.schema is not None:
+            checked, errors, warnings = check_custom_resource(obj, rtype.schema, strict)
+            obj.clear()
+            obj.update(checked)
+            if errors:
+                raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}", name, rtype.group, errors)
+            return warnings
+        if rtype.key == CRD_KEY:
+            errors = []
+            spec = obj.get("spec") or {}
+            for field in ("group", "names", "scope", "versions"):
+                if field not in spec:
+                    errors.append(f"spec.{field}: Required value")
+            if errors:
+                raise invalid(rtype.kind, "CustomResourceDefinition.apiextensions.k8s.io", name, rtype.group, errors)
+        return []
+
+    # ---- verbs -------------------------------------------------------------------------------------------------
+    def get(self, rtype: ResourceType, namespace: Optional[str], name: str) -> dict:
+        return copy.deepcopy(self._get(rtype, namespace, name))
+
+    def list(self, rtype: ResourceType, namespace: Optional[str], matches: Callable[[dict], bool]) -> tuple[list, str]:
+        items = [copy.deepcopy(o) for (ns, _), o in sorted(self.objects[rtype.key].items())
+                 if (not namespace or ns == namespace) and matches(o)]
+        return items, str(self.rv)
+
+    def create(self, rtype: ResourceType, namespace: Optional[str], body: dict, strict: bool = False,
+               dry_run: bool = False) -> tuple[dict, list[str]]:
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if rtype.namespaced:
+            namespace = namespace or meta.get("namespace")
+            if meta.get("namespace") and meta["namespace"] != namespace:
+                raise ApiError(400, "the namespace of the provided object does not match the namespace sent on the request")
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        if not meta.get("name"):
+            if meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            else:
+                raise invalid(rtype.kind, rtype.qualified, "", rtype.group, ["metadata.name: Required value: name or generateName is required"])
+        self._check_namespace(rtype, namespace)
+        key = (namespace or "", meta["name"])
+        if key in self.objects[rtype.key]:
+            raise already_exists(rtype.qualified, meta["name"], self._kind_group(rtype))
+        obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
+        if rtype.has_status and rtype.schema is not None:
+            obj.pop("status", None)
+        warnings = self._validate(rtype, obj, strict)
+        for field in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
+            meta.pop(field, None)
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+        if dry_run:
+            meta["resourceVersion"] = str(self.rv)
+            return obj, warnings
+        meta["resourceVersion"] = self._next_rv()
+        if rtype.key == CRD_KEY:
+            self._establish_crd(obj)
+        if rtype.key == NAMESPACE_KEY:
+            obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+            obj["status"] = {"phase": "Active"}
+        self.objects[rtype.key][key] = obj
+        self._emit(rtype, "ADDED", obj)
+        return copy.deepcopy(obj), warnings
+
+    def _establish_crd(self, crd: dict) -> None:
+        new_type = from_crd(crd)
+        existing = self.types.get(new_type.key)
+        self.register(new_type)
+        if existing is not None:
+            self.types[new_type.key] = new_type
+        crd["status"] = {
+            "acceptedNames": crd["spec"]["names"],
+            "storedVersions": [new_type.version],
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found",
+                 "lastTransitionTime": now()},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                 "message": "the initial names have been accepted", "lastTransitionTime": now()},
+            ],
+        }
+
+    def update(self, rtype: ResourceType, namespace: Optional[str], name: str, body: dict,
+               subresource: Optional[str] = None, strict: bool = False, require_rv: bool = True,
+               dry_run: bool = False) -> tuple[dict, list[str]]:
+        current = self._get(rtype, namespace, name)
+        new = copy.deepcopy(body)
+        meta = new.setdefault("metadata", {})
+        sent_rv = meta.get("resourceVersion")
+        if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
+            raise conflict(rtype.qualified, name, self._kind_group(rtype))
+        if not sent_rv and require_rv and rtype.schema is not None:
+            raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}", name, rtype.group,
+                          ["metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"])
+        if meta.get("name", name) != name:
+            raise ApiError(400, "the name of the object does not match the name on the URL")
+        if subresource == "status":
+            merged = copy.deepcopy(current)
+            if "status" in new:
+                merged["status"] = new["status"]
+            else:
+                merged.pop("status", None)
+            new = merged
+        else:
+            for field in ("uid", "creationTimestamp", "namespace", "deletionTimestamp", "generation"):
+                if field in current["metadata"]:
+                    meta[field] = current["metadata"][field]
+                else:
+                    meta.pop(field, None)
+            meta["name"] = name
+            new["apiVersion"], new["kind"] = rtype.api_version, rtype.kind
+            if rtype.has_status:
+                if "status" in current:
+                    new["status"] = copy.deepcopy(current["status"])
+                else:
+                    new.pop("status", None)
+        if current["metadata"].get("deletionTimestamp"):
+            added = set(new["metadata"].get("finalizers") or []) - set(current["metadata"].get("finalizers") or [])
+            if added:
+                raise invalid(rtype.kind, rtype.qualified, name, rtype.group,
+                              [f"metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)}"])
+        warnings: list[str] = []
+        if subresource == "status" and rtype.schema is not None:
+            status_schema = (rtype.schema.get("properties") or {}).get("status")
+            errors = validate(new.get("status"), status_schema, "status") if status_schema and "status" in new else []
+            if errors:
+                raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}", name, rtype.group, errors)
+        elif subresource is None:
+            warnings = self._validate(rtype, new, strict)
+        if _spec_part(new) != _spec_part(current):
+            new["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
+        if dry_run:
+            return new, warnings
+        if new == current:
+            return copy.deepcopy(current), warnings  # no-op updates do not bump resourceVersion
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        if rtype.key == CRD_KEY:
+            self._establish_crd(new)
+        self.objects[rtype.key][(namespace or "", name)] = new
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            self._remove(rtype, new)
+        else:
+            self._emit(rtype, "MODIFIED", new)
+        return copy.deepcopy(new), warnings
+
+    def patch(self, rtype: ResourceType, namespace: Optional[str], name: str, content_type: str, raw: bytes,
+              subresource: Optional[str] = None, strict: bool = False, field_manager: Optional[str] = None,
+              dry_run: bool = False) -> tuple[dict, list[str], bool]:
+        """Returns (object, warnings, created)."""
+        kind = content_type.split(";")[0].strip()
+        if kind == "application/apply-patch+yaml":
+            if not field_manager:
+                raise ApiError(400, "PATCH, fieldManager: Required value: is required for apply patch")
+            applied = yaml.safe_load(raw) or {}
+            try:
+                current = self._get(rtype, namespace, name)
+            except ApiError:
+                applied.setdefault("metadata", {}).setdefault("name", name)
+                applied["metadata"]["managedFields"] = [_managed(field_manager, "Apply", rtype)]
+                obj, warnings = self.create(rtype, namespace, applied, strict, dry_run)
+                return obj, warnings, True
+            new = merge_patch(current, applied)
+            fields = [m for m in current["metadata"].get("managedFields", []) if m.get("manager") != field_manager]
+            new["metadata"]["managedFields"] = [*fields, _managed(field_manager, "Apply", rtype)]
+        else:
+            current = self._get(rtype, namespace, name)
+            try:
+                patch = yaml.safe_load(raw) if raw else {}
+            except yaml.YAMLError as error:
+                raise ApiError(400, f"couldn't decode patch: {error}")
+            if kind == "application/json-patch+json":
+                try:
+                    new = jsonpatch.apply_patch(current, patch)
+                except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
+                    raise ApiError(422, f"the server rejected our request due to an error in our request: {error}")
+            elif kind == "application/merge-patch+json":
+                new = merge_patch(current, patch)
+            elif kind == "application/strategic-merge-patch+json":
+                if rtype.schema is not None:
+                    raise ApiError(415, "the body of the request was in an unknown format - accepted media types "
+                                        "include: application/json-patch+json, application/merge-patch+json, "
+                                        "application/apply-patch+yaml", "UnsupportedMediaType")
+                new = merge_patch(current, {k: v for k, v in patch.items() if not k.startswith("$")})
+            else:
+                raise ApiError(415, f"unsupported patch type {kind!r}", "UnsupportedMediaType")
+            if field_manager:
+                fields = [m for m in current["metadata"].get("managedFields", []) if m.get("manager") != field_manager]
+                new.setdefault("metadata", {})["managedFields"] = [*fields, _managed(field_manager, "Update", rtype)]
+        sent = (new.get("metadata") or {}).get("resourceVersion")
+        if sent != current["metadata"]["resourceVersion"] and kind != "application/apply-patch+yaml":
+            new["metadata"]["resourceVersion"] = sent  # an explicit resourceVersion in a patch is a precondition
+        else:
+            new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        obj, warnings = self.update(rtype, namespace, name, new, subresource, strict, require_rv=False, dry_run=dry_run)
+        return obj, warnings, False
+
+    def delete(self, rtype: ResourceType, namespace: Optional[str], name: str, propagation: Optional[str] = None,
+               dry_run: bool = False) -> dict:
+        current = self._get(rtype, namespace, name)
+        if dry_run:
+            return copy.deepcopy(current)
+        propagation = propagation or "Background"
+        if propagation == "Orphan":
+            self._orphan(current["metadata"]["uid"])
+        meta = current["metadata"]
+        if propagation == "Foreground" and self._dependents(meta["uid"]):
+            meta.setdefault("finalizers", [])
+            if "foregroundDeletion" not in meta["finalizers"]:
+                meta["finalizers"].append("foregroundDeletion")
+        if rtype.key == NAMESPACE_KEY:
+            return self._delete_namespace(rtype, current)
+        if meta.get("finalizers"):
+            if not meta.get("deletionTimestamp"):
+                meta["deletionTimestamp"] = now()
+                meta["deletionGracePeriodSeconds"] = 0
+                meta["resourceVersion"] = self._next_rv()
+                self._emit(rtype, "MODIFIED", current)
+            if "foregroundDeletion" in meta["finalizers"]:
+                for dep_type, dep in self._dependents(meta["uid"]):
+                    self.delete(dep_type, dep["metadata"].get("namespace"), dep["metadata"]["name"], "Foreground")
+                self._finish_foreground()
+            return copy.deepcopy(current)
+        self._remove(rtype, current)
+        return copy.deepcopy(current)
+
+    def _remove(self, rtype: ResourceType, obj: dict) -> None:
+        meta = obj["metadata"]
+        self.objects[rtype.key].pop((meta.get("namespace") or "", meta["name"]), None)
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = self._next_rv()
+        self._emit(rtype, "DELETED", obj)
+        if rtype.key == CRD_KEY:
+            served = from_crd(obj)
+            for item in list(self.objects.get(served.key, {}).values()):
+                self._remove(served, item)
+            self.unregister(served.key)
+        self.collect_garbage()
+        self._finish_foreground()
+
+    def _delete_namespace(self, rtype: ResourceType, ns: dict) -> dict:
+        ns["metadata"]["deletionTimestamp"] = ns["metadata"].get("deletionTimestamp") or now()
+        ns["status"] = {"phase": "Terminating"}
+        name = ns["metadata"]["name"]
+        for other in list(self.types.values()):
+            if not other.namespaced:
+                continue
+            for (item_ns, item_name), _ in list(self.objects.get(other.key, {}).items()):
+                if item_ns == name:
+                    self.delete(other, item_ns, item_name)
+        remaining = any(k[0] == name for t in self.types.values() if t.namespaced for k in self.objects.get(t.key, {}))
+        if remaining:
+            ns["metadata"]["resourceVersion"] = self._next_rv()
+            self._emit(rtype, "MODIFIED", ns)
+        else:
+            self._remove(rtype, ns)
+        return copy.deepcopy(ns)
+
+    def _dependents(self, uid: str) -> list[tuple[ResourceType, dict]]:
+        found = []
+        for rtype in self.types.values():
+            for obj in self.objects.get(rtype.key, {}).values():
+                if any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or []):
+                    found.append((rtype, obj))
+        return found
+
+    def _orphan(self, uid: str) -> None:
+        for rtype, obj in self._dependents(uid):
+            obj["metadata"]["ownerReferences"] = [r for r in obj["metadata"]["ownerReferences"] if r.get("uid") != uid]
+            if not obj["metadata"]["ownerReferences"]:
+                del obj["metadata"]["ownerReferences"]
+            obj["metadata"]["resourceVersion"] = self._next_rv()
+            self._emit(rtype, "MODIFIED", obj)
+
+    def _all_uids(self) -> set[str]:
+        return {o["metadata"]["uid"] for objs in self.objects.values() for o in objs.values()}
+
+    def collect_garbage(self) -> None:
+        """Background cascade: delete objects whose every owner is gone (their finalizers still apply)."""
+        uids = self._all_uids()
+        for rtype in list(self.types.values()):
+            for obj in list(self.objects.get(rtype.key, {}).values()):
+                refs = obj["metadata"].get("ownerReferences") or []
+                if refs and not any(r.get("uid") in uids for r in refs) and not obj["metadata"].get("deletionTimestamp"):
+                    meta = obj["metadata"]
+                    if (meta.get("namespace") or "", meta["name"]) in self.objects.get(rtype.key, {}):
+                        self.delete(rtype, meta.get("namespace"), meta["name"])
+
+    def _finish_foreground(self) -> None:
+        for rtype in list(self.types.values()):
+            for obj in list(self.objects.get(rtype.key, {}).values()):
+                meta = obj["metadata"]
+                if "foregroundDeletion" in (meta.get("finalizers") or []) and not any(
+                        ref.get("blockOwnerDeletion") for _, dep in self._dependents(meta["uid"])
+                        for ref in dep["metadata"].get("ownerReferences", []) if ref.get("uid") == meta["uid"]):
+                    meta["finalizers"] = [f for f in meta["finalizers"] if f != "foregroundDeletion"]
+                    if meta["finalizers"]:
+                        meta["resourceVersion"] = self._next_rv()
+                        self._emit(rtype, "MODIFIED", obj)
+                    else:
+                        self._remove(rtype, obj)
+
+    # ---- watch -------------------------------------------------------------------------------------------------
+    def watch(self, rtype: ResourceType, namespace: Optional[str], matches: Callable[[dict], bool],
+              since: Optional[str]) -> tuple[Watcher, list[dict]]:
+        """Register a watcher; returns it and the events to replay first. Raises 410 if `since` is too old."""
+        watcher = Watcher(asyncio.Queue(), namespace, matches)
+        backlog: list[dict] = []
+        if since in (None, "", "0"):
+            items, _ = self.list(rtype, namespace, matches)
+            backlog = [{"type": "ADDED", "object": item} for item in items]
+        else:
+            try:
+                start = int(since)
+            except ValueError:
+                raise ApiError(400, f"invalid resourceVersion {since!r}")
+            history = self.history[rtype.key]
+            if history and start < history[0][0] - 1 and len(history) == history.maxlen:
+                raise ApiError(410, f"too old resource version: {start} ({history[0][0] - 1})", "Expired")
+            for rv, event_type, obj in history:
+                if rv > start and (not namespace or obj["metadata"].get("namespace") == namespace) and matches(obj):
+                    backlog.append({"type": event_type, "object": obj})
+        self.watchers[rtype.key].add(watcher)
+        return watcher, backlog
+
+    def unwatch(self, rtype: ResourceType, watcher: Watcher) -> None:
+        self.watchers.get(rtype.key, set()).discard(watcher)
+
+
+def _managed(manager: str, operation: str, rtype: ResourceType) -> dict:
+    return {"manager": manager, "operation": operation, "apiVersion": rtype.api_version, "time": now(),
+            "fieldsType": "FieldsV1", "fieldsV1": {}}

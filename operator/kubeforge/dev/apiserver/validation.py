@@ -1,0 +1,191 @@
+"""Structural-schema behaviour of custom resources: defaulting, pruning, OpenAPI validation and CEL rules,
+with errors worded as kube-apiserver words them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+_UNSUPPORTED_CEL: set[str] = set()
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if value is None:
+        return "null"
+    return '"object"' if isinstance(value, dict) else '"array"'
+
+
+def _type_ok(value: Any, schema: dict) -> bool:
+    if schema.get("x-kubernetes-int-or-string"):
+        return isinstance(value, (int, str)) and not isinstance(value, bool)
+    kind = schema.get("type")
+    if value is None:
+        return bool(schema.get("nullable"))
+    return {
+        None: True,
+        "object": isinstance(value, dict),
+        "array": isinstance(value, list),
+        "string": isinstance(value, str),
+        "boolean": isinstance(value, bool),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+    }.get(kind, True)
+
+
+def apply_defaults(value: Any, schema: Optional[dict]) -> Any:
+    if not schema:
+        return value
+    if isinstance(value, dict):
+        for name, sub in (schema.get("properties") or {}).items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = apply_defaults(value[name], sub)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in list(value):
+                if key not in (schema.get("properties") or {}):
+                    value[key] = apply_defaults(value[key], extra)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [apply_defaults(item, schema["items"]) for item in value]
+    return value
+
+
+def prune(value: Any, schema: Optional[dict], path: str, unknown: list[str]) -> Any:
+    """Drop fields the schema does not know (recording their paths), as structural pruning does."""
+    if not schema or schema.get("x-kubernetes-preserve-unknown-fields") and not schema.get("properties"):
+        return value
+    if isinstance(value, dict) and schema.get("type", "object") == "object":
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        preserve = schema.get("x-kubernetes-preserve-unknown-fields")
+        for key in list(value):
+            child = f"{path}.{key}" if path else key
+            if key in props:
+                value[key] = prune(value[key], props[key], child, unknown)
+            elif isinstance(extra, dict):
+                value[key] = prune(value[key], extra, child, unknown)
+            elif extra is True or preserve or schema.get("x-kubernetes-embedded-resource") and key in (
+                    "apiVersion", "kind", "metadata"):
+                continue
+            else:
+                unknown.append(child)
+                del value[key]
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [prune(item, schema["items"], f"{path}[{i}]", unknown) for i, item in enumerate(value)]
+    return value
+
+
+def validate(value: Any, schema: Optional[dict], path: str = "") -> list[str]:
+    if not schema:
+        return []
+    errors: list[str] = []
+    where = path or "<root>"
+    if not _type_ok(value, schema):
+        expected = "integer or string" if schema.get("x-kubernetes-int-or-string") else schema.get("type")
+        return [f"{where}: Invalid value: {_show(value)}: {where} in body must be of type {expected}: {_show(value)}"]
+    if value is None:
+        return []
+    if "enum" in schema and value not in schema["enum"]:
+        options = ", ".join(_show(o) for o in schema["enum"])
+        errors.append(f"{where}: Unsupported value: {_show(value)}: supported values: {options}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if low is not None:
+            if schema.get("exclusiveMinimum") and value <= low:
+                errors.append(f"{where}: Invalid value: {_show(value)}: {where} in body should be greater than {low}")
+            elif value < low:
+                errors.append(f"{where}: Invalid value: {_show(value)}: {where} in body should be greater than or equal to {low}")
+        if high is not None:
+            if schema.get("exclusiveMaximum") and value >= high:
+                errors.append(f"{where}: Invalid value: {_show(value)}: {where} in body should be less than {high}")
+            elif value > high:
+                errors.append(f"{where}: Invalid value: {_show(value)}: {where} in body should be less than or equal to {high}")
+    if isinstance(value, str):
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            errors.append(f"{where}: Too long: may not be more than {schema['maxLength']} bytes")
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            errors.append(f"{where}: Invalid value: {_show(value)}: {where} in body should be at least "
+                          f"{schema['minLength']} chars long")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{where}: Invalid value: {_show(value)}: {where} in body should match '{schema['pattern']}'")
+    if isinstance(value, list):
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            errors.append(f"{where}: Too many: {len(value)}: must have at most {schema['maxItems']} items")
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            errors.append(f"{where}: Invalid value: {len(value)}: {where} in body should have at least "
+                          f"{schema['minItems']} items")
+        if isinstance(schema.get("items"), dict):
+            for index, item in enumerate(value):
+                errors += validate(item, schema["items"], f"{path}[{index}]")
+    if isinstance(value, dict):
+        for name in schema.get("required") or []:
+            if name not in value:
+                errors.append(f"{path + '.' if path else ''}{name}: Required value")
+        props = schema.get("properties") or {}
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else key
+            if key in props:
+                errors += validate(item, props[key], child)
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += validate(item, schema["additionalProperties"], child)
+    if not errors:
+        errors += _cel(value, schema, where)
+    return errors
+
+
+def _cel(value: Any, schema: dict, where: str) -> list[str]:
+    rules = schema.get("x-kubernetes-validations") or []
+    if not rules:
+        return []
+    import celpy
+
+    errors = []
+    env = celpy.Environment()
+    for rule in rules:
+        expression = rule["rule"]
+        if "oldSelf" in expression:
+            continue  # transition rules need the old object; only create-time semantics here
+        try:
+            result = env.program(env.compile(expression)).evaluate({"self": celpy.json_to_cel(value)})
+        except Exception as error:  # an expression celpy cannot handle must not reject valid objects
+            if expression not in _UNSUPPORTED_CEL:
+                _UNSUPPORTED_CEL.add(expression)
+                log.warning("CEL rule not evaluated (%s): %s", error, expression)
+            continue
+        if isinstance(result, Exception) or result is False or (hasattr(result, "__bool__") and not bool(result)):
+            if isinstance(result, Exception):
+                continue
+            field = rule.get("fieldPath")
+            location = f"{where}{field}" if field else where
+            message = rule.get("message") or f"failed rule: {expression}"
+            errors.append(f"{location}: Invalid value: {_show(value)}: {message}")
+    return errors
+
+
+def check_custom_resource(obj: dict, schema: Optional[dict], strict: bool) -> tuple[dict, list[str], list[str]]:
+    """Default, prune and validate one custom resource. Returns (object, errors, warnings)."""
+    if not schema:
+        return obj, [], []
+    obj = apply_defaults(obj, schema)
+    unknown: list[str] = []
+    metadata = obj.get("metadata")
+    obj = prune({k: v for k, v in obj.items() if k != "metadata"}, schema, "", unknown)
+    if metadata is not None:
+        obj["metadata"] = metadata
+    warnings = [f'unknown field "{path}"' for path in unknown]
+    if strict and unknown:
+        return obj, [f'.{path}: field not declared in schema' for path in unknown], []
+    body_schema = {k: v for k, v in schema.items() if k != "properties"}
+    body_schema["properties"] = {k: v for k, v in (schema.get("properties") or {}).items() if k != "metadata"}
+    return obj, validate(obj, body_schema), warnings
