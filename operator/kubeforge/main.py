@@ -16,8 +16,8 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.kubeforge.dev")
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.kubeforge.dev")
     kopf_settings.persistence.finalizer = "kubeforge.dev/finalizer"
-    # Events are posted deliberately by the controllers, not from every log line.
-    kopf_settings.posting.enabled = False
+    # Events are posted deliberately by the controllers; of kopf's own log lines only errors become events.
+    kopf_settings.posting.level = logging.ERROR
     kopf_settings.watching.server_timeout = 300
     kopf_settings.networking.request_timeout = 60
 
@@ -31,6 +31,11 @@ def run_operator(settings: Settings | None = None) -> None:
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_):
         configure(settings)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs):
+        # A private registry does not get kopf's default login handlers: in-cluster or kubeconfig credentials.
+        return kopf.login_via_client(**kwargs)
 
     namespaces = [settings.namespace] if settings.namespace else []
     asyncio.run(kopf.operator(registry=registry, standalone=True, clusterwide=not namespaces,

@@ -95,3 +95,16 @@ def test_heartbeat_staleness():
     assert heartbeat_is_stale(start + timedelta(seconds=61), start, None, timeout)
     assert not heartbeat_is_stale(start + timedelta(seconds=90), start, start + timedelta(seconds=60), timeout)
     assert heartbeat_is_stale(start + timedelta(seconds=121), start, start + timedelta(seconds=60), timeout)
+
+
+def test_missing_workload_module_is_a_user_error():
+    message = ("Job entrypoint command failed with exit code 1, last available logs:\n"
+               "/venv/bin/python: No module named kubeforge_workloads.nope")
+    assert classify(ObservedFailure(message=message)) == FailureReason.USER_ERROR
+
+
+def test_summarize_keeps_first_and_last_lines():
+    from kubeforge.controllers.batch import summarize
+
+    text = "failed with exit code 1, logs:\n" + "\n".join(f"line {i}" for i in range(50))
+    assert summarize(text) == "failed with exit code 1, logs: | ... | line 47 | line 48 | line 49"

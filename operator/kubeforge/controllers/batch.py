@@ -276,9 +276,17 @@ def _first_step(progress: Progress) -> int:
     return 0
 
 
+def summarize(message: str, keep_lines: int = 3) -> str:
+    """First line and last lines of a long message (Ray appends the log tail after the first line)."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if len(lines) <= keep_lines + 1:
+        return " | ".join(lines)
+    return " | ".join([lines[0], "...", *lines[-keep_lines:]])
+
+
 def _failure_of(job_status: dict, report: Optional[FailureReport]) -> ObservedFailure:
     """The workload's own report, when it wrote one, says more than the RayJob message."""
-    job_message = job_status.get("message") or job_status.get("reason") or "RayJob failed"
+    job_message = summarize(job_status.get("message") or job_status.get("reason") or "RayJob failed")
     if report is None:
         return ObservedFailure(message=job_message)
     return ObservedFailure(message=report.message, exit_code=report.exit_code, report_reason=report.reason,

@@ -30,7 +30,7 @@ def up(state_dir: Path, base_port: int, no_operator: bool, no_seed: bool) -> Non
     from kubeforge.dev import sandbox
 
     try:
-        state = sandbox.up(state_dir, base_port, with_operator=not no_operator, seed=not no_seed)
+        state = sandbox.up(state_dir, base_port, with_operator=not no_operator, with_seed=not no_seed)
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"\nexport KUBECONFIG={state.kubeconfig.resolve()}")
@@ -122,12 +122,6 @@ def _wait_final(env: dict, timeout: int) -> bool:
     return False
 
 
-def _attach_chaos() -> None:
-    try:
-        from kubeforge.dev.chaos import chaos_cli
-    except ImportError:
-        return
-    dev.add_command(chaos_cli, "chaos")
+from kubeforge.dev.chaos import chaos_cli  # noqa: E402  (light: click only at import)
 
-
-_attach_chaos()
+dev.add_command(chaos_cli, "chaos")

@@ -169,7 +169,7 @@ def write_kubeconfig(state: SandboxState) -> None:
     config = {
         "apiVersion": "v1", "kind": "Config", "current-context": "kubeforge-dev", "preferences": {},
         "clusters": [{"name": "kubeforge-dev", "cluster": {"server": state.api_url}}],
-        "users": [{"name": "kubeforge-dev", "user": {}}],
+        "users": [{"name": "kubeforge-dev", "user": {"token": "kubeforge-dev"}}],  # accepted, not checked
         "contexts": [{"name": "kubeforge-dev",
                       "context": {"cluster": "kubeforge-dev", "user": "kubeforge-dev", "namespace": NAMESPACE}}],
     }
@@ -228,8 +228,8 @@ def start_operator(state: SandboxState) -> None:
         "KUBEFORGE_WORKLOAD_IMAGE": "local"})
 
 
-def bootstrap(state: SandboxState) -> None:
-    """Namespace-level setup a platform team would do: the workload Secret; then seed data."""
+def create_workload_secret(state: SandboxState) -> None:
+    """Namespace-level setup a platform team would do: the Secret workloads get their S3/MLflow env from."""
     from kubernetes import client, config
 
     api = client.CoreV1Api(config.new_client_from_config(str(state.kubeconfig)))
@@ -241,6 +241,10 @@ def bootstrap(state: SandboxState) -> None:
         if error.status != 409:
             raise
         api.replace_namespaced_secret(WORKLOAD_SECRET, NAMESPACE, body)
+
+
+def seed(state: SandboxState) -> None:
+    """The tiny Llama, datasets and docs the examples use, uploaded to the bucket."""
     log = state.log_path("seed")
     with open(log, "ab") as handle:
         result = subprocess.run([sys.executable, "-m", "kubeforge_workloads.seed", "--bucket", BUCKET],
@@ -251,7 +255,7 @@ def bootstrap(state: SandboxState) -> None:
 
 
 def up(state_dir: Path = DEFAULT_STATE_DIR, base_port: int = 17000, with_operator: bool = True,
-       seed: bool = True) -> SandboxState:
+       with_seed: bool = True) -> SandboxState:
     state_dir = Path(state_dir).resolve()
     existing = SandboxState.load(state_dir)
     if existing and any(_alive(p) for p in existing.pids.values()):
@@ -261,9 +265,10 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, base_port: int = 17000, with_operato
     state.save()
     steps: list[tuple[str, Callable[[SandboxState], None]]] = [
         ("S3 endpoint (moto)", start_s3), ("Kubernetes API emulator", start_apiserver),
-        ("MLflow tracking server", start_mlflow), ("Ray head", start_ray), ("local KubeRay", start_kuberay)]
-    if seed:
-        steps.append(("workload Secret and seed data (tiny Llama, datasets)", bootstrap))
+        ("MLflow tracking server", start_mlflow), ("Ray head", start_ray), ("local KubeRay", start_kuberay),
+        ("workload Secret", create_workload_secret)]
+    if with_seed:
+        steps.append(("seed data (tiny Llama, datasets, docs)", seed))
     if with_operator:
         steps.append(("Kubeforge operator", start_operator))
     began = time.monotonic()

@@ -28,7 +28,7 @@ _MESSAGE_PATTERNS: tuple[tuple[FailureReason, re.Pattern], ...] = (
         r"WorkerCrashedError|RaySystemError|GcsUnavailable|connection (reset|refused)|head pod .*(lost|deleted)|"
         r"NCCL (error|timeout)|ECONNRESET|DeadlineExceeded|Pod .* (failed|deleted)", re.I)),
     (FailureReason.USER_ERROR, re.compile(
-        r"ModuleNotFoundError|ImportError|SyntaxError|NameError|TypeError: .*argument|"
+        r"ModuleNotFoundError|No module named|ImportError|SyntaxError|NameError|TypeError: .*argument|"
         r"KeyError|FileNotFoundError|No such file|invalid spec|ValidationError", re.I)),
 )
 _EXIT_CODE_IN_MESSAGE = re.compile(r"exit(?:ed with)? code:? ?(-?\d+)|exit_code[=:] ?(-?\d+)", re.I)

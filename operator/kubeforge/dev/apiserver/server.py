@@ -18,7 +18,7 @@ def kubeconfig(url: str, namespace: str = "default") -> dict:
     return {
         "apiVersion": "v1", "kind": "Config", "current-context": "kubeforge-dev", "preferences": {},
         "clusters": [{"name": "kubeforge-dev", "cluster": {"server": url}}],
-        "users": [{"name": "kubeforge-dev", "user": {}}],
+        "users": [{"name": "kubeforge-dev", "user": {"token": "kubeforge-dev"}}],  # accepted, not checked
         "contexts": [{"name": "kubeforge-dev", "context": {"cluster": "kubeforge-dev", "user": "kubeforge-dev",
                                                             "namespace": namespace}}],
     }

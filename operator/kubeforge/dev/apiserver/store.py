@@ -41,11 +41,22 @@ def merge_patch(target, patch):
     return result
 
 
+def _normalise_secret(obj: dict) -> None:
+    """Secrets store `data` base64-encoded; `stringData` is write-only, as on the real server."""
+    import base64
+
+    string_data = obj.pop("stringData", None) or {}
+    if string_data:
+        data = obj.setdefault("data", {})
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+
+
 def _spec_part(obj: dict) -> dict:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
 
-@dataclass
+@dataclass(eq=False)
 class Watcher:
     queue: asyncio.Queue
     namespace: Optional[str]
@@ -175,6 +186,8 @@ class Store:
         obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
         if rtype.has_status and rtype.schema is not None:
             obj.pop("status", None)
+        if rtype.key == ("", "secrets"):
+            _normalise_secret(obj)
         warnings = self._validate(rtype, obj, strict)
         for field in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
@@ -249,6 +262,8 @@ class Store:
                 raise invalid(rtype.kind, rtype.qualified, name, rtype.group,
                               [f"metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)}"])
         warnings: list[str] = []
+        if rtype.key == ("", "secrets"):
+            _normalise_secret(new)
         if subresource == "status" and rtype.schema is not None:
             status_schema = (rtype.schema.get("properties") or {}).get("status")
             errors = validate(new.get("status"), status_schema, "status") if status_schema and "status" in new else []
