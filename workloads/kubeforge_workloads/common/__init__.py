@@ -1,0 +1,1 @@
+"""Pieces every batch workload reuses: storage, heartbeat, checkpoints, failures, MLflow, node check."""

@@ -1,0 +1,73 @@
+"""Failures a workload understands, the exit codes they map to, and the boundary that reports them."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable, Optional
+
+from kubeforge.api.workload import ExitCode
+
+
+class WorkloadError(Exception):
+    exit_code = ExitCode.INFRASTRUCTURE
+    reason = "Infrastructure"
+
+
+class UserError(WorkloadError):
+    """Bad spec, missing data or model, bad template: retrying cannot help."""
+
+    exit_code = ExitCode.USER_ERROR
+    reason = "UserError"
+
+
+class DataError(UserError):
+    """Invalid rows in a dataset (the message names file and line)."""
+
+    exit_code = ExitCode.DATA_ERROR
+
+
+class NodeCheckError(WorkloadError):
+    exit_code = ExitCode.NODE_CHECK_FAILED
+    reason = "NodeCheckFailed"
+
+
+def classify_exception(error: BaseException) -> tuple[int, str, str]:
+    """(exit code, reason, message) for an exception, looking through Ray's wrappers to the cause."""
+    chain, seen = [], set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__ or getattr(current, "cause", None)
+    for item in chain:
+        if isinstance(item, WorkloadError):
+            return int(item.exit_code), item.reason, str(item)
+    text = " ".join(f"{type(e).__name__}: {e}" for e in chain)
+    # Ray wraps worker exceptions in its own types; the original class name survives in the text.
+    for name, cls in (("NodeCheckError", NodeCheckError), ("DataError", DataError), ("UserError", UserError)):
+        if name in text:
+            message = text.split(f"{name}: ", 1)[-1].splitlines()[0]
+            return int(cls.exit_code), cls.reason, message
+    if "OutOfMemoryError" in text or "out of memory" in text.lower():
+        return int(ExitCode.OUT_OF_MEMORY), "OutOfMemory", text[:500]
+    if any(name in text for name in ("EndpointConnectionError", "ConnectionError", "ReadTimeout", "ClientError")):
+        return int(ExitCode.INFRASTRUCTURE), "Infrastructure", text[:500]
+    return 1, "Unknown", text[:500]
+
+
+def run_workload(main: Callable[[], None], report: Callable[[int, str, str, str], None]) -> None:
+    """Run `main`; on failure report (exit code, reason, message, traceback tail) and exit with the code."""
+    try:
+        main()
+    except SystemExit:
+        raise
+    except BaseException as error:  # the boundary: everything becomes a classified exit
+        code, reason, message = classify_exception(error)
+        tail = "".join(traceback.format_exception(error))[-4000:]
+        try:
+            report(code, reason, message, tail)
+        except Exception as report_error:  # reporting must never hide the original failure
+            print(f"kubeforge: could not write the failure report: {report_error}", file=sys.stderr)
+        print(f"kubeforge: {reason}: {message}", file=sys.stderr)
+        sys.exit(code)

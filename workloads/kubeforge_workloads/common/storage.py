@@ -1,0 +1,103 @@
+"""Object-store access for workloads: the resource prefix, progress, checkpoints with manifests, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from kubeforge.api.workload import WorkloadContext
+from kubeforge.storage.layout import MANIFEST_FILE, ResourcePrefix, committed_steps, parse_s3_uri
+from kubeforge.storage.objectstore import S3ObjectStore
+from kubeforge.storage.progress import CheckpointManifest, FailureReport, Progress
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class WorkloadStorage:
+    def __init__(self, context: WorkloadContext, store: Optional[S3ObjectStore] = None):
+        self.context = context
+        self.store = store or S3ObjectStore()
+        self.prefix = ResourcePrefix(context.storage.bucket, context.storage.prefix)
+
+    # progress and failures
+    def write_progress(self, progress: Progress) -> None:
+        self.store.put(self.prefix.bucket, self.prefix.progress_key, progress.to_json().encode())
+
+    def read_progress(self) -> Optional[Progress]:
+        raw = self.store.get(self.prefix.bucket, self.prefix.progress_key)
+        return Progress.model_validate_json(raw) if raw else None
+
+    def write_failure(self, code: int, reason: str, message: str, tail: str) -> None:
+        report = FailureReport(attempt=self.context.attempt, exit_code=code, reason=reason, message=message,
+                               traceback_tail=tail)
+        self.store.put(self.prefix.bucket, self.prefix.failure_key(self.context.attempt),
+                       report.model_dump_json(by_alias=True).encode())
+
+    # checkpoints
+    def latest_checkpoint(self) -> Optional[int]:
+        steps = committed_steps(self.prefix, self.store.list(self.prefix.bucket, self.prefix.checkpoints_key))
+        return steps[-1] if steps else None
+
+    def commit_checkpoint(self, step: int, epoch: float, local_dir: Path) -> str:
+        """Upload every file, then the manifest: a reader never sees a checkpoint without all its files."""
+        files = {}
+        base = self.prefix.checkpoint_key(step)
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            relative = path.relative_to(local_dir).as_posix()
+            self.store.client.upload_file(str(path), self.prefix.bucket, base + relative)
+            files[relative] = path.stat().st_size
+        manifest = CheckpointManifest(step=step, epoch=epoch, attempt=self.context.attempt, files=files,
+                                      created_at=utcnow())
+        self.store.put(self.prefix.bucket, base + MANIFEST_FILE, manifest.model_dump_json(by_alias=True).encode())
+        return f"s3://{self.prefix.bucket}/{base}"
+
+    def download_checkpoint(self, step: int, local_dir: Path) -> str:
+        base = self.prefix.checkpoint_key(step)
+        manifest = CheckpointManifest.model_validate_json(self.store.get(self.prefix.bucket, base + MANIFEST_FILE))
+        for relative, size in manifest.files.items():
+            target = local_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.store.client.download_file(self.prefix.bucket, base + relative, str(target))
+            if target.stat().st_size != size:
+                raise IOError(f"checkpoint file {relative} has {target.stat().st_size} bytes, manifest says {size}")
+        return f"s3://{self.prefix.bucket}/{base}"
+
+    # outputs
+    def upload_dir(self, local_dir: Path, *parts: str) -> str:
+        key = self.prefix.output_key(*parts)
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            self.store.client.upload_file(str(path), self.prefix.bucket, f"{key}/{path.relative_to(local_dir).as_posix()}")
+        return f"s3://{self.prefix.bucket}/{key}"
+
+    def put_json(self, value: dict, *parts: str) -> None:
+        self.store.put(self.prefix.bucket, self.prefix.output_key(*parts), json.dumps(value, indent=1).encode())
+
+    def get_json(self, *parts: str) -> Optional[dict]:
+        raw = self.store.get(self.prefix.bucket, self.prefix.output_key(*parts))
+        return json.loads(raw) if raw else None
+
+
+def download_uri(store: S3ObjectStore, uri: str, local_dir: Path) -> Path:
+    """Download an s3:// file or directory prefix into local_dir; returns the local path."""
+    bucket, key = parse_s3_uri(uri)
+    keys = list(store.list(bucket, key.rstrip("/") + "/")) if not key.endswith((".jsonl", ".json", ".txt")) else []
+    local_dir.mkdir(parents=True, exist_ok=True)
+    if not keys:
+        if store.get(bucket, key) is None:
+            from kubeforge_workloads.common.errors import UserError
+
+            raise UserError(f"{uri} does not exist in the object store")
+        target = local_dir / os.path.basename(key)
+        store.client.download_file(bucket, key, str(target))
+        return target
+    root = key.rstrip("/") + "/"
+    for item in keys:
+        target = local_dir / item[len(root):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        store.client.download_file(bucket, item, str(target))
+    return local_dir

@@ -1,0 +1,45 @@
+"""MLflow: one run per resource, continued by every attempt; model registration."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from kubeforge.api.workload import WorkloadContext
+
+
+def start_run(context: WorkloadContext, params: dict) -> str:
+    """Find the resource's run by its uid tag (later attempts continue it) or create it; returns run id."""
+    import mlflow
+
+    if context.mlflow.tracking_uri:
+        mlflow.set_tracking_uri(context.mlflow.tracking_uri)
+    experiment = mlflow.set_experiment(context.mlflow.experiment)
+    found = mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.`kubeforge.uid` = '{context.uid}'",
+                               output_format="list", max_results=1)
+    if found:
+        run = mlflow.start_run(run_id=found[0].info.run_id)
+    else:
+        run = mlflow.start_run(run_name=context.mlflow.run_name, tags={
+            "kubeforge.uid": context.uid, "kubeforge.kind": context.kind,
+            "kubeforge.namespace": context.namespace, "kubeforge.name": context.name})
+        mlflow.log_params(params)
+    mlflow.set_tag("kubeforge.attempt", str(context.attempt))
+    mlflow.log_param(f"attempt_{context.attempt}_generation", context.generation)
+    return run.info.run_id
+
+
+def register(name: str, run_id: str, artifact_path: str, description: Optional[str] = None) -> str:
+    """Register run artifacts (a Hugging Face directory) as a new model version; returns the version."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as error:
+        if "already exists" not in str(error).lower() and "RESOURCE_ALREADY_EXISTS" not in str(error):
+            raise
+    run = client.get_run(run_id)
+    source = f"{run.info.artifact_uri}/{artifact_path}"
+    version = client.create_model_version(name, source=source, run_id=run_id, description=description)
+    return str(version.version)

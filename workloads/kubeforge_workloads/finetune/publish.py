@@ -1,0 +1,71 @@
+"""After training: save the adapter (and merged or full model), log to MLflow, register, write result.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from kubeforge.api.finetune import FineTuneSpec, Method
+from kubeforge.api.workload import WorkloadContext
+from kubeforge_workloads.common.storage import WorkloadStorage
+from kubeforge_workloads.finetune.train import PROBE_PROMPT
+
+
+def training_params(spec: FineTuneSpec, train_rows: int, eval_rows: int) -> dict:
+    t = spec.training
+    return {"base_model": spec.base_model.uri, "method": spec.method.value, "lora_r": spec.lora.r,
+            "lora_alpha": spec.lora.alpha, "lora_dropout": spec.lora.dropout,
+            "target_modules": ",".join(spec.lora.target_modules), "epochs": t.epochs, "max_steps": t.max_steps,
+            "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
+            "learning_rate": t.learning_rate, "lr_scheduler": t.lr_scheduler.value, "warmup_ratio": t.warmup_ratio,
+            "max_seq_length": t.max_seq_length, "seed": t.seed, "precision": t.precision.value,
+            "workers": spec.resources.workers, "train_rows": train_rows, "eval_rows": eval_rows}
+
+
+def probe_logits(model, tokenizer) -> dict:
+    import torch
+
+    ids = tokenizer(PROBE_PROMPT, return_tensors="pt")["input_ids"]
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(model.device)).logits[0].float().cpu()
+    return {"prompt": PROBE_PROMPT, "inputIds": ids[0].tolist(), "logits": logits.tolist()}
+
+
+def publish(context: WorkloadContext, spec: FineTuneSpec, storage: WorkloadStorage, trainer, tokenizer, cache: Path,
+            run_id: Optional[str], eval_before: Optional[dict], eval_after: Optional[float]) -> dict:
+    import mlflow
+
+    from kubeforge_workloads.common.tracking import register
+
+    model = trainer.model
+    name = spec.output.registered_model_name
+    result: dict = {"registeredModelName": name, "mlflowRunId": run_id, "steps": trainer.state.global_step,
+                    "evalLossBefore": (eval_before or {}).get("evalLoss"), "evalLossAfter": eval_after}
+    if eval_after is not None:
+        mlflow.log_metric("eval_loss_after", eval_after, step=trainer.state.global_step)
+    main_dir = cache / ("model" if spec.method == Method.FULL else "adapter") / "out"
+    model.save_pretrained(main_dir)
+    tokenizer.save_pretrained(main_dir)
+    artifact = "model" if spec.method == Method.FULL else "adapter"
+    result["adapterUri" if artifact == "adapter" else "modelUri"] = storage.upload_dir(main_dir, artifact)
+    mlflow.log_artifacts(str(main_dir), artifact_path=artifact)
+    version = register(name, run_id, artifact, f"{context.namespace}/{context.name} ({spec.method.value})")
+    result["registeredModelVersion"] = version
+    result["modelUri"] = f"models:/{name}/{version}"
+    probe = probe_logits(model, tokenizer)
+    storage.put_json(probe, "probe.json")
+
+    if spec.output.merge and spec.method != Method.FULL:
+        merged = model.merge_and_unload()
+        merged_dir = cache / "merged" / "out"
+        merged.save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+        result["mergedUri"] = storage.upload_dir(merged_dir, "merged")
+        mlflow.log_artifacts(str(merged_dir), artifact_path="merged")
+        result["mergedModelName"] = f"{name}-merged"
+        result["mergedModelVersion"] = register(f"{name}-merged", run_id, "merged",
+                                                f"{context.namespace}/{context.name} merged for serving")
+    mlflow.log_dict(result, "result.json")
+    return result

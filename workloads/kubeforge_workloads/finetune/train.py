@@ -1,0 +1,230 @@
+"""The per-worker training loop: transformers Trainer + peft, checkpoints committed to S3, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from kubeforge.api.finetune import FineTuneSpec, Method, Precision
+from kubeforge.api.workload import WorkloadContext
+from kubeforge_workloads.common.errors import UserError
+from kubeforge_workloads.common.heartbeat import Heartbeat
+from kubeforge_workloads.common.nodecheck import node_check
+from kubeforge_workloads.common.storage import WorkloadStorage, download_uri
+from kubeforge_workloads.finetune.data import PadCollator, read_examples, tokenize
+
+STEP_DELAY_ENV = "KUBEFORGE_STEP_DELAY_SECONDS"  # slows steps down for chaos tests and demos
+PROBE_PROMPT = "### Question\nWhat does Kubeforge do?\n### Answer\n"
+
+
+def load_model_dir(uri: str, cache: Path, store) -> Path:
+    if uri.startswith("s3://"):
+        path = download_uri(store, uri, cache / "model")
+    elif uri.startswith("mlflow://models/"):
+        import mlflow
+
+        name, version = uri[len("mlflow://models/"):].split("/", 1)
+        path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(cache / "model")))
+    else:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise UserError(f"spec.baseModel.uri {uri}: no model hub is reachable (HF_HUB_OFFLINE=1); use s3://")
+        path = Path(uri[len("hf://"):])
+    if not (path / "config.json").exists():
+        raise UserError(f"spec.baseModel.uri {uri} is not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def load_examples(spec: FineTuneSpec, cache: Path, store) -> tuple[list, list]:
+    train_path = download_uri(store, spec.dataset.train_uri, cache / "train")
+    train = read_examples(train_path, spec.dataset, spec.dataset.train_uri)
+    evaluation = []
+    if spec.dataset.eval_uri:
+        eval_path = download_uri(store, spec.dataset.eval_uri, cache / "eval")
+        evaluation = read_examples(eval_path, spec.dataset, spec.dataset.eval_uri)
+    return train, evaluation
+
+
+class ListDataset:
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
+
+
+def build_model(spec: FineTuneSpec, model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}.get(spec.training.precision, torch.float32)
+    kwargs = {"dtype": dtype}
+    if spec.method == Method.QLORA:
+        if not torch.cuda.is_available():
+            raise UserError("spec.method qlora needs a CUDA GPU (bitsandbytes 4-bit); use method lora on CPU")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if spec.method == Method.FULL:
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if spec.method == Method.QLORA:
+        model = prepare_model_for_kbit_training(model)
+    targets = spec.lora.target_modules
+    lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout, task_type="CAUSAL_LM",
+                      target_modules="all-linear" if targets == ["all-linear"] else targets)
+    return get_peft_model(model, lora)
+
+
+def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank: int, tokens_per_step: float,
+                  on_metrics):
+    from transformers import TrainerCallback
+
+    class KubeforgeCallback(TrainerCallback):
+        def __init__(self):
+            self.last_time = time.monotonic()
+            self.delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.monotonic()
+            throughput = tokens_per_step / max(now - self.last_time, 1e-6)
+            self.last_time = now
+            if heartbeat:
+                heartbeat.update(phase="Training", step=state.global_step, total_steps=state.max_steps,
+                                 epoch=round(state.epoch or 0, 4), throughput=round(throughput, 1))
+            if self.delay:
+                time.sleep(self.delay)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and rank == 0:
+                if heartbeat and "loss" in logs:
+                    heartbeat.update(loss=float(logs["loss"]))
+                if heartbeat and "eval_loss" in logs:
+                    heartbeat.update(eval_loss=float(logs["eval_loss"]))
+                on_metrics(logs, state.global_step)
+
+        def on_save(self, args, state, control, **kwargs):
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if rank == 0:
+                if heartbeat:
+                    heartbeat.update(phase="Checkpointing")
+                local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                uri = storage.commit_checkpoint(state.global_step, state.epoch or 0.0, local)
+                if heartbeat:
+                    heartbeat.update(phase="Training", last_checkpoint=uri)
+
+    return KubeforgeCallback()
+
+
+def training_arguments(spec: FineTuneSpec, output_dir: Path, use_gpu: bool, has_eval: bool):
+    from transformers import TrainingArguments
+
+    t = spec.training
+    return TrainingArguments(
+        output_dir=str(output_dir), overwrite_output_dir=False,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler.value, warmup_steps=t.warmup_ratio,
+        num_train_epochs=t.epochs, max_steps=t.max_steps or -1, seed=t.seed, data_seed=t.seed,
+        bf16=t.precision == Precision.BF16, fp16=t.precision == Precision.FP16,
+        save_strategy="steps", save_steps=t.checkpoint_every_steps, save_total_limit=2,
+        eval_strategy="steps" if (has_eval and t.eval_every_steps) else "no", eval_steps=t.eval_every_steps,
+        logging_strategy="steps", logging_steps=1, report_to=[], use_cpu=not use_gpu,
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
+    )
+
+
+def train_loop(config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    import ray.train
+    from transformers import AutoTokenizer, Trainer
+
+    context = WorkloadContext.model_validate(config["context"])
+    spec = FineTuneSpec.model_validate(context.spec)
+    rank = ray.train.get_context().get_world_rank()
+    storage = WorkloadStorage(context)
+    use_gpu = spec.resources.gpus_per_worker > 0
+    heartbeat = Heartbeat(storage.write_progress, context.attempt).start() if rank == 0 else None
+    try:
+        _train(context, spec, storage, rank, use_gpu, heartbeat, AutoTokenizer, Trainer)
+    finally:
+        if heartbeat:
+            heartbeat.stop()
+
+
+def _train(context, spec, storage, rank, use_gpu, heartbeat, AutoTokenizer, Trainer) -> None:
+    if heartbeat:
+        heartbeat.update(phase="NodeCheck")
+    node_check(expect_gpu=use_gpu)
+    cache = Path(tempfile.mkdtemp(prefix=f"kubeforge-{context.name}-{context.attempt}-{rank}-"))
+    if heartbeat:
+        heartbeat.update(phase="Loading")
+    model_dir = load_model_dir(spec.base_model.uri, cache, storage.store)
+    train_examples, eval_examples = load_examples(spec, cache, storage.store)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_rows = tokenize(train_examples, tokenizer, spec.training.max_seq_length)
+    eval_rows = tokenize(eval_examples, tokenizer, spec.training.max_seq_length)
+    model = build_model(spec, model_dir)
+
+    import mlflow
+
+    from kubeforge_workloads.finetune.publish import publish, training_params
+
+    run_id = None
+    if rank == 0:
+        from kubeforge_workloads.common.tracking import start_run
+
+        run_id = start_run(context, training_params(spec, len(train_rows), len(eval_rows)))
+
+    def on_metrics(logs: dict, step: int) -> None:
+        numeric = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
+        if numeric:
+            mlflow.log_metrics(numeric, step=step)
+
+    average_tokens = sum(len(r["input_ids"]) for r in train_rows) / len(train_rows)
+    tokens_per_step = average_tokens * spec.training.batch_size * spec.training.gradient_accumulation_steps
+    output_dir = cache / "checkpoints"
+    trainer = Trainer(model=model, args=training_arguments(spec, output_dir, use_gpu, bool(eval_rows)),
+                      train_dataset=ListDataset(train_rows), eval_dataset=ListDataset(eval_rows) if eval_rows else None,
+                      data_collator=PadCollator(tokenizer.pad_token_id),
+                      callbacks=[make_callback(storage, heartbeat, rank, tokens_per_step, on_metrics)])
+
+    resume_dir = None
+    latest = storage.latest_checkpoint()
+    if latest is not None:
+        resume_dir = output_dir / f"checkpoint-{latest}"
+        resumed_from = storage.download_checkpoint(latest, resume_dir)
+        if heartbeat:
+            heartbeat.update(resumed_from=resumed_from, last_checkpoint=resumed_from, step=latest)
+    eval_before = storage.get_json("eval_before.json") if rank == 0 else None
+    if rank == 0 and eval_rows and eval_before is None and resume_dir is None:
+        eval_before = {"evalLoss": float(trainer.evaluate()["eval_loss"])}
+        storage.put_json(eval_before, "eval_before.json")
+        mlflow.log_metric("eval_loss_before", eval_before["evalLoss"], step=0)
+    if heartbeat:
+        heartbeat.update(phase="Training")
+    trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    if rank == 0:
+        if heartbeat:
+            heartbeat.update(phase="Registering")
+        eval_after = float(trainer.evaluate()["eval_loss"]) if eval_rows else None
+        result = publish(context, spec, storage, trainer, tokenizer, cache, run_id, eval_before, eval_after)
+        storage.put_json(result, "result.json")
+        mlflow.end_run()
+        if heartbeat:
+            heartbeat.update(phase="Done", step=trainer.state.global_step)
+            heartbeat.beat()
