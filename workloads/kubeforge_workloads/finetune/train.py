@@ -133,7 +133,7 @@ def training_arguments(spec: FineTuneSpec, output_dir: Path, use_gpu: bool, has_
 
     t = spec.training
     return TrainingArguments(
-        output_dir=str(output_dir), overwrite_output_dir=False,
+        output_dir=str(output_dir),
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler.value, warmup_steps=t.warmup_ratio,
