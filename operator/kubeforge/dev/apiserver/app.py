@@ -23,7 +23,8 @@ BOOKMARK_INTERVAL = 10.0
 
 
 def _json(body: dict, status: int = 200, warnings: list[str] = ()) -> web.Response:
-    headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)} if warnings else None
+    escaped = [w.replace("\\", "\\\\").replace('"', '\\"') for w in warnings]
+    headers = {"Warning": ", ".join(f'299 - "{w}"' for w in escaped)} if warnings else None
     return web.Response(text=json.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
@@ -205,8 +206,16 @@ class ApiApp:
         as_table = _wants_table(request)
         timeout = float(request.query.get("timeoutSeconds") or 1800)
         bookmarks = request.query.get("allowWatchBookmarks") in ("true", "1")
-        watcher, backlog = self.store.watch(rtype, route.namespace, matches, request.query.get("resourceVersion"))
         response = web.StreamResponse(headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        try:
+            watcher, backlog = self.store.watch(rtype, route.namespace, matches, request.query.get("resourceVersion"))
+        except ApiError as error:
+            if error.code != 410:
+                raise
+            # As kube-apiserver: the watch opens, then one ERROR event carries the 410 Status.
+            await response.prepare(request)
+            await response.write(json.dumps({"type": "ERROR", "object": error.status()}).encode() + b"\n")
+            return response
         await response.prepare(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

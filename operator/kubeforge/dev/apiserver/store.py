@@ -318,6 +318,8 @@ class Store:
                 except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
                     raise ApiError(422, f"the server rejected our request due to an error in our request: {error}")
             elif kind == "application/merge-patch+json":
+                if not isinstance(patch, dict):
+                    raise ApiError(400, "a merge patch must be a JSON object")
                 new = merge_patch(current, patch)
             elif kind == "application/strategic-merge-patch+json":
                 if rtype.schema is not None:
