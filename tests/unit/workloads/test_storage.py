@@ -1,0 +1,70 @@
+"""Checkpoints are committed manifest-last; torn ones are never used; progress and failure reports round-trip."""
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
+from kubeforge.storage.layout import MANIFEST_FILE
+from kubeforge.storage.objectstore import S3ObjectStore
+from kubeforge.storage.progress import FailureReport
+from kubeforge_workloads.common.heartbeat import Heartbeat
+from kubeforge_workloads.common.storage import WorkloadStorage
+
+
+@pytest.fixture
+def storage(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="kfbucket")
+        context = WorkloadContext(kind="FineTune", namespace="ns", name="ft", uid="u", generation=1, attempt=2,
+                                  spec={}, storage=StorageContext(bucket="kfbucket", prefix="ns/FineTune/ft"),
+                                  mlflow=MlflowContext(experiment="e", run_name="ft"))
+        yield WorkloadStorage(context, S3ObjectStore(client))
+
+
+def checkpoint_dir(tmp_path, name="ckpt"):
+    directory = tmp_path / name
+    (directory / "sub").mkdir(parents=True)
+    (directory / "adapter_model.safetensors").write_bytes(b"x" * 100)
+    (directory / "sub" / "rng_state.pth").write_bytes(b"y" * 7)
+    return directory
+
+
+def test_commit_then_download_round_trips(storage, tmp_path):
+    uri = storage.commit_checkpoint(4, 0.5, checkpoint_dir(tmp_path))
+    assert uri == "s3://kfbucket/ns/FineTune/ft/checkpoints/step-4/"
+    assert storage.latest_checkpoint() == 4
+    target = tmp_path / "restored"
+    storage.download_checkpoint(4, target)
+    assert (target / "adapter_model.safetensors").read_bytes() == b"x" * 100
+    assert (target / "sub" / "rng_state.pth").read_bytes() == b"y" * 7
+
+
+def test_torn_checkpoint_without_manifest_is_ignored(storage, tmp_path):
+    storage.commit_checkpoint(4, 0.5, checkpoint_dir(tmp_path))
+    committed = storage.commit_checkpoint(8, 1.0, checkpoint_dir(tmp_path, "second"))
+    storage.store.client.delete_object(Bucket="kfbucket", Key=committed[len("s3://kfbucket/"):] + MANIFEST_FILE)
+    storage.store.put("kfbucket", "ns/FineTune/ft/checkpoints/step-12/adapter_model.safetensors", b"partial")
+    assert storage.latest_checkpoint() == 4
+
+
+def test_download_refuses_a_truncated_file(storage, tmp_path):
+    storage.commit_checkpoint(4, 0.5, checkpoint_dir(tmp_path))
+    storage.store.put("kfbucket", "ns/FineTune/ft/checkpoints/step-4/adapter_model.safetensors", b"short")
+    with pytest.raises(IOError, match="manifest says 100"):
+        storage.download_checkpoint(4, tmp_path / "restored")
+
+
+def test_failure_report_and_heartbeat(storage):
+    storage.write_failure(64, "UserError", "bad template", "Traceback ...")
+    raw = storage.store.get("kfbucket", "ns/FineTune/ft/attempts/2/failure.json")
+    report = FailureReport.model_validate_json(raw)
+    assert (report.attempt, report.exit_code, report.reason) == (2, 64, "UserError")
+    beat = Heartbeat(storage.write_progress, attempt=2)
+    beat.update(phase="Training", step=3, total_steps=10, loss=1.5)
+    beat.beat()
+    progress = storage.read_progress()
+    assert (progress.attempt, progress.phase, progress.step, progress.total_steps, progress.loss) == (2, "Training", 3, 10, 1.5)
