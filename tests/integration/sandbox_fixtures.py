@@ -15,9 +15,9 @@ import pytest
 from kubeforge.dev import sandbox as sandbox_mod
 
 
-def free_port_block(size: int = 6) -> int:
+def free_port_block(size: int = 100) -> int:
     """A base port with `size` free consecutive ports after it."""
-    for base in range(21000, 30000, 10):
+    for base in range(21000, 30000, 100):
         sockets = []
         try:
             for port in range(base, base + size):

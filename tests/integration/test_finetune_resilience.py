@@ -78,8 +78,8 @@ def test_killed_twice_resumes_bit_exactly(sandbox):
     chaotic = sandbox.wait_for(lambda: checkpoint_step(s := status(sandbox, "chaotic")) >= 2 * EVERY and s,
                                "chaotic's second checkpoint", timeout=300, interval=0.5)
     chaos(sandbox, "kill", "chaotic-1", "--reason", "NodeLost")
-    sandbox.wait_for(lambda: len((s := status(sandbox, "chaotic")).get("attempts", [])) >= 2
-                     and (s.get("progress") or {}).get("step", 0) > 2 * EVERY and s,
+    sandbox.wait_for(lambda: (p := status(sandbox, "chaotic").get("progress") or {}).get("attempt") == 2
+                     and p.get("step", 0) > 2 * EVERY,
                      "attempt 2 to train past its resume point", timeout=300, interval=0.5)
     chaos(sandbox, "kill", "chaotic-2", "--reason", "NodeLost")
 

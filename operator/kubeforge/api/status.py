@@ -81,6 +81,8 @@ class Attempt(ApiModel):
 class ProgressStatus(ApiModel):
     """The latest heartbeat of the workload, copied from progress.json."""
 
+    attempt: Optional[int] = None
+    """Attempt that wrote this heartbeat."""
     phase: Optional[str] = None
     step: Optional[int] = None
     total_steps: Optional[int] = None

@@ -257,7 +257,7 @@ def _copy_progress(status: dict, current: dict, progress: Optional[Progress]) ->
             seconds_per_step = (updated - started).total_seconds() / max(progress.step - _first_step(progress), 1)
             eta = int(seconds_per_step * (progress.total_steps - progress.step))
     status["progress"] = {k: v for k, v in {
-        "phase": progress.phase, "step": progress.step, "totalSteps": progress.total_steps,
+        "attempt": progress.attempt, "phase": progress.phase, "step": progress.step, "totalSteps": progress.total_steps,
         "epoch": progress.epoch, "loss": progress.loss, "tokensPerSecond": progress.throughput,
         "lastCheckpoint": progress.last_checkpoint, "updatedAt": progress.updated_at,
         "etaSeconds": eta, "summary": summary,

@@ -24,12 +24,23 @@ def temp_dir(gcs_port: int) -> Path:
     return Path(tempfile.gettempdir()) / f"kfray-{gcs_port}"
 
 
+def _extra_ports(gcs_port: int) -> list[str]:
+    """Every port Ray would otherwise pick by default, pinned near the GCS port, so that two sandboxes
+    (or a sandbox and the remains of a stopped one) never collide on Ray's fixed defaults."""
+    base = gcs_port + 7
+    return [f"--dashboard-agent-listen-port={base}", f"--dashboard-agent-grpc-port={base + 1}",
+            f"--node-manager-port={base + 2}", f"--object-manager-port={base + 3}",
+            f"--runtime-env-agent-port={base + 4}", f"--metrics-export-port={base + 5}",
+            f"--ray-client-server-port={base + 6}",
+            f"--min-worker-port={base + 20}", f"--max-worker-port={base + 90}"]
+
+
 def start(state_dir: Path, gcs_port: int, dashboard_port: int, serve_port: int,
           env: Optional[dict] = None, timeout: float = 90) -> str:
     """Start the head and return its dashboard (job submission) address."""
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "gcs_port").write_text(str(gcs_port))
-    argv = [_ray_cli(), "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
+    argv = [_ray_cli(), "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", *_extra_ports(gcs_port),
             "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--num-cpus={LOGICAL_CPUS}",
             f"--object-store-memory={OBJECT_STORE_BYTES}", f"--temp-dir={temp_dir(gcs_port)}",
             "--disable-usage-stats"]
@@ -51,6 +62,31 @@ def start(state_dir: Path, gcs_port: int, dashboard_port: int, serve_port: int,
     raise RuntimeError(f"Ray dashboard did not answer at {address} within {timeout:.0f}s")
 
 
-def stop(state_dir: Path) -> None:
-    subprocess.run([_ray_cli(), "stop", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=60)
+def stop(state_dir: Path, timeout: float = 30) -> int:
+    """Stop this head's processes only (`ray stop` would stop every Ray on the machine)."""
+    import psutil
+
+    port_file = state_dir / "gcs_port"
+    if not port_file.exists():
+        return 0
+    marker = str(temp_dir(int(port_file.read_text())))
+    victims = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []):
+                victims.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in victims:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(victims, timeout=timeout / 2)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout / 2)
+    return len(victims)

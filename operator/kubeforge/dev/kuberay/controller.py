@@ -22,6 +22,7 @@ GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 FINALIZER = "ray.io/rayjob-finalizer"
 CHAOS_ANNOTATION = "chaos.kubeforge.dev/action"
 JOB_MARKER_ENV = "KUBEFORGE_LOCAL_RAYJOB"
+SUBMISSION_RETRY_SECONDS = 120
 
 
 def now() -> str:
@@ -179,6 +180,12 @@ class LocalKubeRay:
                 log.info("adopted existing Ray job %s", job_id)
         except Exception as error:
             log.warning("submission of %s failed: %s", job_id, error)
+            started = datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
+            deadline = rayjob["spec"].get("preRunningDeadlineSeconds") or SUBMISSION_RETRY_SECONDS
+            if (datetime.now(timezone.utc) - started).total_seconds() < deadline:
+                # Like KubeRay's submitter, keep trying while the cluster comes up (e.g. its job agent).
+                self._patch_status(rayjob, {**status, "message": f"submission will be retried: {error}"})
+                return
             self._patch_status(rayjob, {**status, "jobDeploymentStatus": FAILED, "jobStatus": "FAILED",
                                         "reason": SUBMISSION_FAILED, "endTime": now(), "failed": 1,
                                         "message": f"failed to submit the job: {error}"})
