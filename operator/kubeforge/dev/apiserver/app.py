@@ -14,7 +14,7 @@ from aiohttp import web
 from kubeforge.dev.apiserver import discovery
 from kubeforge.dev.apiserver.errors import ApiError
 from kubeforge.dev.apiserver.selectors import SelectorError, field_matcher, label_matcher
-from kubeforge.dev.apiserver.store import Store
+from kubeforge.dev.apiserver.store import Store, WriteOptions
 from kubeforge.dev.apiserver.tables import table
 from kubeforge.dev.apiserver.types import ResourceType
 
@@ -32,8 +32,21 @@ def _wants_table(request: web.Request) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
 
-def _strict(request: web.Request) -> bool:
-    return request.query.get("fieldValidation", "") == "Strict"
+def _options(request: web.Request) -> WriteOptions:
+    """fieldValidation (default Warn, as kube-apiserver ≥1.27), fieldManager (default: the User-Agent's product,
+    as the real server derives it), dryRun=All, force (apply)."""
+    validation = request.query.get("fieldValidation") or "Warn"
+    if validation not in ("Strict", "Warn", "Ignore"):
+        raise ApiError(400, f"fieldValidation must be one of Ignore, Warn or Strict, got {validation!r}")
+    manager = request.query.get("fieldManager")
+    if manager is None and not _is_apply(request):
+        manager = (request.headers.get("User-Agent") or "unknown").split("/")[0] or "unknown"
+    return WriteOptions(validation=validation, manager=manager or "", dry_run=bool(request.query.get("dryRun")),
+                        force=request.query.get("force") in ("true", "1"))
+
+
+def _is_apply(request: web.Request) -> bool:
+    return request.headers.get("Content-Type", "").startswith("application/apply-patch")
 
 
 def _matcher(request: web.Request):
@@ -145,7 +158,7 @@ class ApiApp:
                     return await self._watch(request, route)
                 return self._list(request, route)
             if method == "POST":
-                obj, warnings = store.create(rtype, route.namespace, await _body(request), _strict(request), dry_run)
+                obj, warnings = store.create(rtype, route.namespace, await _body(request), _options(request))
                 return _json(obj, 201, warnings)
             if method == "DELETE":
                 items, _ = store.list(rtype, route.namespace, _matcher(request))
@@ -161,13 +174,12 @@ class ApiApp:
             return _json(obj)
         if method == "PUT":
             obj, warnings = store.update(rtype, route.namespace, route.name, await _body(request),
-                                         route.sub if route.sub == "status" else None, _strict(request), dry_run=dry_run)
+                                         route.sub if route.sub == "status" else None, _options(request))
             return _json(obj, 200, warnings)
         if method == "PATCH":
             obj, warnings, created = store.patch(
                 rtype, route.namespace, route.name, request.headers.get("Content-Type", ""), await request.read(),
-                route.sub if route.sub == "status" else None, _strict(request), request.query.get("fieldManager"),
-                dry_run)
+                route.sub if route.sub == "status" else None, _options(request))
             return _json(obj, 201 if created else 200, warnings)
         if method == "DELETE":
             options = await _body(request)
@@ -177,7 +189,14 @@ class ApiApp:
                 if current["metadata"]["resourceVersion"] != options["preconditions"]["resourceVersion"]:
                     raise ApiError(409, f'Operation cannot be fulfilled on {rtype.qualified} "{route.name}": '
                                         "the ResourceVersion in the precondition does not match", "Conflict")
-            return _json(store.delete(rtype, route.namespace, route.name, propagation, dry_run))
+            deleted = store.delete(rtype, route.namespace, route.name, propagation, dry_run)
+            if rtype.return_deleted or deleted["metadata"].get("deletionTimestamp") and \
+                    store.objects[rtype.key].get((route.namespace or "", route.name)) is not None:
+                return _json(deleted)
+            # Stores without ReturnDeletedObject answer a Status once the object is gone.
+            return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                          "details": {"name": route.name, "group": rtype.group, "kind": rtype.plural,
+                                      "uid": deleted["metadata"].get("uid")}})
         raise ApiError(405, f"method {method} not allowed", "MethodNotAllowed")
 
     def _list(self, request: web.Request, route: Route) -> web.Response:

@@ -47,6 +47,13 @@ def invalid(kind: str, qualified_kind: str, name: str, group: str, causes: list[
         "causes": [_cause(c) for c in causes]})
 
 
+_CAUSE_REASONS = [("Unsupported value", "FieldValueNotSupported"), ("Required value", "FieldValueRequired"),
+                  ("Too long", "FieldValueTooLong"), ("Too many", "FieldValueTooMany"),
+                  ("Forbidden", "FieldValueForbidden"), ("Duplicate value", "FieldValueDuplicate"),
+                  ("Invalid value", "FieldValueInvalid")]
+
+
 def _cause(text: str) -> dict:
     field, _, message = text.partition(": ")
-    return {"reason": "FieldValueInvalid", "message": message or text, "field": field}
+    reason = next((r for prefix, r in _CAUSE_REASONS if message.startswith(prefix)), "FieldValueInvalid")
+    return {"reason": reason, "message": message or text, "field": field}

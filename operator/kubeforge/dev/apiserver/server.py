@@ -1,4 +1,6 @@
-"""Run the emulator: as a process (`python -m kubeforge.dev.apiserver`) or in a thread for tests."""
+"""Run the emulator: as a process (`python -m kubeforge.dev.apiserver`), in the caller's event loop
+(`async with ApiServer(...)`), or in a background thread for synchronous tests (`with ApiServer(...)` or
+`run_in_thread(...)`)."""
 
 from __future__ import annotations
 
@@ -6,27 +8,29 @@ import asyncio
 import socket
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 from aiohttp import web
 
 from kubeforge.dev.apiserver.app import ApiApp, load_crd_dirs
 from kubeforge.dev.apiserver.store import Store
 
+CONTEXT = "kubeforge-dev"
+
 
 def kubeconfig(url: str, namespace: str = "default") -> dict:
+    """A kubeconfig for `url` with cluster, user and context all named "kubeforge-dev"."""
     return {
-        "apiVersion": "v1", "kind": "Config", "current-context": "kubeforge-dev", "preferences": {},
-        "clusters": [{"name": "kubeforge-dev", "cluster": {"server": url}}],
-        "users": [{"name": "kubeforge-dev", "user": {"token": "kubeforge-dev"}}],  # accepted, not checked
-        "contexts": [{"name": "kubeforge-dev", "context": {"cluster": "kubeforge-dev", "user": "kubeforge-dev",
-                                                            "namespace": namespace}}],
+        "apiVersion": "v1", "kind": "Config", "current-context": CONTEXT, "preferences": {},
+        "clusters": [{"name": CONTEXT, "cluster": {"server": url}}],
+        "users": [{"name": CONTEXT, "user": {"token": CONTEXT}}],  # accepted, never checked (no authn)
+        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT, "namespace": namespace}}],
     }
 
 
-def build(crd_dirs: list[Path]) -> tuple[Store, web.Application]:
+def build(crd_dirs: Sequence[Path]) -> tuple[Store, web.Application]:
     store = Store()
-    load_crd_dirs(store, crd_dirs)
+    load_crd_dirs(store, [Path(d) for d in crd_dirs])
     return store, ApiApp(store).app
 
 
@@ -41,34 +45,64 @@ async def serve(host: str, port: int, crd_dirs: list[Path], ready_file: Optional
 
 
 class ApiServer:
-    """The emulator on a free loopback port in a background thread (for tests)."""
+    """The emulator on a loopback port (0 = a free one).
 
-    def __init__(self, crd_dirs: list[Path], port: int = 0):
+    `async with ApiServer(crd_dirs=[...]) as srv:` serves it in the running event loop;
+    `with ApiServer(crd_dirs=[...]) as srv:` serves it from a daemon thread with its own loop.
+    Either way `srv.url` is its base URL and `srv.store` the live object store (for white-box tests).
+    """
+
+    def __init__(self, crd_dirs: Sequence[Path] = (), port: int = 0, host: str = "127.0.0.1"):
         self.crd_dirs = [Path(d) for d in crd_dirs]
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.host = host
+        self.port = port or _free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self.store: Optional[Store] = None
+        self._runner: Optional[web.AppRunner] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
 
-    def __enter__(self) -> "ApiServer":
+    async def start(self) -> "ApiServer":
         self.store, app = build(self.crd_dirs)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
         return self
 
-    async def _start(self) -> None:
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> "ApiServer":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def __enter__(self) -> "ApiServer":
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="kubeforge-apiserver")
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(), self._loop).result(60)
+        return self
 
     def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+        assert self._loop is not None and self._thread is not None
+        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
 
-def _free_port() -> int:
+def run_in_thread(crd_dirs: Sequence[Path] = (), port: int = 0) -> tuple[str, Callable[[], None]]:
+    """Start the emulator in a background thread; returns (url, stop). For pytest fixtures."""
+    server = ApiServer(crd_dirs=crd_dirs, port=port)
+    server.__enter__()
+    return server.url, lambda: server.__exit__(None, None, None)
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]

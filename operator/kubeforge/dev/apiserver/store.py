@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import uuid
 from collections import deque
@@ -16,7 +17,10 @@ import yaml
 
 from kubeforge.dev.apiserver.errors import ApiError, already_exists, conflict, invalid, not_found
 from kubeforge.dev.apiserver.types import ResourceType, builtin_types, from_crd
-from kubeforge.dev.apiserver.validation import check_custom_resource, validate
+from kubeforge.dev.apiserver.patch import (ApplyConflict, merge_patch, record_update, server_side_apply,
+                                           strategic_merge_patch)
+from kubeforge.dev.apiserver.validation import (_MISSING, apply_defaults, check_custom_resource, unknown_metadata,
+                                                validate)
 
 log = logging.getLogger(__name__)
 HISTORY = 5000
@@ -28,17 +32,13 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def merge_patch(target, patch):
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+@dataclass
+class WriteOptions:
+    """Per-request write options: fieldValidation (Strict|Warn|Ignore), fieldManager, dryRun, force (apply)."""
+    validation: str = "Warn"
+    manager: str = "unknown"
+    dry_run: bool = False
+    force: bool = False
 
 
 def _normalise_secret(obj: dict) -> None:
@@ -135,42 +135,59 @@ class Store:
                 raise ApiError(403, f'{rtype.kind} "..." is forbidden: unable to create new content in namespace '
                                     f'{namespace} because it is being terminated', "Forbidden")
 
-    def _validate(self, rtype: ResourceType, obj: dict, strict: bool, subresource: Optional[str] = None) -> list[str]:
+    def _validate(self, rtype: ResourceType, obj: dict, opts: WriteOptions, old: Optional[dict] = None) -> list[str]:
+        """Default, prune and validate `obj` in place; returns warnings. Unknown fields: Strict → 400 (as the
+        real server's strict decoding error), Warn → a Warning header per field, Ignore → silently pruned."""
         name = obj["metadata"].get("name", "")
+        unknown: list[str] = unknown_metadata(obj["metadata"])
+        errors: list[str] = []
         if rtype.schema is not None:
-            checked, errors, warnings = check_custom_resource(obj, rtype.schema, strict)
+            checked, errors, pruned = check_custom_resource(obj, rtype.schema, old)
             obj.clear()
             obj.update(checked)
-            if errors:
-                raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}", name, rtype.group, errors)
-            return warnings
+            unknown += pruned
+        if unknown and opts.validation == "Strict":
+            listed = ", ".join(f'unknown field "{path}"' for path in unknown)
+            raise ApiError(400, f'{rtype.kind} in version "{rtype.version}" cannot be handled as a {rtype.kind}: '
+                                f"strict decoding error: {listed}", "BadRequest")
+        if errors:
+            raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}" if rtype.group else rtype.kind, name,
+                          rtype.group, errors)
         if rtype.key == CRD_KEY:
-            errors = []
             spec = obj.get("spec") or {}
-            for field in ("group", "names", "scope", "versions"):
-                if field not in spec:
-                    errors.append(f"spec.{field}: Required value")
-            if errors:
-                raise invalid(rtype.kind, "CustomResourceDefinition.apiextensions.k8s.io", name, rtype.group, errors)
-        return []
+            missing = [f"spec.{field}: Required value" for field in ("group", "names", "scope", "versions")
+                       if field not in spec]
+            if missing:
+                raise invalid(rtype.kind, "CustomResourceDefinition.apiextensions.k8s.io", name, rtype.group, missing)
+        return [f'unknown field "{path}"' for path in unknown] if opts.validation == "Warn" else []
+
+    def _defaulted(self, rtype: ResourceType, obj: dict) -> dict:
+        """Objects are defaulted on read too (a CRD's new defaults show on objects stored before)."""
+        if rtype.schema is not None:
+            apply_defaults(obj, rtype.schema)
+        return obj
 
     # ---- verbs -------------------------------------------------------------------------------------------------
     def get(self, rtype: ResourceType, namespace: Optional[str], name: str) -> dict:
-        return copy.deepcopy(self._get(rtype, namespace, name))
+        return self._defaulted(rtype, copy.deepcopy(self._get(rtype, namespace, name)))
 
     def list(self, rtype: ResourceType, namespace: Optional[str], matches: Callable[[dict], bool]) -> tuple[list, str]:
-        items = [copy.deepcopy(o) for (ns, _), o in sorted(self.objects[rtype.key].items())
+        items = [self._defaulted(rtype, copy.deepcopy(o)) for (ns, _), o in sorted(self.objects[rtype.key].items())
                  if (not namespace or ns == namespace) and matches(o)]
         return items, str(self.rv)
 
-    def create(self, rtype: ResourceType, namespace: Optional[str], body: dict, strict: bool = False,
-               dry_run: bool = False) -> tuple[dict, list[str]]:
+    def create(self, rtype: ResourceType, namespace: Optional[str], body: dict,
+               opts: Optional[WriteOptions] = None, applied: Optional[dict] = None) -> tuple[dict, list[str]]:
+        opts = opts or WriteOptions()
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise ApiError(400, "metadata must be an object")
         if rtype.namespaced:
+            if namespace and meta.get("namespace") and meta["namespace"] != namespace:
+                raise ApiError(400, "the namespace of the provided object does not match the namespace sent on "
+                                    "the request")
             namespace = namespace or meta.get("namespace")
-            if meta.get("namespace") and meta["namespace"] != namespace:
-                raise ApiError(400, "the namespace of the provided object does not match the namespace sent on the request")
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
@@ -178,7 +195,8 @@ class Store:
             if meta.get("generateName"):
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             else:
-                raise invalid(rtype.kind, rtype.qualified, "", rtype.group, ["metadata.name: Required value: name or generateName is required"])
+                raise invalid(rtype.kind, rtype.qualified, "", rtype.group,
+                              ["metadata.name: Required value: name or generateName is required"])
         self._check_namespace(rtype, namespace)
         key = (namespace or "", meta["name"])
         if key in self.objects[rtype.key]:
@@ -188,11 +206,16 @@ class Store:
             obj.pop("status", None)
         if rtype.key == ("", "secrets"):
             _normalise_secret(obj)
-        warnings = self._validate(rtype, obj, strict)
-        for field in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
+        warnings = self._validate(rtype, obj, opts)
+        for field in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "uid"):
             meta.pop(field, None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
-        if dry_run:
+        if applied is not None:
+            merged = server_side_apply(None, applied, opts.manager, rtype.api_version, True, rtype.has_status)
+            meta["managedFields"] = merged["metadata"].get("managedFields", [])
+        else:
+            record_update(None, obj, opts.manager, rtype.api_version, rtype.has_status)
+        if opts.dry_run:
             meta["resourceVersion"] = str(self.rv)
             return obj, warnings
         meta["resourceVersion"] = self._next_rv()
@@ -207,10 +230,7 @@ class Store:
 
     def _establish_crd(self, crd: dict) -> None:
         new_type = from_crd(crd)
-        existing = self.types.get(new_type.key)
         self.register(new_type)
-        if existing is not None:
-            self.types[new_type.key] = new_type
         crd["status"] = {
             "acceptedNames": crd["spec"]["names"],
             "storedVersions": [new_type.version],
@@ -223,19 +243,28 @@ class Store:
         }
 
     def update(self, rtype: ResourceType, namespace: Optional[str], name: str, body: dict,
-               subresource: Optional[str] = None, strict: bool = False, require_rv: bool = True,
-               dry_run: bool = False) -> tuple[dict, list[str]]:
+               subresource: Optional[str] = None, opts: Optional[WriteOptions] = None, require_rv: bool = True,
+               managed: Optional[list] = None) -> tuple[dict, list[str]]:
+        """PUT semantics. `managed` (from a patch) replaces the managedFields bookkeeping of a plain update."""
+        opts = opts or WriteOptions()
         current = self._get(rtype, namespace, name)
         new = copy.deepcopy(body)
         meta = new.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise ApiError(400, "metadata must be an object")
         sent_rv = meta.get("resourceVersion")
         if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
             raise conflict(rtype.qualified, name, self._kind_group(rtype))
         if not sent_rv and require_rv and rtype.schema is not None:
+            # Custom resources do not allow unconditional updates (AllowUnconditionalUpdate is false).
             raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}", name, rtype.group,
                           ["metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"])
         if meta.get("name", name) != name:
-            raise ApiError(400, "the name of the object does not match the name on the URL")
+            raise ApiError(400, f"the name of the object ({meta.get('name')}) does not match the name on the URL "
+                                f"({name})")
+        if rtype.namespaced and meta.get("namespace") and meta["namespace"] != (namespace or ""):
+            raise ApiError(400, "the namespace of the provided object does not match the namespace sent on the "
+                                "request")
         if subresource == "status":
             merged = copy.deepcopy(current)
             if "status" in new:
@@ -244,7 +273,8 @@ class Store:
                 merged.pop("status", None)
             new = merged
         else:
-            for field in ("uid", "creationTimestamp", "namespace", "deletionTimestamp", "generation"):
+            for field in ("uid", "creationTimestamp", "namespace", "deletionTimestamp", "deletionGracePeriodSeconds",
+                          "generation", "managedFields"):
                 if field in current["metadata"]:
                     meta[field] = current["metadata"][field]
                 else:
@@ -259,24 +289,31 @@ class Store:
         if current["metadata"].get("deletionTimestamp"):
             added = set(new["metadata"].get("finalizers") or []) - set(current["metadata"].get("finalizers") or [])
             if added:
-                raise invalid(rtype.kind, rtype.qualified, name, rtype.group,
-                              [f"metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)}"])
+                raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}" if rtype.group else rtype.kind, name,
+                              rtype.group, [f"metadata.finalizers: Forbidden: no new finalizers can be added if the "
+                                            f"object is being deleted, found new finalizers {_go_list(added)}"])
         warnings: list[str] = []
         if rtype.key == ("", "secrets"):
             _normalise_secret(new)
         if subresource == "status" and rtype.schema is not None:
             status_schema = (rtype.schema.get("properties") or {}).get("status")
-            errors = validate(new.get("status"), status_schema, "status") if status_schema and "status" in new else []
-            if errors:
-                raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}", name, rtype.group, errors)
+            if status_schema and "status" in new:
+                apply_defaults(new["status"], status_schema)
+                errors = validate(new.get("status"), status_schema, "status", current.get("status", _MISSING))
+                if errors:
+                    raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}", name, rtype.group, errors)
         elif subresource is None:
-            warnings = self._validate(rtype, new, strict)
+            warnings = self._validate(rtype, new, opts, current)
         if _spec_part(new) != _spec_part(current):
             new["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
-        if dry_run:
-            return new, warnings
-        if new == current:
+        if managed is not None:
+            new["metadata"]["managedFields"] = managed
+        else:
+            record_update(current, new, opts.manager, rtype.api_version, rtype.has_status, subresource)
+        if _without_times(new) == _without_times(current):
             return copy.deepcopy(current), warnings  # no-op updates do not bump resourceVersion
+        if opts.dry_run:
+            return new, warnings
         new["metadata"]["resourceVersion"] = self._next_rv()
         if rtype.key == CRD_KEY:
             self._establish_crd(new)
@@ -288,56 +325,85 @@ class Store:
         return copy.deepcopy(new), warnings
 
     def patch(self, rtype: ResourceType, namespace: Optional[str], name: str, content_type: str, raw: bytes,
-              subresource: Optional[str] = None, strict: bool = False, field_manager: Optional[str] = None,
-              dry_run: bool = False) -> tuple[dict, list[str], bool]:
+              subresource: Optional[str] = None, opts: Optional[WriteOptions] = None) -> tuple[dict, list[str], bool]:
         """Returns (object, warnings, created)."""
+        opts = opts or WriteOptions()
         kind = content_type.split(";")[0].strip()
         if kind == "application/apply-patch+yaml":
-            if not field_manager:
-                raise ApiError(400, "PATCH, fieldManager: Required value: is required for apply patch")
-            applied = yaml.safe_load(raw) or {}
+            if not opts.manager:
+                raise ApiError(422, 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is '
+                                    'required for apply patch', "Invalid",
+                               {"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [
+                                   {"reason": "FieldValueRequired", "message": "Required value: is required for "
+                                    "apply patch", "field": "fieldManager"}]})
             try:
-                current = self._get(rtype, namespace, name)
-            except ApiError:
-                applied.setdefault("metadata", {}).setdefault("name", name)
-                applied["metadata"]["managedFields"] = [_managed(field_manager, "Apply", rtype)]
-                obj, warnings = self.create(rtype, namespace, applied, strict, dry_run)
-                return obj, warnings, True
-            new = merge_patch(current, applied)
-            fields = [m for m in current["metadata"].get("managedFields", []) if m.get("manager") != field_manager]
-            new["metadata"]["managedFields"] = [*fields, _managed(field_manager, "Apply", rtype)]
-        else:
-            current = self._get(rtype, namespace, name)
-            try:
-                patch = yaml.safe_load(raw) if raw else {}
+                applied = yaml.safe_load(raw) or {}
             except yaml.YAMLError as error:
-                raise ApiError(400, f"couldn't decode patch: {error}")
-            if kind == "application/json-patch+json":
-                try:
-                    new = jsonpatch.apply_patch(current, patch)
-                except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
-                    raise ApiError(422, f"the server rejected our request due to an error in our request: {error}")
-            elif kind == "application/merge-patch+json":
-                if not isinstance(patch, dict):
-                    raise ApiError(400, "a merge patch must be a JSON object")
-                new = merge_patch(current, patch)
-            elif kind == "application/strategic-merge-patch+json":
-                if rtype.schema is not None:
-                    raise ApiError(415, "the body of the request was in an unknown format - accepted media types "
-                                        "include: application/json-patch+json, application/merge-patch+json, "
-                                        "application/apply-patch+yaml", "UnsupportedMediaType")
-                new = merge_patch(current, {k: v for k, v in patch.items() if not k.startswith("$")})
-            else:
-                raise ApiError(415, f"unsupported patch type {kind!r}", "UnsupportedMediaType")
-            if field_manager:
-                fields = [m for m in current["metadata"].get("managedFields", []) if m.get("manager") != field_manager]
-                new.setdefault("metadata", {})["managedFields"] = [*fields, _managed(field_manager, "Update", rtype)]
-        sent = (new.get("metadata") or {}).get("resourceVersion")
-        if sent != current["metadata"]["resourceVersion"] and kind != "application/apply-patch+yaml":
-            new["metadata"]["resourceVersion"] = sent  # an explicit resourceVersion in a patch is a precondition
-        else:
+                raise ApiError(400, f"error decoding YAML: {error}")
+            if not isinstance(applied, dict):
+                raise ApiError(400, "the apply configuration must be an object")
+            for field in ("apiVersion", "kind"):
+                if not applied.get(field):
+                    raise ApiError(400, f"{field} must be set in the apply configuration")
+            applied.setdefault("metadata", {})
+            if applied["metadata"].get("name", name) != name:
+                raise ApiError(400, "the name of the object does not match the name on the URL")
+            applied["metadata"]["name"] = name
+            current = self.objects[rtype.key].get((namespace or "", name))
+            if current is None:
+                if subresource:
+                    raise not_found(rtype.qualified, name, self._kind_group(rtype))
+                obj, warnings = self.create(rtype, namespace, applied, opts, applied=applied)
+                return obj, warnings, True
+            try:
+                new = server_side_apply(current, applied, opts.manager, rtype.api_version, opts.force,
+                                        rtype.has_status, subresource)
+            except ApplyConflict as error:
+                raise ApiError(409, str(error), "Conflict", {"name": name, "group": rtype.group,
+                                                             "kind": rtype.plural, "causes": error.causes()})
             new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        obj, warnings = self.update(rtype, namespace, name, new, subresource, strict, require_rv=False, dry_run=dry_run)
+            managed = new["metadata"]["managedFields"]
+            obj, warnings = self.update(rtype, namespace, name, new, subresource, opts, require_rv=False,
+                                        managed=managed)
+            return obj, warnings, False
+        current = self._get(rtype, namespace, name)
+        try:
+            patch = json.loads(raw) if raw else {}
+        except ValueError as error:
+            raise ApiError(400, f"couldn't decode patch: {error}")
+        if kind == "application/json-patch+json":
+            if not isinstance(patch, list):
+                raise ApiError(400, "the server rejected our request due to an error in our request: "
+                                    "json: cannot unmarshal object into Go value of type jsonpatch.Patch")
+            try:
+                new = jsonpatch.apply_patch(current, patch)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
+                raise ApiError(422, f"the server rejected our request due to an error in our request: {error}")
+        elif kind == "application/merge-patch+json":
+            if not isinstance(patch, dict):
+                raise ApiError(400, "the server rejected our request due to an error in our request: "
+                                    "a merge patch must be a JSON object")
+            new = merge_patch(current, patch)
+        elif kind == "application/strategic-merge-patch+json":
+            if rtype.schema is not None or rtype.key == CRD_KEY:
+                raise ApiError(415, f"the body of the request was in an unknown format - accepted media types "
+                                    f"include: application/json-patch+json, application/merge-patch+json, "
+                                    f"application/apply-patch+yaml", "UnsupportedMediaType")
+            if not isinstance(patch, dict):
+                raise ApiError(400, "a strategic merge patch must be a JSON object")
+            new = strategic_merge_patch(current, patch)
+        else:
+            raise ApiError(415, f"the body of the request was in an unknown format - accepted media types include: "
+                                f"application/json-patch+json, application/merge-patch+json, "
+                                f"application/apply-patch+yaml, application/strategic-merge-patch+json",
+                           "UnsupportedMediaType")
+        if not isinstance(new, dict):
+            raise ApiError(422, "the patched object must be an object")
+        new.setdefault("metadata", {})
+        sent = (new.get("metadata") or {}).get("resourceVersion")
+        # A resourceVersion carried by the patch is a precondition; otherwise patches apply to the latest.
+        new["metadata"]["resourceVersion"] = sent or current["metadata"]["resourceVersion"]
+        obj, warnings = self.update(rtype, namespace, name, new, subresource, opts, require_rv=False)
         return obj, warnings, False
 
     def delete(self, rtype: ResourceType, namespace: Optional[str], name: str, propagation: Optional[str] = None,
@@ -472,6 +538,14 @@ class Store:
         self.watchers.get(rtype.key, set()).discard(watcher)
 
 
-def _managed(manager: str, operation: str, rtype: ResourceType) -> dict:
-    return {"manager": manager, "operation": operation, "apiVersion": rtype.api_version, "time": now(),
-            "fieldsType": "FieldsV1", "fieldsV1": {}}
+def _without_times(obj: dict) -> dict:
+    """For no-op detection: an object minus its managedFields timestamps."""
+    result = dict(obj)
+    meta = dict(result.get("metadata") or {})
+    meta["managedFields"] = [{k: v for k, v in e.items() if k != "time"} for e in meta.get("managedFields") or []]
+    result["metadata"] = meta
+    return result
+
+
+def _go_list(values) -> str:
+    return "[" + " ".join(sorted(values)) + "]"

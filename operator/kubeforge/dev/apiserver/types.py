@@ -21,6 +21,8 @@ class ResourceType:
     """openAPIV3Schema of the served version (custom resources only)."""
     printer_columns: list[dict] = field(default_factory=list)
     crd_name: Optional[str] = None
+    return_deleted: bool = True
+    """DELETE answers the object (ReturnDeletedObject), else a Status once it is gone."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -61,6 +63,9 @@ def builtin_types() -> list[ResourceType]:
         ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
                      "customresourcedefinition", ["crd", "crds"], has_status=True),
     ]
+    for rtype in types:
+        if rtype.plural in ("configmaps", "secrets", "events", "leases", "services"):
+            rtype.return_deleted = False
     return types
 
 

@@ -11,6 +11,27 @@ from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 _UNSUPPORTED_CEL: set[str] = set()
+_PROGRAMS: dict[str, Any] = {}
+_MISSING: Any = object()
+_OBJECT_META_FIELDS = {"name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+                       "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
+                       "ownerReferences", "finalizers", "managedFields"}
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if value is None:
+        return "null"
+    return "object"
 
 
 def _show(value: Any) -> str:
@@ -86,14 +107,17 @@ def prune(value: Any, schema: Optional[dict], path: str, unknown: list[str]) -> 
     return value
 
 
-def validate(value: Any, schema: Optional[dict], path: str = "") -> list[str]:
+def validate(value: Any, schema: Optional[dict], path: str = "", old: Any = _MISSING) -> list[str]:
+    """OpenAPI v3 validation of `value` with kube-apiserver's messages; CEL rules run where the value has no
+    schema errors (`old` is the previous value at this path for transition rules, or _MISSING)."""
     if not schema:
         return []
     errors: list[str] = []
     where = path or "<root>"
     if not _type_ok(value, schema):
         expected = "integer or string" if schema.get("x-kubernetes-int-or-string") else schema.get("type")
-        return [f"{where}: Invalid value: {_show(value)}: {where} in body must be of type {expected}: {_show(value)}"]
+        shown = json.dumps(_type_name(value))
+        return [f"{where}: Invalid value: {shown}: {where} in body must be of type {expected}: {shown}"]
     if value is None:
         return []
     if "enum" in schema and value not in schema["enum"]:
@@ -136,45 +160,96 @@ def validate(value: Any, schema: Optional[dict], path: str = "") -> list[str]:
         for key, item in value.items():
             child = f"{path}.{key}" if path else key
             if key in props:
-                errors += validate(item, props[key], child)
+                errors += validate(item, props[key], child, _child(old, key))
             elif isinstance(schema.get("additionalProperties"), dict):
-                errors += validate(item, schema["additionalProperties"], child)
+                errors += validate(item, schema["additionalProperties"], child, _child(old, key))
     if not errors:
-        errors += _cel(value, schema, where)
+        errors += _cel(value, schema, where, old)
     return errors
 
 
-def _cel(value: Any, schema: dict, where: str) -> list[str]:
+def _child(old: Any, key: str) -> Any:
+    return old[key] if isinstance(old, dict) and key in old else _MISSING
+
+
+def _program(expression: str):
+    import celpy
+
+    if expression not in _PROGRAMS:
+        env = celpy.Environment()
+        _PROGRAMS[expression] = env.program(env.compile(expression))
+    return _PROGRAMS[expression]
+
+
+def _unsupported(expression: str, error: Any) -> None:
+    if expression not in _UNSUPPORTED_CEL:
+        _UNSUPPORTED_CEL.add(expression)
+        log.warning("CEL rule not evaluated by the emulator (%s): %s", error, expression)
+
+
+def _cel(value: Any, schema: dict, where: str, old: Any = _MISSING) -> list[str]:
+    """x-kubernetes-validations with cel-python. Transition rules (using oldSelf) run only on updates where
+    an old value exists, as on the real server. Expressions cel-python cannot compile or evaluate are logged
+    once and skipped, so they never reject a valid object; a missing key is an error as on the real server."""
     rules = schema.get("x-kubernetes-validations") or []
     if not rules:
         return []
     import celpy
 
     errors = []
-    env = celpy.Environment()
     for rule in rules:
         expression = rule["rule"]
+        activation = {"self": celpy.json_to_cel(value)}
         if "oldSelf" in expression:
-            continue  # transition rules need the old object; only create-time semantics here
-        try:
-            result = env.program(env.compile(expression)).evaluate({"self": celpy.json_to_cel(value)})
-        except Exception as error:  # an expression celpy cannot handle must not reject valid objects
-            if expression not in _UNSUPPORTED_CEL:
-                _UNSUPPORTED_CEL.add(expression)
-                log.warning("CEL rule not evaluated (%s): %s", error, expression)
-            continue
-        if isinstance(result, Exception) or result is False or (hasattr(result, "__bool__") and not bool(result)):
-            if isinstance(result, Exception):
+            if old is _MISSING and not rule.get("optionalOldSelf"):
                 continue
-            field = rule.get("fieldPath")
-            location = f"{where}{field}" if field else where
-            message = rule.get("message") or f"failed rule: {expression}"
-            errors.append(f"{location}: Invalid value: {_show(value)}: {message}")
+            activation["oldSelf"] = celpy.json_to_cel(None if old is _MISSING else old)
+        try:
+            result = _program(expression).evaluate(activation)
+        except Exception as error:  # compile errors and evaluator bugs: not this object's fault
+            _unsupported(expression, error)
+            continue
+        field = rule.get("fieldPath")
+        location = f"{where}{field}" if field else where
+        if isinstance(result, Exception):
+            if "no such key" in str(result.args[0] if result.args else result):
+                errors.append(f"{location}: Invalid value: {json.dumps(_type_name(value))}: "
+                              f"{result.args[0]} evaluating rule: {expression}")
+            else:
+                _unsupported(expression, result)
+            continue
+        if bool(result):
+            continue
+        message = rule.get("message") or f"failed rule: {expression}"
+        if rule.get("messageExpression"):
+            try:
+                rendered = _program(rule["messageExpression"]).evaluate(activation)
+                if isinstance(rendered, str) and rendered.strip() and not isinstance(rendered, Exception):
+                    message = str(rendered)
+            except Exception as error:
+                _unsupported(rule["messageExpression"], error)
+        reason = rule.get("reason", "FieldValueInvalid")
+        if reason == "FieldValueRequired":
+            errors.append(f"{location}: Required value: {message}")
+        elif reason == "FieldValueForbidden":
+            errors.append(f"{location}: Forbidden: {message}")
+        elif reason == "FieldValueDuplicate":
+            errors.append(f"{location}: Duplicate value: {json.dumps(_type_name(value))}")
+        else:
+            errors.append(f"{location}: Invalid value: {json.dumps(_type_name(value))}: {message}")
     return errors
 
 
-def check_custom_resource(obj: dict, schema: Optional[dict], strict: bool) -> tuple[dict, list[str], list[str]]:
-    """Default, prune and validate one custom resource. Returns (object, errors, warnings)."""
+def unknown_metadata(meta: dict) -> list[str]:
+    """Prune fields ObjectMeta does not have; returns their paths."""
+    unknown = [f"metadata.{key}" for key in meta if key not in _OBJECT_META_FIELDS]
+    for path in unknown:
+        del meta[path.split(".", 1)[1]]
+    return unknown
+
+
+def check_custom_resource(obj: dict, schema: Optional[dict], old: Optional[dict] = None) -> tuple[dict, list[str], list[str]]:
+    """Default, prune and validate one custom resource. Returns (object, errors, pruned field paths)."""
     if not schema:
         return obj, [], []
     obj = apply_defaults(obj, schema)
@@ -183,9 +258,6 @@ def check_custom_resource(obj: dict, schema: Optional[dict], strict: bool) -> tu
     obj = prune({k: v for k, v in obj.items() if k != "metadata"}, schema, "", unknown)
     if metadata is not None:
         obj["metadata"] = metadata
-    warnings = [f'unknown field "{path}"' for path in unknown]
-    if strict and unknown:
-        return obj, [f'.{path}: field not declared in schema' for path in unknown], []
     body_schema = {k: v for k, v in schema.items() if k != "properties"}
     body_schema["properties"] = {k: v for k, v in (schema.get("properties") or {}).items() if k != "metadata"}
-    return obj, validate(obj, body_schema), warnings
+    return obj, validate(obj, body_schema, "", old if old is not None else _MISSING), unknown
