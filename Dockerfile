@@ -1,0 +1,73 @@
+# syntax=docker/dockerfile:1.7
+# Kubeforge images. Two targets:
+#   docker build --target operator  -t ghcr.io/kubeforge/kubeforge-operator:0.1.0 .
+#   docker build --target workloads -t ghcr.io/kubeforge/kubeforge-workloads:0.1.0 .
+# The operator image carries no ML stack (no torch, no ray); the workload image is what Ray head and worker
+# pods run (KUBEFORGE_WORKLOAD_IMAGE / Helm value workloadImage), built on Ray's CUDA image.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Must match kubeforge.settings.Settings.ray_version (Helm: settings.rayVersion): RayJobs declare it.
+ARG RAY_VERSION=2.60.0
+ARG RAY_IMAGE=rayproject/ray:${RAY_VERSION}-py311-gpu
+
+# ---------------------------------------------------------------------------------------------------------
+# build: the operator's virtual environment, without the `workloads` extra.
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY workloads/ workloads/
+# `kubernetes` is imported by kubeforge.cluster and kopf.login_via_client; it is installed explicitly
+# here because pyproject.toml lists it only in the `dev` extra.
+RUN /opt/venv/bin/pip install --upgrade pip \
+ && /opt/venv/bin/pip install . "kubernetes>=29" \
+ && /opt/venv/bin/kubeforge --help >/dev/null
+
+# ---------------------------------------------------------------------------------------------------------
+# operator: what the Helm chart's Deployment runs (`kubeforge operator`).
+FROM ${PYTHON_IMAGE} AS operator
+ARG RAY_VERSION
+LABEL org.opencontainers.image.title="kubeforge-operator" \
+      org.opencontainers.image.description="Kubeforge operator (kopf) for GenAI workloads on KubeRay" \
+      org.opencontainers.image.source="https://github.com/kubeforge/kubeforge" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 kubeforge \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+      --shell /usr/sbin/nologin kubeforge
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    KUBEFORGE_RAY_VERSION=${RAY_VERSION}
+WORKDIR /tmp
+# Numeric user, so that runAsNonRoot can be verified by the kubelet.
+USER 10001:10001
+ENTRYPOINT ["kubeforge"]
+CMD ["operator"]
+
+# ---------------------------------------------------------------------------------------------------------
+# workloads: Ray head/worker image with CUDA, PyTorch, transformers, peft, vLLM, bitsandbytes and
+# kubeforge_workloads (entrypoints: python -m kubeforge_workloads.<kind>).
+FROM ${RAY_IMAGE} AS workloads
+ARG RAY_VERSION
+LABEL org.opencontainers.image.title="kubeforge-workloads" \
+      org.opencontainers.image.description="Kubeforge Ray workloads (CUDA)" \
+      org.opencontainers.image.source="https://github.com/kubeforge/kubeforge" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/home/ray/.cache/huggingface
+# Ray's images run as the non-root user `ray` (uid 1000, group users/100) owning its Python env.
+USER ray
+WORKDIR /home/ray/kubeforge
+COPY --chown=1000:100 pyproject.toml README.md ./
+COPY --chown=1000:100 operator/ operator/
+COPY --chown=1000:100 workloads/ workloads/
+# Keep the image's Ray: a different Ray in the pods than in rayVersion breaks the cluster.
+RUN pip install ".[workloads,gpu]" "ray[default,train,serve,data]==${RAY_VERSION}" \
+ && python -c "import kubeforge_workloads, torch, transformers, peft, ray; assert ray.__version__ == '${RAY_VERSION}'"
