@@ -39,18 +39,43 @@ class WorkloadStorage:
                        report.model_dump_json(by_alias=True).encode())
 
     # checkpoints
-    def latest_checkpoint(self) -> Optional[int]:
+    def latest_committed_checkpoint(self) -> Optional[int]:
+        """The highest step whose MANIFEST.json exists; torn checkpoints (no manifest) are ignored."""
         steps = committed_steps(self.prefix, self.store.list(self.prefix.bucket, self.prefix.checkpoints_key))
         return steps[-1] if steps else None
 
-    def commit_checkpoint(self, step: int, epoch: float, local_dir: Path) -> str:
-        """Upload every file, then the manifest: a reader never sees a checkpoint without all its files."""
-        files = {}
+    latest_checkpoint = latest_committed_checkpoint
+
+    def clear_checkpoint(self, step: int) -> None:
+        """Remove what an earlier, interrupted attempt left under step-<n>/ before writing it again."""
+        self.store.delete_prefix(self.prefix.bucket, self.prefix.checkpoint_key(step))
+
+    def upload_checkpoint_files(self, step: int, local_dir: Path, names: Optional[list[str]] = None) -> None:
+        """Upload files of a checkpoint without committing it (other ranks' RNG states, for instance)."""
         base = self.prefix.checkpoint_key(step)
         for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
             relative = path.relative_to(local_dir).as_posix()
-            self.store.client.upload_file(str(path), self.prefix.bucket, base + relative)
-            files[relative] = path.stat().st_size
+            if names is None or relative in names:
+                self.store.client.upload_file(str(path), self.prefix.bucket, base + relative)
+
+    def commit_checkpoint(self, step: int, epoch: float, local_dir: Path) -> str:
+        """Upload every file, then the manifest: a reader never sees a checkpoint without all its files.
+
+        Files other ranks uploaded before (upload_checkpoint_files) are listed in the manifest too."""
+        base = self.prefix.checkpoint_key(step)
+        self.upload_checkpoint_files(step, local_dir)
+        files = {}
+        paginator = self.store.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.prefix.bucket, Prefix=base):
+            for item in page.get("Contents", []):
+                relative = item["Key"][len(base):]
+                if relative and relative != MANIFEST_FILE:
+                    files[relative] = int(item["Size"])
+        for path in local_dir.rglob("*"):
+            if path.is_file():
+                relative = path.relative_to(local_dir).as_posix()
+                if files.get(relative) != path.stat().st_size:
+                    raise IOError(f"checkpoint file {relative} did not reach the object store intact")
         manifest = CheckpointManifest(step=step, epoch=epoch, attempt=self.context.attempt, files=files,
                                       created_at=utcnow())
         self.store.put(self.prefix.bucket, base + MANIFEST_FILE, manifest.model_dump_json(by_alias=True).encode())

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kubeforge.api.finetune import FineTuneSpec
-from kubeforge.api.workload import WorkloadContext
+from kubeforge.api.workload import CONTEXT_ENV, WorkloadContext
 from kubeforge_workloads.common.errors import UserError, run_workload
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.storage import WorkloadStorage
@@ -28,6 +28,18 @@ def preflight(spec: FineTuneSpec, storage: WorkloadStorage) -> None:
         if storage.store.get(bucket, key.rstrip("/") + "/config.json") is None:
             raise UserError(f"spec.baseModel.uri {spec.base_model.uri} has no config.json: "
                             "point it at a Hugging Face model directory")
+
+
+def init_ray(cpus_needed: float) -> None:
+    """Join the cluster when run as a RayJob entrypoint (RAY_ADDRESS is set), else start a local Ray."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address="auto", ignore_reinit_error=True, log_to_driver=True)
+        return
+    cpus = int(os.environ.get("KUBEFORGE_LOCAL_RAY_CPUS") or max(os.cpu_count() or 1, int(cpus_needed + 0.999)))
+    ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+             ignore_reinit_error=True, log_to_driver=True)
 
 
 def run(context: WorkloadContext, storage: WorkloadStorage) -> None:
@@ -54,11 +66,13 @@ def run(context: WorkloadContext, storage: WorkloadStorage) -> None:
 
     from kubeforge_workloads.finetune.train import train_loop
 
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True, log_to_driver=True)
     resources = spec.resources
+    init_ray(resources.workers * resources.cpus_per_worker)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"context": context.model_dump(mode="json")},
+        train_loop_config={"context": context.model_dump(mode="json"),
+                           "env": {k: v for k, v in os.environ.items()
+                                   if k.startswith("KUBEFORGE_") and k != CONTEXT_ENV}},
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0,
                                      resources_per_worker={"CPU": resources.cpus_per_worker,
                                                            **({"GPU": resources.gpus_per_worker}

@@ -49,7 +49,8 @@ def publish(context: WorkloadContext, spec: FineTuneSpec, storage: WorkloadStora
     model.save_pretrained(main_dir)
     tokenizer.save_pretrained(main_dir)
     artifact = "model" if spec.method == Method.FULL else "adapter"
-    result["adapterUri" if artifact == "adapter" else "modelUri"] = storage.upload_dir(main_dir, artifact)
+    # modelUri is the registry URI (what serving and status use); the S3 copies are adapterUri / fullModelUri.
+    result["adapterUri" if artifact == "adapter" else "fullModelUri"] = storage.upload_dir(main_dir, artifact)
     mlflow.log_artifacts(str(main_dir), artifact_path=artifact)
     version = register(name, run_id, artifact, f"{context.namespace}/{context.name} ({spec.method.value})")
     result["registeredModelVersion"] = version

@@ -113,15 +113,24 @@ def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank
                 on_metrics(logs, state.global_step)
 
         def on_save(self, args, state, control, **kwargs):
+            # Every rank saved its own rng_state_<rank>.pth locally; ranks > 0 upload theirs, then rank 0
+            # uploads the rest and writes the manifest last. Barriers order the three stages.
             import torch.distributed as dist
 
-            if dist.is_available() and dist.is_initialized():
+            distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            step = state.global_step
+            local = Path(args.output_dir) / f"checkpoint-{step}"
+            if heartbeat:
+                heartbeat.update(phase="Checkpointing")
+            if rank == 0:
+                storage.clear_checkpoint(step)
+            if distributed:
+                dist.barrier()
+                if rank > 0:
+                    storage.upload_checkpoint_files(step, local, names=[f"rng_state_{rank}.pth"])
                 dist.barrier()
             if rank == 0:
-                if heartbeat:
-                    heartbeat.update(phase="Checkpointing")
-                local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                uri = storage.commit_checkpoint(state.global_step, state.epoch or 0.0, local)
+                uri = storage.commit_checkpoint(step, state.epoch or 0.0, local)
                 if heartbeat:
                     heartbeat.update(phase="Training", last_checkpoint=uri)
 
@@ -136,7 +145,9 @@ def training_arguments(spec: FineTuneSpec, output_dir: Path, use_gpu: bool, has_
         output_dir=str(output_dir),
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler.value, warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler.value,
+        # transformers 5: a float below 1 is a ratio of the total steps
+        warmup_steps=min(t.warmup_ratio, 0.999999),
         num_train_epochs=t.epochs, max_steps=t.max_steps or -1, seed=t.seed, data_seed=t.seed,
         bf16=t.precision == Precision.BF16, fp16=t.precision == Precision.FP16,
         save_strategy="steps", save_steps=t.checkpoint_every_steps, save_total_limit=2,
@@ -149,22 +160,30 @@ def training_arguments(spec: FineTuneSpec, output_dir: Path, use_gpu: bool, has_
 def train_loop(config: dict) -> None:
     """Runs in every Ray Train worker."""
     import ray.train
-    from transformers import AutoTokenizer, Trainer
 
+    # KUBEFORGE_* settings of the driver (node-check override, step delay) reach the workers in a RayJob
+    # through the runtime env; pass them explicitly too so a local run behaves the same.
+    os.environ.update(config.get("env") or {})
     context = WorkloadContext.model_validate(config["context"])
     spec = FineTuneSpec.model_validate(context.spec)
     rank = ray.train.get_context().get_world_rank()
     storage = WorkloadStorage(context)
     use_gpu = spec.resources.gpus_per_worker > 0
+    # The heartbeat runs where the training steps run (rank 0): a stopped or stuck worker stops beating.
     heartbeat = Heartbeat(storage.write_progress, context.attempt).start() if rank == 0 else None
     try:
-        _train(context, spec, storage, rank, use_gpu, heartbeat, AutoTokenizer, Trainer)
+        _train(context, spec, storage, rank, use_gpu, heartbeat)
     finally:
         if heartbeat:
             heartbeat.stop()
 
 
-def _train(context, spec, storage, rank, use_gpu, heartbeat, AutoTokenizer, Trainer) -> None:
+def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
+    import mlflow
+    from transformers import AutoTokenizer, Trainer, set_seed
+
+    from kubeforge_workloads.finetune.publish import publish, training_params
+
     if heartbeat:
         heartbeat.update(phase="NodeCheck")
     node_check(expect_gpu=use_gpu)
@@ -178,11 +197,10 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat, AutoTokenizer, Trai
         tokenizer.pad_token = tokenizer.eos_token
     train_rows = tokenize(train_examples, tokenizer, spec.training.max_seq_length)
     eval_rows = tokenize(eval_examples, tokenizer, spec.training.max_seq_length)
+    # Seed before the adapter is created: LoRA's initial weights come from the torch RNG, so every attempt
+    # and every identical resource starts from the same point.
+    set_seed(spec.training.seed)
     model = build_model(spec, model_dir)
-
-    import mlflow
-
-    from kubeforge_workloads.finetune.publish import publish, training_params
 
     run_id = None
     if rank == 0:
@@ -196,7 +214,8 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat, AutoTokenizer, Trai
             mlflow.log_metrics(numeric, step=step)
 
     average_tokens = sum(len(r["input_ids"]) for r in train_rows) / len(train_rows)
-    tokens_per_step = average_tokens * spec.training.batch_size * spec.training.gradient_accumulation_steps
+    tokens_per_step = (average_tokens * spec.training.batch_size * spec.training.gradient_accumulation_steps
+                       * spec.resources.workers)
     output_dir = cache / "checkpoints"
     trainer = Trainer(model=model, args=training_arguments(spec, output_dir, use_gpu, bool(eval_rows)),
                       train_dataset=ListDataset(train_rows), eval_dataset=ListDataset(eval_rows) if eval_rows else None,
@@ -204,25 +223,37 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat, AutoTokenizer, Trai
                       callbacks=[make_callback(storage, heartbeat, rank, tokens_per_step, on_metrics)])
 
     resume_dir = None
-    latest = storage.latest_checkpoint()
+    latest = storage.latest_committed_checkpoint()
     if latest is not None:
         resume_dir = output_dir / f"checkpoint-{latest}"
         resumed_from = storage.download_checkpoint(latest, resume_dir)
+        print(f"kubeforge: resuming from {resumed_from}", flush=True)
         if heartbeat:
             heartbeat.update(resumed_from=resumed_from, last_checkpoint=resumed_from, step=latest)
+    # Evaluation is collective under DDP: every rank calls evaluate(), rank 0 records the result.
     eval_before = storage.get_json("eval_before.json") if rank == 0 else None
-    if rank == 0 and eval_rows and eval_before is None and resume_dir is None:
-        eval_before = {"evalLoss": float(trainer.evaluate()["eval_loss"])}
-        storage.put_json(eval_before, "eval_before.json")
-        mlflow.log_metric("eval_loss_before", eval_before["evalLoss"], step=0)
+    if eval_rows and latest is None:
+        if heartbeat:
+            heartbeat.update(phase="Evaluating")
+        loss = float(trainer.evaluate()["eval_loss"])
+        if rank == 0:
+            eval_before = {"evalLoss": loss}
+            storage.put_json(eval_before, "eval_before.json")
+            mlflow.log_metric("eval_loss_before", loss, step=0)
     if heartbeat:
-        heartbeat.update(phase="Training")
+        heartbeat.update(phase="Training", eval_loss=(eval_before or {}).get("evalLoss"))
     trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    eval_after = None
+    if eval_rows:
+        if heartbeat:
+            heartbeat.update(phase="Evaluating")
+        eval_after = float(trainer.evaluate()["eval_loss"])
     if rank == 0:
         if heartbeat:
-            heartbeat.update(phase="Registering")
-        eval_after = float(trainer.evaluate()["eval_loss"]) if eval_rows else None
+            heartbeat.update(phase="Registering", eval_loss=eval_after)
         result = publish(context, spec, storage, trainer, tokenizer, cache, run_id, eval_before, eval_after)
+        if heartbeat:
+            result["resumedFrom"] = heartbeat.fields.get("resumed_from")
         storage.put_json(result, "result.json")
         mlflow.end_run()
         if heartbeat:
