@@ -55,6 +55,8 @@ CMD ["operator"]
 # kubeforge_workloads (entrypoints: python -m kubeforge_workloads.<kind>).
 FROM ${RAY_IMAGE} AS workloads
 ARG RAY_VERSION
+# `workloads,gpu` for GPU clusters; `workloads` alone (with a -cpu RAY_IMAGE) for CPU-only clusters such as kind.
+ARG WORKLOAD_EXTRAS=workloads,gpu
 LABEL org.opencontainers.image.title="kubeforge-workloads" \
       org.opencontainers.image.description="Kubeforge Ray workloads (CUDA)" \
       org.opencontainers.image.source="https://github.com/kubeforge/kubeforge" \
@@ -69,5 +71,5 @@ COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 operator/ operator/
 COPY --chown=1000:100 workloads/ workloads/
 # Keep the image's Ray: a different Ray in the pods than in rayVersion breaks the cluster.
-RUN pip install ".[workloads,gpu]" "ray[default,train,serve,data]==${RAY_VERSION}" \
+RUN pip install ".[${WORKLOAD_EXTRAS}]" "ray[default,train,serve,data]==${RAY_VERSION}" \
  && python -c "import kubeforge_workloads, torch, transformers, peft, ray; assert ray.__version__ == '${RAY_VERSION}'"

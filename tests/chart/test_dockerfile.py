@@ -90,7 +90,9 @@ def test_operator_uid_matches_chart_security_context():
 def test_workloads_target_installs_workloads_and_gpu_extras():
     s = stages()["workloads"]
     install = runs(s)
-    assert '".[workloads,gpu]"' in install
+    assert '".[${WORKLOAD_EXTRAS}]"' in install
+    extras = [c.value[0] for c in s if c.cmd == "ARG" and c.value[0].startswith("WORKLOAD_EXTRAS=")]
+    assert extras == ["WORKLOAD_EXTRAS=workloads,gpu"]
     assert "ray[default,train,serve,data]==${RAY_VERSION}" in install
     assert last(s, "USER").value[0] == "ray"
 
