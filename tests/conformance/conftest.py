@@ -1,3 +1,7 @@
+"""Conformance tests of the sandbox API emulator (kubeforge.dev.apiserver) against the Kubernetes API
+conventions, with real kubectl and the kubernetes Python client. One server per test module."""
+
+import json
 import os
 import subprocess
 import tempfile
@@ -10,10 +14,12 @@ from kubernetes import client, config
 from kubeforge.dev.apiserver import ApiServer, kubeconfig
 from tests.conftest import KUBERAY_CRDS, REPO_ROOT
 
+TEST_CRDS = Path(__file__).parent / "crds"
+
 
 @pytest.fixture(scope="module")
 def server():
-    with ApiServer(crd_dirs=[REPO_ROOT / "crds", KUBERAY_CRDS]) as srv:
+    with ApiServer(crd_dirs=[REPO_ROOT / "crds", KUBERAY_CRDS, TEST_CRDS]) as srv:
         yield srv
 
 
@@ -55,3 +61,23 @@ def finetune(name: str, **spec) -> dict:
             "output": {"registeredModelName": "m"}}
     body.update(spec)
     return {"apiVersion": "kubeforge.dev/v1alpha1", "kind": "FineTune", "metadata": {"name": name}, "spec": body}
+
+
+def gadget(object_name: str, **spec) -> dict:
+    body = {"color": "red"}
+    body.update(spec)
+    return {"apiVersion": "conformance.kubeforge.dev/v1", "kind": "Gadget", "metadata": {"name": object_name}, "spec": body}
+
+
+def status_of(error) -> dict:
+    return json.loads(error.body)
+
+
+def raw(server, method: str, path: str, body=None, content_type: str = "application/json", accept="application/json",
+        **query):
+    """A plain HTTP request (for what the typed clients cannot send)."""
+    import requests
+
+    data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+    return requests.request(method, server.url + path, params=query, data=data, timeout=10,
+                            headers={"Content-Type": content_type, "Accept": accept})

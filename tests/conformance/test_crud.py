@@ -6,7 +6,7 @@ import json
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.conformance.conftest import finetune
+from tests.conformance.conftest import finetune, raw
 
 G, V, NS, P = "kubeforge.dev", "v1alpha1", "default", "finetunes"
 
@@ -111,13 +111,6 @@ def test_owner_reference_cascade_and_orphan(custom, core):
     custom.delete_namespaced_custom_object(G, V, NS, P, "crud-owner2", propagation_policy="Orphan")
     kept = core.read_namespaced_config_map("child-b", NS)
     assert not kept.metadata.owner_references
-
-
-def raw(server, method: str, path: str, body, content_type: str = "application/json", **query):
-    import requests
-
-    return requests.request(method, server.url + path, params=query, data=json.dumps(body), timeout=10,
-                            headers={"Content-Type": content_type, "Accept": "application/json"})
 
 
 def test_merge_and_json_patch_and_415_for_strategic_on_custom_resources(custom, server):

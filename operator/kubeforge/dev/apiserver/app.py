@@ -11,9 +11,9 @@ from typing import Optional
 import yaml
 from aiohttp import web
 
-from kubeforge.dev.apiserver import discovery
+from kubeforge.dev.apiserver import discovery, protobuf
 from kubeforge.dev.apiserver.errors import ApiError
-from kubeforge.dev.apiserver.selectors import SelectorError, field_matcher, label_matcher
+from kubeforge.dev.apiserver.selectors import BUILTIN_FIELDS, SelectorError, field_matcher, label_matcher
 from kubeforge.dev.apiserver.store import Store, WriteOptions
 from kubeforge.dev.apiserver.tables import table
 from kubeforge.dev.apiserver.types import ResourceType
@@ -49,19 +49,29 @@ def _is_apply(request: web.Request) -> bool:
     return request.headers.get("Content-Type", "").startswith("application/apply-patch")
 
 
-def _matcher(request: web.Request):
+def _matcher(request: web.Request, rtype: ResourceType):
+    if rtype.schema is not None or rtype.crd_name:
+        allowed, custom = {f.lstrip(".") for f in rtype.selectable_fields}, True
+    else:
+        allowed, custom = BUILTIN_FIELDS.get(rtype.key, set()), False
     try:
         labels = label_matcher(request.query.get("labelSelector"))
-        fields = field_matcher(request.query.get("fieldSelector"))
+        fields = field_matcher(request.query.get("fieldSelector"), allowed, custom)
     except SelectorError as error:
         raise ApiError(400, str(error))
     return lambda obj: labels(obj["metadata"].get("labels") or {}) and fields(obj)
 
 
-async def _body(request: web.Request) -> dict:
+async def _body(request: web.Request, kind: Optional[str] = None) -> dict:
     raw = await request.read()
     if not raw:
         return {}
+    if protobuf.is_protobuf(request.headers.get("Content-Type", "")):
+        try:
+            return protobuf.decode(raw, kind)
+        except protobuf.ProtobufError as error:
+            raise ApiError(415, f"the body of the request was in an unknown format - accepted media types include: "
+                                f"application/json, application/yaml ({error})", "UnsupportedMediaType")
     try:
         parsed = yaml.safe_load(raw)
     except yaml.YAMLError as error:
@@ -158,10 +168,10 @@ class ApiApp:
                     return await self._watch(request, route)
                 return self._list(request, route)
             if method == "POST":
-                obj, warnings = store.create(rtype, route.namespace, await _body(request), _options(request))
+                obj, warnings = store.create(rtype, route.namespace, await _body(request, rtype.kind), _options(request))
                 return _json(obj, 201, warnings)
             if method == "DELETE":
-                items, _ = store.list(rtype, route.namespace, _matcher(request))
+                items, _ = store.list(rtype, route.namespace, _matcher(request, rtype))
                 for item in items:
                     store.delete(rtype, item["metadata"].get("namespace"), item["metadata"]["name"])
                 return _json({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version, "items": items,
@@ -173,7 +183,7 @@ class ApiApp:
                 return _json(table(rtype, [obj], obj["metadata"]["resourceVersion"], request.query.get("includeObject", "Metadata")))
             return _json(obj)
         if method == "PUT":
-            obj, warnings = store.update(rtype, route.namespace, route.name, await _body(request),
+            obj, warnings = store.update(rtype, route.namespace, route.name, await _body(request, rtype.kind),
                                          route.sub if route.sub == "status" else None, _options(request))
             return _json(obj, 200, warnings)
         if method == "PATCH":
@@ -182,8 +192,14 @@ class ApiApp:
                 route.sub if route.sub == "status" else None, _options(request))
             return _json(obj, 201 if created else 200, warnings)
         if method == "DELETE":
-            options = await _body(request)
+            options = await _body(request, "DeleteOptions")
             propagation = request.query.get("propagationPolicy") or options.get("propagationPolicy")
+            orphan = request.query.get("orphanDependents") or options.get("orphanDependents")
+            if propagation is None and orphan in (True, "true"):
+                propagation = "Orphan"
+            if propagation not in (None, "Background", "Foreground", "Orphan"):
+                raise ApiError(422, f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: '
+                                    f'"{propagation}": supported values: "Foreground", "Background", "Orphan", "nil"')
             if options.get("preconditions", {}).get("resourceVersion"):
                 current = store.get(rtype, route.namespace, route.name)
                 if current["metadata"]["resourceVersion"] != options["preconditions"]["resourceVersion"]:
@@ -201,7 +217,7 @@ class ApiApp:
 
     def _list(self, request: web.Request, route: Route) -> web.Response:
         rtype = route.rtype
-        items, rv = self.store.list(rtype, route.namespace, _matcher(request))
+        items, rv = self.store.list(rtype, route.namespace, _matcher(request, rtype))
         limit = int(request.query.get("limit") or 0)
         start = int(request.query.get("continue") or 0)
         meta: dict = {"resourceVersion": rv}
@@ -218,7 +234,7 @@ class ApiApp:
 
     async def _watch(self, request: web.Request, route: Route) -> web.StreamResponse:
         rtype = route.rtype
-        matches = _matcher(request)
+        matches = _matcher(request, rtype)
         if route.name:
             name = route.name
             matches = (lambda inner: lambda obj: obj["metadata"]["name"] == name and inner(obj))(matches)

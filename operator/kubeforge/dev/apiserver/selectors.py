@@ -7,6 +7,22 @@ from typing import Callable, Optional
 
 _SET_EXPR = re.compile(r"^\s*(!?)([\w./-]+)\s*(?:(notin|in)\s*\(([^)]*)\))?\s*$")
 _EQ_EXPR = re.compile(r"^\s*([\w./-]+)\s*(==|=|!=)\s*([\w./-]*)\s*$")
+_FIELD_EXPR = re.compile(r"^\s*([\w./-]+)\s*(==|=|!=)\s*([^,]*?)\s*$")
+
+# Field labels each built-in resource supports (besides metadata.name and metadata.namespace), as registered by
+# kube-apiserver's field label conversion functions.
+BUILTIN_FIELDS = {
+    ("", "events"): {"involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+                     "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
+                     "reason", "reportingComponent", "source", "type"},
+    ("events.k8s.io", "events"): {"regarding.kind", "regarding.namespace", "regarding.name", "regarding.uid",
+                                  "regarding.apiVersion", "regarding.resourceVersion", "regarding.fieldPath",
+                                  "reason", "reportingController", "type"},
+    ("", "namespaces"): {"status.phase"},
+    ("", "secrets"): {"type"},
+    ("", "pods"): {"spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
+                   "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"},
+}
 
 
 class SelectorError(ValueError):
@@ -63,15 +79,22 @@ def field_value(obj: dict, path: str) -> Optional[str]:
     return None if isinstance(current, (dict, list)) else str(current)
 
 
-def field_matcher(selector: Optional[str]) -> Callable[[dict], bool]:
+def field_matcher(selector: Optional[str], allowed: Optional[set[str]] = None,
+                  custom: bool = False) -> Callable[[dict], bool]:
+    """`allowed`: the field labels the resource supports besides metadata.name/namespace (None: anything)."""
     if not selector:
         return lambda obj: True
     tests = []
     for part in _split(selector):
-        eq = _EQ_EXPR.match(part)
+        eq = _FIELD_EXPR.match(part)
         if not eq:
-            raise SelectorError(f"invalid field selector: {part.strip()!r}")
+            raise SelectorError(f"invalid selector: '{selector}'; can't understand '{part.strip()}'")
         path, op, value = eq.groups()
+        if allowed is not None and path not in allowed | {"metadata.name", "metadata.namespace"}:
+            if custom:
+                known = ", ".join(f'"{f}"' for f in ["metadata.name", "metadata.namespace", *sorted(allowed)])
+                raise SelectorError(f'"{path}" is not a known field selector: only {known}')
+            raise SelectorError(f'field label not supported: {path}')
         if op in ("=", "=="):
             tests.append((lambda p, v: lambda o: (field_value(o, p) or "") == v)(path, value))
         else:

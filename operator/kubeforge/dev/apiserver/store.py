@@ -209,7 +209,11 @@ class Store:
         warnings = self._validate(rtype, obj, opts)
         for field in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "uid"):
             meta.pop(field, None)
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
+        if rtype.has_generation:
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
         if applied is not None:
             merged = server_side_apply(None, applied, opts.manager, rtype.api_version, True, rtype.has_status)
             meta["managedFields"] = merged["metadata"].get("managedFields", [])
@@ -304,7 +308,7 @@ class Store:
                     raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}", name, rtype.group, errors)
         elif subresource is None:
             warnings = self._validate(rtype, new, opts, current)
-        if _spec_part(new) != _spec_part(current):
+        if rtype.has_generation and _spec_part(new) != _spec_part(current):
             new["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
         if managed is not None:
             new["metadata"]["managedFields"] = managed
@@ -448,19 +452,29 @@ class Store:
             self.unregister(served.key)
         self.collect_garbage()
         self._finish_foreground()
+        namespace = meta.get("namespace")
+        if rtype.namespaced and namespace:
+            ns = self.objects[NAMESPACE_KEY].get(("", namespace))
+            if ns is not None and ns["metadata"].get("deletionTimestamp") and not self._namespace_has_content(namespace):
+                self._remove(self.types[NAMESPACE_KEY], ns)
+
+    def _namespace_has_content(self, name: str) -> bool:
+        return any(k[0] == name for t in self.types.values() if t.namespaced for k in self.objects.get(t.key, {}))
 
     def _delete_namespace(self, rtype: ResourceType, ns: dict) -> dict:
         ns["metadata"]["deletionTimestamp"] = ns["metadata"].get("deletionTimestamp") or now()
+        ns["metadata"]["deletionGracePeriodSeconds"] = 0
         ns["status"] = {"phase": "Terminating"}
         name = ns["metadata"]["name"]
         for other in list(self.types.values()):
             if not other.namespaced:
                 continue
             for (item_ns, item_name), _ in list(self.objects.get(other.key, {}).items()):
-                if item_ns == name:
+                if item_ns == name and (item_ns, item_name) in self.objects.get(other.key, {}):
                     self.delete(other, item_ns, item_name)
-        remaining = any(k[0] == name for t in self.types.values() if t.namespaced for k in self.objects.get(t.key, {}))
-        if remaining:
+        if ("", name) not in self.objects[NAMESPACE_KEY]:
+            return copy.deepcopy(ns)  # emptied and removed while deleting its content
+        if self._namespace_has_content(name):
             ns["metadata"]["resourceVersion"] = self._next_rv()
             self._emit(rtype, "MODIFIED", ns)
         else:
@@ -494,7 +508,8 @@ class Store:
                 refs = obj["metadata"].get("ownerReferences") or []
                 if refs and not any(r.get("uid") in uids for r in refs) and not obj["metadata"].get("deletionTimestamp"):
                     meta = obj["metadata"]
-                    if (meta.get("namespace") or "", meta["name"]) in self.objects.get(rtype.key, {}):
+                    if (meta.get("namespace") or "", meta["name"]) in self.objects.get(rtype.key, {}) and \
+                            rtype.key in self.types:
                         self.delete(rtype, meta.get("namespace"), meta["name"])
 
     def _finish_foreground(self) -> None:

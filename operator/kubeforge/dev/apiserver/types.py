@@ -21,6 +21,10 @@ class ResourceType:
     """openAPIV3Schema of the served version (custom resources only)."""
     printer_columns: list[dict] = field(default_factory=list)
     crd_name: Optional[str] = None
+    selectable_fields: list[str] = field(default_factory=list)
+    """CRD spec.versions[].selectableFields jsonPaths (custom resources)."""
+    has_generation: bool = False
+    """metadata.generation is maintained (custom resources and CRDs; most core kinds have none)."""
     return_deleted: bool = True
     """DELETE answers the object (ReturnDeletedObject), else a Status once it is gone."""
 
@@ -61,7 +65,7 @@ def builtin_types() -> list[ResourceType]:
         ResourceType("events.k8s.io", "v1", "events", "Event", True, "event", ["ev"]),
         ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, "lease"),
         ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
-                     "customresourcedefinition", ["crd", "crds"], has_status=True),
+                     "customresourcedefinition", ["crd", "crds"], has_status=True, has_generation=True),
     ]
     for rtype in types:
         if rtype.plural in ("configmaps", "secrets", "events", "leases", "services"):
@@ -81,4 +85,5 @@ def from_crd(crd: dict) -> ResourceType:
         categories=names.get("categories", []), has_status="status" in (version.get("subresources") or {}),
         schema=(version.get("schema") or {}).get("openAPIV3Schema"),
         printer_columns=version.get("additionalPrinterColumns", []), crd_name=crd["metadata"]["name"],
+        selectable_fields=[f["jsonPath"] for f in version.get("selectableFields") or []], has_generation=True,
     )
