@@ -39,4 +39,4 @@ def run_operator(settings: Settings | None = None) -> None:
 
     namespaces = [settings.namespace] if settings.namespace else []
     asyncio.run(kopf.operator(registry=registry, standalone=True, clusterwide=not namespaces,
-                              namespaces=namespaces))
+                              namespaces=namespaces, liveness_endpoint=settings.liveness_endpoint))

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     """KubeRay ttlSecondsAfterFinished for finished attempts' clusters."""
     namespace: Optional[str] = None
     """Watch only this namespace; None watches all."""
+    liveness_endpoint: Optional[str] = None
+    """kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz (the chart's health.enabled sets it)."""
 
 
 @lru_cache(maxsize=1)
