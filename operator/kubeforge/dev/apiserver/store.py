@@ -69,6 +69,7 @@ class Store:
         self.objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = {}
         self.history: dict[tuple[str, str], deque] = {}
         self.watchers: dict[tuple[str, str], set[Watcher]] = {}
+        self._last: dict[tuple, dict] = {}  # the last emitted state of each object, for selector transitions
         self.rv = 1
         for rtype in builtin_types():
             self.register(rtype)
@@ -117,12 +118,19 @@ class Store:
         return str(self.rv)
 
     def _emit(self, rtype: ResourceType, event_type: str, obj: dict) -> None:
-        self.history[rtype.key].append((int(obj["metadata"]["resourceVersion"]), event_type, obj))
+        """Record and fan out a watch event. Watchers with selectors see an object entering their selection as
+        ADDED and leaving it as DELETED, as kube-apiserver's watch cache does."""
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        key = (rtype.key, meta.get("namespace") or "", meta["name"])
+        old = self._last.pop(key, None) if event_type == "DELETED" else self._last.get(key)
+        if event_type != "DELETED":
+            self._last[key] = obj
+        self.history[rtype.key].append((int(meta["resourceVersion"]), event_type, obj, old))
         for watcher in list(self.watchers.get(rtype.key, ())):
-            if watcher.namespace and obj["metadata"].get("namespace") != watcher.namespace:
-                continue
-            if watcher.matches(obj):
-                watcher.queue.put_nowait({"type": event_type, "object": obj})
+            event = _filtered(watcher.namespace, watcher.matches, event_type, obj, old)
+            if event is not None:
+                watcher.queue.put_nowait({"type": event, "object": obj})
 
     def _check_namespace(self, rtype: ResourceType, namespace: Optional[str]) -> None:
         if rtype.namespaced:
@@ -543,14 +551,29 @@ class Store:
             history = self.history[rtype.key]
             if history and start < history[0][0] - 1 and len(history) == history.maxlen:
                 raise ApiError(410, f"too old resource version: {start} ({history[0][0] - 1})", "Expired")
-            for rv, event_type, obj in history:
-                if rv > start and (not namespace or obj["metadata"].get("namespace") == namespace) and matches(obj):
-                    backlog.append({"type": event_type, "object": obj})
+            for rv, event_type, obj, old in history:
+                if rv > start:
+                    event = _filtered(namespace, matches, event_type, obj, old)
+                    if event is not None:
+                        backlog.append({"type": event, "object": obj})
         self.watchers[rtype.key].add(watcher)
         return watcher, backlog
 
     def unwatch(self, rtype: ResourceType, watcher: Watcher) -> None:
         self.watchers.get(rtype.key, set()).discard(watcher)
+
+
+def _filtered(namespace: Optional[str], matches: Callable[[dict], bool], event_type: str, obj: dict,
+              old: Optional[dict]) -> Optional[str]:
+    if namespace and obj["metadata"].get("namespace") != namespace:
+        return None
+    now_matches = matches(obj)
+    if event_type != "MODIFIED" or old is None:
+        return event_type if now_matches else None
+    was = matches(old)
+    if now_matches:
+        return "MODIFIED" if was else "ADDED"
+    return "DELETED" if was else None
 
 
 def _without_times(obj: dict) -> dict:
