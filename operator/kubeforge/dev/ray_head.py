@@ -1,8 +1,15 @@
-"""The sandbox's local Ray head: `ray start --head` with explicit resources and a short temp dir."""
+"""The sandbox's local Ray head: `ray start --head` with explicit resources, pinned ports, a short temp dir and
+token authentication kept on (the token lives in the sandbox state dir, not in ~/.ray).
+
+Clients (JobSubmissionClient, the state API, the local KubeRay) need `client_env(state_dir)` in their environment:
+`RAY_AUTH_MODE=token` and `RAY_AUTH_TOKEN_PATH=<state_dir>/auth_token`. Processes started by the head (job drivers,
+workers) inherit it. Nothing here does I/O at import time.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -13,6 +20,8 @@ from typing import Optional
 
 LOGICAL_CPUS = 8  # Ray schedules by logical CPUs; several small jobs share the machine's 2 cores
 OBJECT_STORE_BYTES = 300 * 1024 * 1024
+TOKEN_FILE = "auth_token"
+MARKER_FILE = "kubeforge-head"  # in Ray's temp dir: "<dashboard url>\n<token path>", for clients that only know the URL
 
 
 def _ray_cli() -> str:
@@ -22,6 +31,41 @@ def _ray_cli() -> str:
 def temp_dir(gcs_port: int) -> Path:
     # Ray's unix socket paths must stay under ~107 bytes: keep its temp dir short.
     return Path(tempfile.gettempdir()) / f"kfray-{gcs_port}"
+
+
+def token_path(state_dir: Path) -> Path:
+    return Path(state_dir).resolve() / TOKEN_FILE
+
+
+def client_env(state_dir: Path) -> dict[str, str]:
+    """Environment a Ray client needs to talk to this head (token auth)."""
+    path = token_path(state_dir)
+    if not path.exists():
+        return {}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
+def ensure_token(state_dir: Path) -> Path:
+    path = token_path(state_dir)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path
+
+
+def find_token_for(dashboard_url: str) -> Optional[Path]:
+    """The token file of a head started by `start`, found from its dashboard URL alone (for clients that were
+    given only `--ray-address`)."""
+    for marker in Path(tempfile.gettempdir()).glob(f"kfray-*/{MARKER_FILE}"):
+        try:
+            url, path = marker.read_text().splitlines()[:2]
+        except (OSError, ValueError):
+            continue
+        if url.rstrip("/") == dashboard_url.rstrip("/") and Path(path).exists():
+            return Path(path)
+    return None
 
 
 def _extra_ports(gcs_port: int) -> list[str]:
@@ -35,38 +79,77 @@ def _extra_ports(gcs_port: int) -> list[str]:
             f"--min-worker-port={base + 20}", f"--max-worker-port={base + 90}"]
 
 
-def start(state_dir: Path, gcs_port: int, dashboard_port: int, serve_port: int,
-          env: Optional[dict] = None, timeout: float = 90) -> str:
-    """Start the head and return its dashboard (job submission) address."""
+def start_argv(state_dir: Path, gcs_port: int, dashboard_port: int, num_cpus: int = LOGICAL_CPUS,
+               object_store_bytes: int = OBJECT_STORE_BYTES) -> list[str]:
+    return [_ray_cli(), "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
+            *_extra_ports(gcs_port), "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+            f"--num-cpus={num_cpus}", f"--object-store-memory={object_store_bytes}",
+            f"--temp-dir={temp_dir(gcs_port)}", "--disable-usage-stats"]
+
+
+def start(state_dir: Path, gcs_port: int, dashboard_port: int, serve_port: int = 8000,
+          env: Optional[dict] = None, timeout: float = 90, num_cpus: int = LOGICAL_CPUS,
+          object_store_bytes: int = OBJECT_STORE_BYTES, auth: bool = True) -> str:
+    """Start the head and return its dashboard (job submission) address, e.g. http://127.0.0.1:8265."""
+    state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "gcs_port").write_text(str(gcs_port))
-    argv = [_ray_cli(), "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", *_extra_ports(gcs_port),
-            "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--num-cpus={LOGICAL_CPUS}",
-            f"--object-store-memory={OBJECT_STORE_BYTES}", f"--temp-dir={temp_dir(gcs_port)}",
-            "--disable-usage-stats"]
+    (state_dir / "dashboard_port").write_text(str(dashboard_port))
+    (state_dir / "serve_port").write_text(str(serve_port))
+    auth_env = {"RAY_AUTH_MODE": "disabled"}
+    if auth:
+        auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ensure_token(state_dir))}
     log = state_dir / "ray-start.log"
-    full_env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0",
+    full_env = {**os.environ, **(env or {}), **auth_env, "RAY_USAGE_STATS_ENABLED": "0",
                 "RAY_SERVE_HTTP_PORT": str(serve_port)}
+    full_env.pop("RAY_AUTH_TOKEN", None)
+    address = f"http://127.0.0.1:{dashboard_port}"
     with open(log, "ab") as handle:
-        result = subprocess.run(argv, env=full_env, stdout=handle, stderr=subprocess.STDOUT)
+        result = subprocess.run(start_argv(state_dir, gcs_port, dashboard_port, num_cpus, object_store_bytes),
+                                env=full_env, stdout=handle, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise RuntimeError(f"ray start failed ({result.returncode}); see {log}:\n{log.read_text()[-2000:]}")
-    address = f"http://127.0.0.1:{dashboard_port}"
+    if auth:
+        (temp_dir(gcs_port) / MARKER_FILE).write_text(f"{address}\n{token_path(state_dir)}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(address + "/api/version", timeout=2):
-                return address
-        except Exception:
-            time.sleep(0.5)
+        if _answers(address, token_path(state_dir) if auth else None):
+            return address
+        time.sleep(0.5)
     raise RuntimeError(f"Ray dashboard did not answer at {address} within {timeout:.0f}s")
+
+
+def _answers(address: str, token_file: Optional[Path] = None) -> bool:
+    """Whether the dashboard answers /api/version (with the bearer token when auth is on: without it, 401)."""
+    request = urllib.request.Request(address + "/api/version")
+    if token_file is not None and Path(token_file).exists():
+        request.add_header("Authorization", f"Bearer {Path(token_file).read_text().strip()}")
+    try:
+        with urllib.request.urlopen(request, timeout=2):
+            return True
+    except Exception:
+        return False
+
+
+def status(state_dir: Path) -> dict:
+    """{'running': bool, 'address': dashboard URL or None, 'gcs_address': host:port or None}."""
+    state_dir = Path(state_dir).resolve()
+    try:
+        gcs_port = int((state_dir / "gcs_port").read_text())
+        dashboard_port = int((state_dir / "dashboard_port").read_text())
+    except (OSError, ValueError):
+        return {"running": False, "address": None, "gcs_address": None}
+    address = f"http://127.0.0.1:{dashboard_port}"
+    token = token_path(state_dir)
+    return {"running": _answers(address, token if token.exists() else None), "address": address, "gcs_address": f"127.0.0.1:{gcs_port}",
+            "temp_dir": str(temp_dir(gcs_port))}
 
 
 def stop(state_dir: Path, timeout: float = 30) -> int:
     """Stop this head's processes only (`ray stop` would stop every Ray on the machine)."""
     import psutil
 
-    port_file = state_dir / "gcs_port"
+    port_file = Path(state_dir) / "gcs_port"
     if not port_file.exists():
         return 0
     marker = str(temp_dir(int(port_file.read_text())))
@@ -89,4 +172,5 @@ def stop(state_dir: Path, timeout: float = 30) -> int:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=timeout / 2)
+    (temp_dir(int(port_file.read_text())) / MARKER_FILE).unlink(missing_ok=True)
     return len(victims)

@@ -1,12 +1,21 @@
+"""Local KubeRay: runs ray.io/v1 RayJobs and RayServices on a local Ray head and writes KubeRay-shaped status.
+
+    python -m kubeforge.dev.kuberay --kubeconfig PATH --ray-address http://127.0.0.1:8265 [--serve-port 8000]
+                                    [--ray-token-file PATH]
+"""
 import argparse
 import logging
 
 from kubeforge.dev.kuberay.controller import run
 
-parser = argparse.ArgumentParser(description="Local KubeRay: run RayJobs on a local Ray head")
+parser = argparse.ArgumentParser(description="Local KubeRay: run RayJobs/RayServices on a local Ray head")
 parser.add_argument("--kubeconfig", required=True)
 parser.add_argument("--ray-address", required=True, help="Ray dashboard / job submission address")
+parser.add_argument("--serve-port", type=int, default=8000, help="port of the local Serve HTTP proxy")
+parser.add_argument("--ray-token-file", default=None,
+                    help="Ray auth token file (default: $RAY_AUTH_TOKEN_PATH, else the token of a head started by "
+                         "kubeforge.dev.ray_head with this address)")
 parser.add_argument("--interval", type=float, default=1.0)
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-run(args.kubeconfig, args.ray_address, args.interval)
+run(args.kubeconfig, args.ray_address, args.interval, serve_port=args.serve_port, token_file=args.ray_token_file)

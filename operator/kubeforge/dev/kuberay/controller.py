@@ -1,267 +1,432 @@
-"""The local KubeRay controller loop: RayJob objects in, Ray jobs on the local head out."""
+"""The local KubeRay controller: RayJob / RayService objects in, Ray jobs and Serve applications on the local head out.
+
+A level-triggered loop (list every ~1 s, reconcile each object) rather than an edge-triggered watch: the state that
+matters lives in the objects' status (jobId recorded before submission) and on the Ray head, so a restarted
+controller simply picks up where it was. Status is written only when it changes.
+"""
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
-import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import yaml
 
-from kubeforge.dev.kuberay.status import (FAILED, INITIALIZING, RUNNING, SUBMISSION_FAILED, TERMINAL_DEPLOYMENT,
-                                          chaos_failure, rayjob_status)
+from kubeforge.dev.kuberay import processes
+from kubeforge.dev.kuberay.env import EnvError, container_env, head_container
+from kubeforge.dev.kuberay.status import (CHAOS_REASONS, FAILED, INITIALIZING, RUNNING, SUBMISSION_FAILED,
+                                          SUSPENDED, TERMINAL_DEPLOYMENT, TERMINAL_JOB, chaos_failure,
+                                          deadline_exceeded, deletion_due, format_time, parse_time,
+                                          rayjob_status, rayservice_status)
 
 log = logging.getLogger("kubeforge.dev.kuberay")
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+SERVICES = "rayservices"
 FINALIZER = "ray.io/rayjob-finalizer"
 CHAOS_ANNOTATION = "chaos.kubeforge.dev/action"
-JOB_MARKER_ENV = "KUBEFORGE_LOCAL_RAYJOB"
+CHAOS_LAST_ANNOTATION = "chaos.kubeforge.dev/last"
+SERVE_URL_ANNOTATION = "kubeforge.dev/local-serve-url"
+JOB_MARKER_ENV = processes.JOB_MARKER_ENV
 SUBMISSION_RETRY_SECONDS = 120
 
 
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(utcnow())
 
 
 def job_processes(job_id: str) -> list:
-    """Driver and worker processes of a job: every process whose environment carries the job's marker."""
+    """Driver and worker processes of a job carrying the job's marker env var (kept for callers of the old API)."""
     import psutil
 
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get(JOB_MARKER_ENV) == job_id:
-                found.append(proc)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-    return found
+    return [psutil.Process(pid) for pid in processes.marker_pids(job_id) if psutil.pid_exists(pid)]
+
+
+def default_job_id(rayjob: dict) -> str:
+    meta = rayjob["metadata"]
+    return rayjob.get("spec", {}).get("jobId") or f"{meta['name']}-{meta['uid'][:8]}"
+
+
+def _is_not_found(error: Exception) -> bool:
+    text = str(error).lower()
+    return "does not exist" in text or "404" in text or "not found" in text
 
 
 class LocalKubeRay:
-    def __init__(self, api, core, jobs, dashboard_url: str):
-        self.api, self.core, self.jobs, self.dashboard_url = api, core, jobs, dashboard_url
+    def __init__(self, api, core, jobs, dashboard_url: str, serve_port: int = 8000,
+                 clock: Callable[[], datetime] = utcnow, auth_header: Optional[str] = None):
+        self.api, self.core, self.jobs, self.dashboard_url = api, core, jobs, dashboard_url.rstrip("/")
+        self.serve_port, self.clock, self.auth_header = serve_port, clock, auth_header
+        self._applied_serve: Optional[str] = None
 
-    # ---- helpers -----------------------------------------------------------------------------------------------
-    def _patch_status(self, rayjob: dict, status: dict) -> None:
-        if status == (rayjob.get("status") or {}):
+    # ---- API helpers ------------------------------------------------------------------------------------------
+    def _patch_status(self, obj: dict, status: dict, plural: str = PLURAL) -> None:
+        status = {k: v for k, v in status.items() if v is not None}
+        if status == (obj.get("status") or {}):
             return
-        meta = rayjob["metadata"]
-        self.api.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
-                                                       {"status": status})
-        rayjob["status"] = status
+        meta = obj["metadata"]
+        # Merge patch: keys dropped from the status must be sent as null to be removed.
+        body = {**{k: None for k in (obj.get("status") or {}) if k not in status}, **status}
+        self.api.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], plural, meta["name"],
+                                                       {"status": body})
+        obj["status"] = status
 
-    def _patch_meta(self, rayjob: dict, metadata: dict) -> None:
-        meta = rayjob["metadata"]
-        self.api.patch_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
+    def _patch_meta(self, obj: dict, metadata: dict, plural: str = PLURAL) -> None:
+        meta = obj["metadata"]
+        self.api.patch_namespaced_custom_object(GROUP, VERSION, meta["namespace"], plural, meta["name"],
                                                 {"metadata": metadata})
 
-    def _secret(self, namespace: str, name: str) -> Optional[dict]:
+    def _read(self, kind: str, namespace: str, name: str) -> Optional[dict]:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            secret = self.core.read_namespaced_secret(name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-
-    def _config_map(self, namespace: str, name: str) -> Optional[dict]:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
+            if kind == "secret":
+                secret = self.core.read_namespaced_secret(name, namespace)
+                return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
             return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
 
-    def container_env(self, rayjob: dict) -> dict[str, str]:
+    def container_env(self, obj: dict) -> dict[str, str]:
         """Env of the head container (env + envFrom, with Secret/ConfigMap references resolved)."""
-        namespace = rayjob["metadata"]["namespace"]
-        spec = rayjob["spec"]
-        try:
-            container = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-        except (KeyError, IndexError, TypeError):
-            return {}
-        env: dict[str, str] = {}
-        for source in container.get("envFrom") or []:
-            if "secretRef" in source:
-                data = self._secret(namespace, source["secretRef"]["name"])
-            else:
-                data = self._config_map(namespace, source.get("configMapRef", {}).get("name", ""))
-            optional = (source.get("secretRef") or source.get("configMapRef") or {}).get("optional")
-            if data is None and not optional:
-                raise ValueError(f"envFrom references a missing Secret/ConfigMap: {source}")
-            env.update({f"{source.get('prefix', '')}{k}": v for k, v in (data or {}).items()})
-        for item in container.get("env") or []:
-            if "value" in item:
-                env[item["name"]] = item["value"]
-            elif "valueFrom" in item:
-                ref = item["valueFrom"].get("secretKeyRef") or item["valueFrom"].get("configMapKeyRef") or {}
-                lookup = self._secret if "secretKeyRef" in item["valueFrom"] else self._config_map
-                data = lookup(namespace, ref.get("name", "")) or {}
-                if ref.get("key") in data:
-                    env[item["name"]] = data[ref["key"]]
-                elif not ref.get("optional"):
-                    raise ValueError(f"env {item['name']} references a missing key {ref}")
-        return env
+        return container_env(head_container(obj.get("spec") or {}), obj["metadata"]["namespace"],
+                             lambda ns, n: self._read("secret", ns, n), lambda ns, n: self._read("configmap", ns, n))
 
     def runtime_env(self, rayjob: dict, job_id: str) -> dict:
         runtime_env = yaml.safe_load(rayjob["spec"].get("runtimeEnvYAML") or "{}") or {}
+        if not isinstance(runtime_env, dict):
+            raise ValueError("spec.runtimeEnvYAML must be a YAML mapping")
         env_vars = {**self.container_env(rayjob), **(runtime_env.get("env_vars") or {})}
-        # The container image would provide the interpreter; locally it is this virtualenv.
-        env_vars["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        env_vars[JOB_MARKER_ENV] = job_id
-        runtime_env["env_vars"] = {k: str(v) for k, v in env_vars.items()}
+        runtime_env["env_vars"] = {k: str(v) for k, v in _local_env(env_vars).items()}
+        runtime_env["env_vars"][JOB_MARKER_ENV] = job_id
         return runtime_env
 
-    # ---- reconcile ---------------------------------------------------------------------------------------------
+    # ---- the loop ---------------------------------------------------------------------------------------------
     def sync_all(self) -> None:
         listed = self.api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
         for rayjob in listed.get("items", []):
             try:
                 self.sync(rayjob)
-            except Exception:  # one odd RayJob must not stop the others
+            except Exception as error:  # one odd RayJob must not stop the others
                 log.exception("sync of RayJob %s/%s failed", rayjob["metadata"].get("namespace"),
                               rayjob["metadata"].get("name"))
+                self._fail_unexpected(rayjob, error)
+        try:
+            self.sync_services()
+        except Exception:
+            log.exception("RayService pass failed")
 
+    def _fail_unexpected(self, rayjob: dict, error: Exception) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        status = rayjob.get("status") or {}
+        if isinstance(error, ApiException) or status.get("jobDeploymentStatus") in TERMINAL_DEPLOYMENT:
+            return  # API trouble is retried next pass
+        if status.get("jobDeploymentStatus") == INITIALIZING:
+            return  # submission errors are handled (with retries) in _submit
+        try:
+            self._patch_status(rayjob, {**status, "jobDeploymentStatus": FAILED, "reason": "ValidationFailed",
+                                        "endTime": now(), "message": f"local KubeRay cannot run this RayJob: {error}"})
+        except Exception:
+            log.exception("could not record the failure")
+
+    # ---- RayJob -----------------------------------------------------------------------------------------------
     def sync(self, rayjob: dict) -> None:
         meta = rayjob["metadata"]
         status = dict(rayjob.get("status") or {})
         job_id = status.get("jobId")
         if meta.get("deletionTimestamp"):
-            if job_id:
+            if job_id and FINALIZER in (meta.get("finalizers") or []):
                 self._stop(job_id)
-            finalizers = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
             if FINALIZER in (meta.get("finalizers") or []):
+                finalizers = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
                 self._patch_meta(rayjob, {"finalizers": finalizers or None, "resourceVersion": meta["resourceVersion"]})
             return
         if FINALIZER not in (meta.get("finalizers") or []):
-            self._patch_meta(rayjob, {"finalizers": [*(meta.get("finalizers") or []), FINALIZER]})
-        if not job_id:
-            # Record the ids before submitting, so a restart never submits twice.
-            job_id = rayjob["spec"].get("jobId") or f"{meta['name']}-{meta['uid'][:8]}"
-            self._patch_status(rayjob, {**status, "jobId": job_id, "rayClusterName": f"{meta['name']}-raycluster",
-                                        "dashboardURL": self.dashboard_url, "jobDeploymentStatus": INITIALIZING,
-                                        "startTime": now(), "observedGeneration": meta.get("generation")})
-            status = rayjob["status"]
-        deployment = status.get("jobDeploymentStatus")
+            self._patch_meta(rayjob, {"finalizers": [*(meta.get("finalizers") or []), FINALIZER],
+                                      "resourceVersion": meta["resourceVersion"]})
+        spec = rayjob.get("spec") or {}
+        deployment = status.get("jobDeploymentStatus") or ""
         if deployment in TERMINAL_DEPLOYMENT:
+            self._after_finish(rayjob)
+            self._clear_chaos(rayjob)
             return
+        if spec.get("suspend"):
+            if deployment != SUSPENDED:
+                if job_id:
+                    self._stop(job_id)
+                kept = {k: status[k] for k in ("failed", "succeeded", "startTime") if k in status}
+                self._patch_status(rayjob, {**kept, "jobDeploymentStatus": SUSPENDED,
+                                            "observedGeneration": meta.get("generation")})
+            return
+        if not job_id or deployment in ("", SUSPENDED):
+            if not spec.get("entrypoint"):
+                self._patch_status(rayjob, {**status, "jobDeploymentStatus": FAILED, "reason": "ValidationFailed",
+                                            "endTime": now(), "observedGeneration": meta.get("generation"),
+                                            "message": "spec.entrypoint is required (local KubeRay submits in "
+                                                       "K8sJobMode/HTTPMode only)"})
+                return
+            # Record the ids before submitting, so a restart never submits twice.
+            job_id = self._fresh_job_id(rayjob, resumed=deployment == SUSPENDED)
+            self._patch_status(rayjob, {**status, "jobId": job_id, "rayClusterName": self.cluster_name(rayjob),
+                                        "dashboardURL": self.dashboard_url.split("://", 1)[-1],
+                                        "jobDeploymentStatus": INITIALIZING, "startTime": now(),
+                                        "observedGeneration": meta.get("generation")})
+            status = rayjob["status"]
+            deployment = INITIALIZING
         action = (meta.get("annotations") or {}).get(CHAOS_ANNOTATION)
-        if action:
+        if action and deployment != INITIALIZING:
             self._chaos(rayjob, status, job_id, action)
             return
         if deployment == INITIALIZING:
             self._submit(rayjob, status, job_id)
             return
-        if rayjob["spec"].get("suspend"):
-            self._stop(job_id)
-            self._patch_status(rayjob, {**status, "jobDeploymentStatus": "Suspended"})
-            return
         self._observe(rayjob, status, job_id)
+
+    def cluster_name(self, obj: dict) -> str:
+        selector = (obj.get("spec") or {}).get("clusterSelector") or {}
+        return selector.get("ray.io/cluster") or f"{obj['metadata']['name']}-raycluster"
+
+    def _fresh_job_id(self, rayjob: dict, resumed: bool) -> str:
+        """spec.jobId or `<name>-<uid prefix>`; after a suspend, Ray still holds the old submission id, so the
+        first free `<id>-<n>` (KubeRay gets a fresh cluster instead)."""
+        base = default_job_id(rayjob)
+        if not resumed:
+            return base  # an existing Ray job with this id (spec.jobId reused) is adopted by _submit
+        for n in range(1, 1000):
+            candidate = f"{base}-{n}"
+            if self._job_info(candidate) is None:
+                return candidate
+        return f"{base}-{int(time.time())}"
 
     def _submit(self, rayjob: dict, status: dict, job_id: str) -> None:
         try:
             existing = self._job_info(job_id)
             if existing is None:
-                self.jobs.submit_job(entrypoint=rayjob["spec"]["entrypoint"], submission_id=job_id,
-                                     runtime_env=self.runtime_env(rayjob, job_id))
+                kwargs = {}
+                spec = rayjob["spec"]
+                if spec.get("entrypointNumCpus"):
+                    kwargs["entrypoint_num_cpus"] = spec["entrypointNumCpus"]
+                if spec.get("metadata"):
+                    kwargs["metadata"] = {str(k): str(v) for k, v in spec["metadata"].items()}
+                self.jobs.submit_job(entrypoint=spec["entrypoint"], submission_id=job_id,
+                                     runtime_env=self.runtime_env(rayjob, job_id), **kwargs)
                 log.info("submitted %s for RayJob %s/%s", job_id, rayjob["metadata"]["namespace"],
                          rayjob["metadata"]["name"])
             else:
                 log.info("adopted existing Ray job %s", job_id)
+        except (EnvError, ValueError, yaml.YAMLError) as error:
+            # The container would never start (CreateContainerConfigError) / the spec cannot be submitted.
+            self._patch_status(rayjob, {**status, "jobDeploymentStatus": FAILED, "reason": SUBMISSION_FAILED,
+                                        "endTime": now(), "failed": (status.get("failed") or 0) + 1,
+                                        "message": f"failed to submit the job: {error}"})
+            return
         except Exception as error:
             log.warning("submission of %s failed: %s", job_id, error)
-            started = datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
+            started = parse_time(status.get("startTime")) or self.clock()
             deadline = rayjob["spec"].get("preRunningDeadlineSeconds") or SUBMISSION_RETRY_SECONDS
-            if (datetime.now(timezone.utc) - started).total_seconds() < deadline:
+            if (self.clock() - started).total_seconds() < deadline:
                 # Like KubeRay's submitter, keep trying while the cluster comes up (e.g. its job agent).
                 self._patch_status(rayjob, {**status, "message": f"submission will be retried: {error}"})
                 return
-            self._patch_status(rayjob, {**status, "jobDeploymentStatus": FAILED, "jobStatus": "FAILED",
-                                        "reason": SUBMISSION_FAILED, "endTime": now(), "failed": 1,
+            self._patch_status(rayjob, {**status, "jobDeploymentStatus": FAILED, "reason": SUBMISSION_FAILED,
+                                        "endTime": now(), "failed": (status.get("failed") or 0) + 1,
                                         "message": f"failed to submit the job: {error}"})
             return
-        self._patch_status(rayjob, {**status, "jobDeploymentStatus": RUNNING, "jobStatus": "PENDING"})
+        self._patch_status(rayjob, {**{k: v for k, v in status.items() if k != "message"},
+                                    "jobDeploymentStatus": RUNNING, "jobStatus": "PENDING"})
 
     def _job_info(self, job_id: str):
         try:
             return self.jobs.get_job_info(job_id)
-        except RuntimeError as error:
-            if "does not exist" in str(error) or "404" in str(error) or "not found" in str(error).lower():
+        except Exception as error:
+            if _is_not_found(error):
                 return None
             raise
 
     def _observe(self, rayjob: dict, status: dict, job_id: str) -> None:
-        info = self._job_info(job_id)
-        ray_status = info.status.value if info is not None else None
-        new = rayjob_status(status, ray_status, info.message if info is not None else None, now())
-        if info is not None and getattr(info, "start_time", None):
-            new["rayJobInfo"] = {k: v for k, v in {"startTime": _ms(info.start_time),
-                                                   "endTime": _ms(getattr(info, "end_time", None))}.items() if v}
-        deadline = rayjob["spec"].get("activeDeadlineSeconds")
-        if deadline and new.get("jobDeploymentStatus") == RUNNING:
-            started = datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
-            if (datetime.now(timezone.utc) - started).total_seconds() > deadline:
-                self._stop(job_id)
-                new.update(jobDeploymentStatus=FAILED, reason="DeadlineExceeded", endTime=now(),
-                           message=f"The RayJob has passed the activeDeadlineSeconds ({deadline}s)")
-        self._patch_status(rayjob, new)
+        expired = deadline_exceeded(rayjob, self.clock())
+        if expired is not None:
+            self._stop(job_id)
+            self._patch_status(rayjob, expired)
+            return
+        self._patch_status(rayjob, rayjob_status(self._job_info(job_id), rayjob, self.clock()))
+
+    def _after_finish(self, rayjob: dict) -> None:
+        policy = deletion_due(rayjob, self.clock())
+        if policy == "DeleteSelf":
+            meta = rayjob["metadata"]
+            log.info("deleting RayJob %s/%s (deletion policy DeleteSelf)", meta["namespace"], meta["name"])
+            self.api.delete_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])
+        # DeleteCluster / DeleteWorkers: the local head is shared and stays; nothing to delete.
 
     def _stop(self, job_id: str) -> None:
-        for proc in job_processes(job_id):  # a hung (SIGSTOPped) job must be able to die
-            try:
-                proc.send_signal(signal.SIGCONT)
-            except Exception:
-                pass
+        # A hung (SIGSTOPped) job must be able to die.
+        processes.signal_all(processes.job_pids(job_id, self.jobs, self.dashboard_url), processes.CONT)
         try:
-            self.jobs.stop_job(job_id)
+            info = self._job_info(job_id)
+            if info is not None and getattr(info.status, "value", info.status) not in TERMINAL_JOB:
+                self.jobs.stop_job(job_id)
         except Exception as error:
             log.info("stop of %s: %s", job_id, error)
 
+    # ---- chaos ------------------------------------------------------------------------------------------------
     def _chaos(self, rayjob: dict, status: dict, job_id: str, action: str) -> None:
         verb, _, reason = action.partition(":")
         log.warning("chaos %s on %s", action, job_id)
+        pids = processes.job_pids(job_id, self.jobs, self.dashboard_url)
         if verb == "kill":
-            for proc in job_processes(job_id):
-                try:
-                    proc.kill()
-                except Exception:
-                    pass
+            reason = reason if reason in CHAOS_REASONS else "NodeLost"
+            processes.signal_all(pids, processes.KILL)
             self._stop(job_id)
-            self._patch_status(rayjob, chaos_failure(status, reason or "NodeLost", now()))
+            self._patch_status(rayjob, chaos_failure(status, reason, self.clock()))
         elif verb in ("hang", "resume"):
-            sig = signal.SIGSTOP if verb == "hang" else signal.SIGCONT
-            for proc in job_processes(job_id):
-                try:
-                    proc.send_signal(sig)
-                except Exception:
-                    pass
-        self._patch_meta(rayjob, {"annotations": {CHAOS_ANNOTATION: None, "chaos.kubeforge.dev/last": f"{action} at {now()}"}})
+            sent = processes.signal_all(pids, processes.STOP if verb == "hang" else processes.CONT)
+            log.warning("chaos %s: signalled %d processes of %s", verb, sent, job_id)
+        self._patch_meta(rayjob, {"annotations": {CHAOS_ANNOTATION: None, CHAOS_LAST_ANNOTATION: f"{action} at {now()}"}})
+
+    def _clear_chaos(self, rayjob: dict) -> None:
+        if (rayjob["metadata"].get("annotations") or {}).get(CHAOS_ANNOTATION):
+            self._patch_meta(rayjob, {"annotations": {CHAOS_ANNOTATION: None,
+                                                      CHAOS_LAST_ANNOTATION: "ignored: the RayJob had finished"}})
+
+    # ---- RayService -------------------------------------------------------------------------------------------
+    def _serve_request(self, method: str, body: Optional[dict] = None) -> Optional[dict]:
+        request = urllib.request.Request(f"{self.dashboard_url}/api/serve/applications/", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        if self.auth_header:
+            request.add_header("Authorization", self.auth_header)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            text = response.read().decode()
+        return json.loads(text) if text.strip() else None
+
+    def serve_url(self, route_prefix: str = "/") -> str:
+        return f"http://127.0.0.1:{self.serve_port}{route_prefix if route_prefix.startswith('/') else '/' + route_prefix}"
+
+    def _service_apps(self, rayservice: dict) -> list[dict]:
+        """The RayService's Serve applications, with the head container's env merged into each runtime_env."""
+        config = yaml.safe_load(rayservice["spec"].get("serveConfigV2") or "") or {}
+        if not isinstance(config, dict) or not isinstance(config.get("applications"), list) or not config["applications"]:
+            raise ValueError("spec.serveConfigV2 must be a Serve config YAML with a non-empty `applications` list")
+        env = self.container_env(rayservice)
+        apps = []
+        for app in config["applications"]:
+            if not isinstance(app, dict) or not app.get("import_path"):
+                raise ValueError("every Serve application needs an import_path")
+            app = dict(app)
+            app.setdefault("name", "default")
+            runtime_env = dict(app.get("runtime_env") or {})
+            runtime_env["env_vars"] = {k: str(v) for k, v in
+                                       _local_env({**env, **(runtime_env.get("env_vars") or {})}).items()}
+            app["runtime_env"] = runtime_env
+            apps.append(app)
+        return apps
+
+    def sync_services(self) -> None:
+        listed = self.api.list_cluster_custom_object(GROUP, VERSION, SERVICES).get("items", [])
+        desired: list[dict] = []
+        owners: dict[str, tuple[dict, list[dict]]] = {}
+        errors: dict[str, str] = {}
+        routes: dict[str, str] = {}
+        names: set[str] = set()
+        for svc in listed:
+            key = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
+            if svc["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                apps = self._service_apps(svc)
+                for app in apps:
+                    route = app.get("route_prefix", "/")
+                    if app["name"] in names or (route is not None and route in routes):
+                        raise ValueError(f"application {app['name']!r} / route_prefix {route!r} is already "
+                                         f"used on the local Ray head by RayService {routes.get(route, '?')}")
+                for app in apps:
+                    names.add(app["name"])
+                    if app.get("route_prefix", "/") is not None:
+                        routes[app.get("route_prefix", "/")] = key
+                desired.extend(apps)
+                owners[key] = (svc, apps)
+            except Exception as error:
+                errors[key] = str(error)
+                owners[key] = (svc, [])
+        fingerprint = json.dumps(desired, sort_keys=True)
+        if fingerprint != self._applied_serve:
+            try:
+                if desired:
+                    self._serve_request("PUT", {"http_options": {"host": "127.0.0.1", "port": self.serve_port},
+                                                "applications": desired})
+                else:
+                    current = self._serve_request("GET") or {}
+                    if current.get("applications"):
+                        self._serve_request("DELETE")
+                self._applied_serve = fingerprint
+            except Exception as error:
+                log.warning("Serve deploy failed: %s", error)
+                for key in owners:
+                    errors.setdefault(key, f"Serve deploy failed: {error}")
+        try:
+            details = (self._serve_request("GET") or {}).get("applications") or {}
+        except Exception as error:
+            log.info("Serve status not available: %s", error)
+            details = None
+        for key, (svc, apps) in owners.items():
+            try:
+                mine = None if details is None else {a["name"]: details[a["name"]] for a in apps if a["name"] in details}
+                route = apps[0].get("route_prefix", "/") if apps else "/"
+                status = rayservice_status(mine, svc, self.clock(), self.cluster_name(svc),
+                                           {"dashboard": self.dashboard_url.rsplit(":", 1)[-1],
+                                            "serve": str(self.serve_port)}, errors.get(key))
+                self._patch_status(svc, status, SERVICES)
+                url = self.serve_url(route or "/")
+                if (svc["metadata"].get("annotations") or {}).get(SERVE_URL_ANNOTATION) != url:
+                    self._patch_meta(svc, {"annotations": {SERVE_URL_ANNOTATION: url}}, SERVICES)
+            except Exception:
+                log.exception("status of RayService %s failed", key)
 
 
-def _ms(value) -> Optional[str]:
-    if not value:
-        return None
-    return datetime.fromtimestamp(value / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _local_env(env: dict) -> dict:
+    """The container image would provide the interpreter; locally it is this virtualenv."""
+    return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.environ.get('PATH', ''))}"}
 
 
-def run(kubeconfig: str, ray_address: str, interval: float = 1.0) -> None:
+def run(kubeconfig: str, ray_address: str, interval: float = 1.0, serve_port: int = 8000,
+        token_file: Optional[str] = None) -> None:
+    from kubeforge.dev import ray_head
+
+    token = token_file or os.environ.get("RAY_AUTH_TOKEN_PATH") or ray_head.find_token_for(ray_address)
+    if token:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     from kubernetes import client, config
     from ray.job_submission import JobSubmissionClient
 
+    auth_header = f"Bearer {Path(token).read_text().strip()}" if token else None
     api_client = config.new_client_from_config(kubeconfig)
-    controller = LocalKubeRay(client.CustomObjectsApi(api_client), client.CoreV1Api(api_client),
-                              JobSubmissionClient(ray_address), ray_address)
-    log.info("local KubeRay watching RayJobs, running them on %s", ray_address)
+    jobs = None
+    while jobs is None:
+        try:
+            jobs = JobSubmissionClient(ray_address)
+        except Exception as error:
+            log.warning("Ray head at %s not reachable yet: %s", ray_address, error)
+            time.sleep(2)
+    controller = LocalKubeRay(client.CustomObjectsApi(api_client), client.CoreV1Api(api_client), jobs, ray_address,
+                              serve_port=serve_port, auth_header=auth_header)
+    log.info("local KubeRay watching RayJobs and RayServices in all namespaces, running them on %s", ray_address)
     while True:
         started = time.monotonic()
         try:

@@ -1,0 +1,319 @@
+"""The sandbox's local KubeRay against a real Ray head and the API emulator: RayJob status transitions, env from
+Secrets/ConfigMaps, failure messages with exit codes, deletion, deadline, restart adoption, chaos kill/hang/resume,
+and a RayService deployed to Serve."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import KUBERAY_CRDS, REPO_ROOT
+
+pytestmark = pytest.mark.slow
+NS = "default"
+G, V, P = "ray.io", "v1", "rayjobs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    from kubeforge.dev import ray_head as head
+
+    state = tmp_path_factory.mktemp("ray")
+    from tests.integration.sandbox_fixtures import free_port_block
+
+    base = free_port_block()  # Ray pins ~100 ports above the GCS port
+    address = head.start(state, gcs_port=base, dashboard_port=base + 98, serve_port=base + 99, num_cpus=2)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update(head.client_env(state))
+    try:
+        yield {"address": address, "state": state, "serve_port": int((state / "serve_port").read_text())}
+    finally:
+        head.stop(state)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_head, tmp_path_factory):
+    from kubernetes import client, config
+
+    from kubeforge.dev.apiserver import ApiServer, kubeconfig
+
+    tmp = tmp_path_factory.mktemp("kuberay")
+    with ApiServer(crd_dirs=[REPO_ROOT / "crds", KUBERAY_CRDS]) as server:
+        kubeconfig_path = tmp / "kubeconfig"
+        kubeconfig_path.write_text(yaml.safe_dump(kubeconfig(server.url)))
+        api_client = config.new_client_from_config(str(kubeconfig_path))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)])}
+        log_path = tmp / "kuberay.log"
+        argv = [sys.executable, "-m", "kubeforge.dev.kuberay", "--kubeconfig", str(kubeconfig_path), "--ray-address",
+                ray_head["address"], "--serve-port", str(ray_head["serve_port"]), "--interval", "0.5",
+                "--ray-token-file", os.environ["RAY_AUTH_TOKEN_PATH"]]
+
+        def start():
+            return subprocess.Popen(argv, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+
+        ctx = {"api": client.CustomObjectsApi(api_client), "core": client.CoreV1Api(api_client),
+               "proc": start(), "start": start, "log": log_path, "tmp": tmp, **ray_head}
+        try:
+            yield ctx
+        finally:
+            ctx["proc"].terminate()
+            ctx["proc"].wait(10)
+
+
+@pytest.fixture(scope="module")
+def jobs(ray_head):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(ray_head["address"])
+
+
+def rayjob(name: str, entrypoint: str, container: dict | None = None, **spec) -> dict:
+    head = {"name": "ray-head", "image": "rayproject/ray:2.60.0", **(container or {})}
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": name, "namespace": NS},
+            "spec": {"entrypoint": entrypoint, "rayClusterSpec": {"headGroupSpec": {
+                "rayStartParams": {}, "template": {"spec": {"containers": [head]}}}}, **spec}}
+
+
+def get(cluster, name: str, plural: str = P) -> dict:
+    return cluster["api"].get_namespaced_custom_object(G, V, NS, plural, name)
+
+
+def wait_for(cluster, predicate, what: str, timeout: float = 60, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as error:  # noqa: BLE001 (404 while being created/deleted)
+            last = error
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last}); controller log:\n"
+                         f"{cluster['log'].read_text()[-3000:]}")
+
+
+def status_is(cluster, name: str, deployment: str):
+    return lambda: (lambda s: s if s.get("jobDeploymentStatus") == deployment else None)(
+        get(cluster, name).get("status") or {})
+
+
+class StatusRecorder:
+    """Every status a RayJob goes through, seen through a watch."""
+
+    def __init__(self, cluster, name: str):
+        from kubernetes import watch
+
+        self.seen: list[str] = []
+        self._watch = watch.Watch()
+
+        def run():
+            try:
+                for event in self._watch.stream(cluster["api"].list_namespaced_custom_object, G, V, NS, P,
+                                                field_selector=f"metadata.name={name}", timeout_seconds=120):
+                    state = (event["object"].get("status") or {}).get("jobDeploymentStatus")
+                    if state and (not self.seen or self.seen[-1] != state):
+                        self.seen.append(state)
+            except Exception:  # noqa: BLE001 (stopped)
+                pass
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        time.sleep(0.3)
+
+    def stop(self):
+        self._watch.stop()
+
+
+def test_rayjob_runs_with_env_from_secret_and_configmap(cluster, jobs):
+    from kubernetes import client
+
+    core = cluster["core"]
+    core.create_namespaced_secret(NS, client.V1Secret(metadata=client.V1ObjectMeta(name="s3-creds"),
+                                                      string_data={"AWS_SECRET_ACCESS_KEY": "sekret-123"}))
+    core.create_namespaced_config_map(NS, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="settings"),
+                                                             data={"MLFLOW_TRACKING_URI": "http://mlflow:5000"}))
+    container = {"env": [{"name": "LITERAL", "value": "lit"},
+                         {"name": "SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": "s3-creds",
+                                                                               "key": "AWS_SECRET_ACCESS_KEY"}}}],
+                 "envFrom": [{"configMapRef": {"name": "settings"}}, {"secretRef": {"name": "s3-creds"}, "prefix": "X_"}]}
+    code = ("import os; print('ENV', os.environ['LITERAL'], os.environ['SECRET_KEY'], "
+            "os.environ['MLFLOW_TRACKING_URI'], os.environ['X_AWS_SECRET_ACCESS_KEY'], os.environ['FROM_RUNTIME'])")
+    recorder = StatusRecorder(cluster, "env-job")
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob(
+        "env-job", f'python -c "{code}"', container, runtimeEnvYAML="env_vars:\n  FROM_RUNTIME: rt\n"))
+    status = wait_for(cluster, status_is(cluster, "env-job", "Complete"), "env-job Complete")
+    recorder.stop()
+    assert status["jobStatus"] == "SUCCEEDED" and status["succeeded"] == 1 and not status.get("failed")
+    assert status["jobId"].startswith("env-job-") and status["rayClusterName"] == "env-job-raycluster"
+    assert status["dashboardURL"] and status["startTime"] and status["endTime"]
+    assert status["rayJobInfo"]["startTime"] and status["rayJobInfo"]["endTime"]
+    assert status["observedGeneration"] == 1
+    assert recorder.seen[:1] == ["Initializing"] and recorder.seen[-1] == "Complete", recorder.seen
+    obj = get(cluster, "env-job")
+    assert "ray.io/rayjob-finalizer" in obj["metadata"]["finalizers"]
+    logs = jobs.get_job_logs(status["jobId"])
+    assert "ENV lit sekret-123 http://mlflow:5000 sekret-123 rt" in logs
+
+
+def test_failing_entrypoint_reports_exit_code(cluster):
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob(
+        "exit-job", "python -c \"import sys; print('boom'); sys.exit(7)\""))
+    status = wait_for(cluster, status_is(cluster, "exit-job", "Failed"), "exit-job Failed")
+    assert status["jobStatus"] == "FAILED" and status["reason"] == "AppFailed" and status["failed"] == 1
+    assert "exit code 7" in status["message"] and "boom" in status["message"]
+
+
+def test_missing_secret_fails_without_crash_loop(cluster):
+    container = {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]}
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob("nosecret-job", "python -c 1", container))
+    status = wait_for(cluster, status_is(cluster, "nosecret-job", "Failed"), "nosecret-job Failed")
+    assert status["reason"] == "SubmissionFailed" and '"nope" not found' in status["message"]
+    bad = rayjob("badenv-job", "python -c 1", runtimeEnvYAML="- not\n- a mapping\n")
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, bad)
+    status = wait_for(cluster, status_is(cluster, "badenv-job", "Failed"), "badenv-job Failed")
+    assert "runtimeEnvYAML" in status["message"]
+    assert cluster["proc"].poll() is None  # still running
+
+
+def _running(cluster, name, jobs):
+    status = wait_for(cluster, lambda: (lambda s: s if s.get("jobStatus") == "RUNNING" else None)(
+        get(cluster, name).get("status") or {}), f"{name} RUNNING")
+    return status["jobId"]
+
+
+def test_delete_stops_the_ray_job(cluster, jobs):
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob("del-job", "python -c 'import time; time.sleep(300)'"))
+    job_id = _running(cluster, "del-job", jobs)
+    cluster["api"].delete_namespaced_custom_object(G, V, NS, P, "del-job")
+    wait_for(cluster, lambda: jobs.get_job_info(job_id).status.value == "STOPPED", "Ray job STOPPED")
+
+    def gone():
+        try:
+            get(cluster, "del-job")
+            return False
+        except Exception as error:  # noqa: BLE001
+            return getattr(error, "status", None) == 404
+    wait_for(cluster, gone, "RayJob deleted after its finalizer")
+
+
+def test_active_deadline_and_delete_self(cluster, jobs):
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob(
+        "deadline-job", "python -c 'import time; time.sleep(300)'", activeDeadlineSeconds=4))
+    status = wait_for(cluster, status_is(cluster, "deadline-job", "Failed"), "deadline Failed", timeout=40)
+    assert status["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds" in status["message"]
+    wait_for(cluster, lambda: jobs.get_job_info(status["jobId"]).status.value == "STOPPED", "deadline job stopped")
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob(
+        "ttl-job", "python -c 1", shutdownAfterJobFinishes=True, ttlSecondsAfterFinished=1,
+        deletionStrategy={"onSuccess": {"policy": "DeleteSelf"}, "onFailure": {"policy": "DeleteNone"}}))
+
+    def gone():
+        try:
+            get(cluster, "ttl-job")
+            return False
+        except Exception as error:  # noqa: BLE001
+            return getattr(error, "status", None) == 404
+    wait_for(cluster, gone, "ttl-job deleted (DeleteSelf)", timeout=60)
+
+
+def test_restart_adopts_running_job(cluster, jobs):
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob("adopt-job", "python -c 'import time; time.sleep(6)'"))
+    job_id = _running(cluster, "adopt-job", jobs)
+    cluster["proc"].kill()
+    cluster["proc"].wait(10)
+    cluster["proc"] = cluster["start"]()
+    status = wait_for(cluster, status_is(cluster, "adopt-job", "Complete"), "adopt-job Complete", timeout=60)
+    assert status["jobId"] == job_id and status["succeeded"] == 1
+    assert [j.submission_id for j in jobs.list_jobs() if (j.submission_id or "").startswith("adopt-job")] == [job_id]
+
+
+def test_chaos_kill_reports_the_reason(cluster, jobs):
+    from kubeforge.dev import chaos
+
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob("kill-job", "python -c 'import time; time.sleep(300)'"))
+    job_id = _running(cluster, "kill-job", jobs)
+    chaos.kill(cluster["api"], NS, "kill-job", "OOMKilled")
+    status = wait_for(cluster, status_is(cluster, "kill-job", "Failed"), "kill-job Failed")
+    assert status["jobStatus"] == "FAILED" and status["reason"] == "AppFailed" and "OOMKilled" in status["message"]
+    wait_for(cluster, lambda: jobs.get_job_info(job_id).status.is_terminal(), "Ray job ended")
+    annotations = get(cluster, "kill-job")["metadata"].get("annotations") or {}
+    assert "chaos.kubeforge.dev/action" not in annotations and "kill:OOMKilled" in annotations["chaos.kubeforge.dev/last"]
+
+
+def test_chaos_hang_and_resume(cluster, jobs):
+    from kubeforge.dev import chaos
+
+    ticks = cluster["tmp"] / "ticks"
+    script = cluster["tmp"] / "ticker.py"
+    script.write_text(f"import time\nwhile True:\n    open({str(ticks)!r}, 'a').write('x')\n    time.sleep(0.1)\n")
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob("hang-job", f"python {script}"))
+    _running(cluster, "hang-job", jobs)
+    wait_for(cluster, lambda: ticks.exists() and ticks.stat().st_size > 3, "ticks")
+    chaos.hang(cluster["api"], NS, "hang-job")
+    wait_for(cluster, lambda: "chaos.kubeforge.dev/action" not in (get(cluster, "hang-job")["metadata"].get("annotations") or {}),
+             "hang applied")
+    time.sleep(0.5)
+    size = ticks.stat().st_size
+    time.sleep(2)
+    assert ticks.stat().st_size == size, "the job kept running while hung"
+    assert get(cluster, "hang-job")["status"]["jobStatus"] == "RUNNING"  # a hang is invisible to Ray and KubeRay
+    chaos.resume(cluster["api"], NS, "hang-job")
+    wait_for(cluster, lambda: ticks.stat().st_size > size + 3, "progress after resume")
+    cluster["api"].delete_namespaced_custom_object(G, V, NS, P, "hang-job")
+
+
+def test_rayservice_deploys_to_serve(cluster):
+    app_dir = cluster["tmp"] / "app"
+    app_dir.mkdir()
+    (app_dir / "hello_app.py").write_text(
+        "import os\nfrom ray import serve\n\n@serve.deployment(num_replicas=1, ray_actor_options={'num_cpus': 0})\n"
+        "class Hello:\n    def __call__(self, request):\n        return 'hello ' + os.environ.get('GREETING', '?')\n\n"
+        "app = Hello.bind()\n")
+    serve_config = {"applications": [{"name": "hello", "import_path": "hello_app:app", "route_prefix": "/hello",
+                                      "runtime_env": {"env_vars": {"PYTHONPATH": str(app_dir)}}}]}
+    body = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "hello-svc", "namespace": NS},
+            "spec": {"serveConfigV2": yaml.safe_dump(serve_config), "rayClusterConfig": {"headGroupSpec": {
+                "rayStartParams": {}, "template": {"spec": {"containers": [
+                    {"name": "ray-head", "image": "rayproject/ray:2.60.0",
+                     "env": [{"name": "GREETING", "value": "kubeforge"}]}]}}}}}}
+    cluster["api"].create_namespaced_custom_object(G, V, NS, "rayservices", body)
+    status = wait_for(cluster, lambda: (lambda s: s if s.get("serviceStatus") == "Running" else None)(
+        get(cluster, "hello-svc", "rayservices").get("status") or {}), "RayService Running", timeout=120, interval=1)
+    app = status["activeServiceStatus"]["applicationStatuses"]["hello"]
+    assert app["status"] == "RUNNING" and app["serveDeploymentStatuses"]["Hello"]["status"] == "HEALTHY"
+    ready = {c["type"]: c for c in status["conditions"]}
+    assert ready["Ready"]["status"] == "True" and ready["UpgradeInProgress"]["status"] == "False"
+    url = get(cluster, "hello-svc", "rayservices")["metadata"]["annotations"]["kubeforge.dev/local-serve-url"]
+    assert url == f"http://127.0.0.1:{cluster['serve_port']}/hello"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read().decode() == "hello kubeforge"
+    cluster["api"].delete_namespaced_custom_object(G, V, NS, "rayservices", "hello-svc")
+
+    def undeployed():
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return False
+        except Exception:  # noqa: BLE001 (404 or proxy gone)
+            return True
+    wait_for(cluster, undeployed, "Serve application removed", timeout=60, interval=1)
