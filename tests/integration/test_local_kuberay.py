@@ -44,7 +44,7 @@ def ray_head(tmp_path_factory):
     try:
         yield {"address": address, "state": state, "serve_port": int((state / "serve_port").read_text())}
     finally:
-        head.stop(state)
+        head.stop(state, timeout=8)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -262,14 +262,28 @@ def test_chaos_kill_reports_the_reason(cluster, jobs):
 
 
 def test_chaos_hang_and_resume(cluster, jobs):
+    """The driver calls ray.init (token auth reaches it through the head) and an actor does the work: hang must
+    stop the actor's worker process too, found through Ray's state API and the job's marker env."""
+    from ray.util.state import list_actors
+
     from kubeforge.dev import chaos
+    from kubeforge.dev.kuberay import processes
 
     ticks = cluster["tmp"] / "ticks"
     script = cluster["tmp"] / "ticker.py"
-    script.write_text(f"import time\nwhile True:\n    open({str(ticks)!r}, 'a').write('x')\n    time.sleep(0.1)\n")
+    script.write_text(
+        "import time\nimport ray\nray.init()\n\n@ray.remote(num_cpus=0)\nclass Ticker:\n"
+        "    def run(self, path):\n        while True:\n            open(path, 'a').write('x')\n"
+        "            time.sleep(0.1)\n\n"
+        f"ray.get(Ticker.remote().run.remote({str(ticks)!r}))\n")
     cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob("hang-job", f"python {script}"))
-    _running(cluster, "hang-job", jobs)
-    wait_for(cluster, lambda: ticks.exists() and ticks.stat().st_size > 3, "ticks")
+    job_id = _running(cluster, "hang-job", jobs)
+    wait_for(cluster, lambda: ticks.exists() and ticks.stat().st_size > 3, "ticks", timeout=90)
+    info = jobs.get_job_info(job_id)
+    actor_pids = {a.pid for a in list_actors(address=cluster["address"], filters=[("job_id", "=", info.job_id)])
+                  if a.state == "ALIVE"}
+    assert actor_pids and actor_pids <= processes.ray_pids(jobs, cluster["address"], job_id)
+    assert int(info.driver_info.pid) in processes.job_pids(job_id, jobs, cluster["address"])
     chaos.hang(cluster["api"], NS, "hang-job")
     wait_for(cluster, lambda: "chaos.kubeforge.dev/action" not in (get(cluster, "hang-job")["metadata"].get("annotations") or {}),
              "hang applied")
@@ -277,10 +291,27 @@ def test_chaos_hang_and_resume(cluster, jobs):
     size = ticks.stat().st_size
     time.sleep(2)
     assert ticks.stat().st_size == size, "the job kept running while hung"
+    assert set(processes.process_states(actor_pids).values()) == {"stopped"}
     assert get(cluster, "hang-job")["status"]["jobStatus"] == "RUNNING"  # a hang is invisible to Ray and KubeRay
     chaos.resume(cluster["api"], NS, "hang-job")
     wait_for(cluster, lambda: ticks.stat().st_size > size + 3, "progress after resume")
+    chaos.hang(cluster["api"], NS, "hang-job")  # deleting a hung job still stops it
+    time.sleep(1.5)
     cluster["api"].delete_namespaced_custom_object(G, V, NS, P, "hang-job")
+    wait_for(cluster, lambda: jobs.get_job_info(job_id).status.is_terminal(), "hung job stopped on delete")
+
+
+def test_suspend_and_resume(cluster, jobs):
+    api = cluster["api"]
+    api.create_namespaced_custom_object(G, V, NS, P, rayjob("susp-job", "python -c 'import time; time.sleep(3)'"))
+    first = _running(cluster, "susp-job", jobs)
+    api.patch_namespaced_custom_object(G, V, NS, P, "susp-job", {"spec": {"suspend": True}})
+    status = wait_for(cluster, status_is(cluster, "susp-job", "Suspended"), "Suspended")
+    assert "jobId" not in status
+    wait_for(cluster, lambda: jobs.get_job_info(first).status.value == "STOPPED", "suspended job stopped")
+    api.patch_namespaced_custom_object(G, V, NS, P, "susp-job", {"spec": {"suspend": False}})
+    status = wait_for(cluster, status_is(cluster, "susp-job", "Complete"), "Complete after resume", timeout=60)
+    assert status["jobId"] == f"{first}-1" and status["jobStatus"] == "SUCCEEDED"
 
 
 def test_rayservice_deploys_to_serve(cluster):
