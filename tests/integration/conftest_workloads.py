@@ -102,8 +102,11 @@ class WorkloadEnv:
 
 @pytest.fixture(scope="module")
 def workload_env(tmp_path_factory):
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
     tmp = tmp_path_factory.mktemp("workloads")
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -81,3 +81,38 @@ def test_collator_pads_and_masks():
     assert batch["input_ids"].tolist() == [[5, 6], [7, 0]]
     assert batch["labels"].tolist() == [[-100, 6], [7, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1], [1, 0]]
+
+
+def test_chat_rows_are_validated_with_line_numbers(tmp_path):
+    chat = DatasetSpec(train_uri="s3://b/t.jsonl", format="chat")
+    path = write(tmp_path, [json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+                            json.dumps({"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}),
+                            json.dumps({"text": "no messages"})])
+    with pytest.raises(DataError) as info:
+        read_examples(path, chat, "x")
+    message = str(info.value)
+    assert "line 1: the last message must have role 'assistant'" in message
+    assert "line 2: messages[0] needs string 'role' and 'content'" in message
+    assert "line 3: missing field 'messages'" in message
+
+
+def test_chat_uses_the_tokenizer_chat_template_when_it_has_one(tmp_path):
+    from kubeforge_workloads.finetune.data import chat_prompt
+
+    chat = DatasetSpec(train_uri="s3://b/t.jsonl", format="chat")
+    path = write(tmp_path, [json.dumps({"messages": [{"role": "system", "content": "be brief"},
+                                                     {"role": "user", "content": "hi"},
+                                                     {"role": "assistant", "content": "hello"}]})])
+    (example,) = read_examples(path, chat, "x")
+
+    class Templated(FakeTokenizer):
+        chat_template = "set"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return "|".join(m["content"] for m in messages) + "|>"
+
+    assert chat_prompt(example, Templated()) == "be brief|hi|>"
+    assert chat_prompt(example, FakeTokenizer()) == "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\n"
+    (row,) = tokenize([example], Templated(), max_length=64)
+    assert row["labels"][-2:] == [15, 2] and set(row["labels"][:-2]) == {-100}

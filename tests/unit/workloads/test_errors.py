@@ -20,6 +20,8 @@ class RayWrapper(Exception):
     (RayWrapper("worker: DataError: s3://b/t.jsonl: 2 invalid row(s)"), ExitCode.DATA_ERROR, "UserError"),
     (RuntimeError("CUDA out of memory. Tried to allocate"), ExitCode.OUT_OF_MEMORY, "OutOfMemory"),
     (RuntimeError("something else"), 1, "Unknown"),
+    (RayWrapper("torch.OutOfMemoryError: CUDA error"), ExitCode.OUT_OF_MEMORY, "OutOfMemory"),
+    (ConnectionError("connection reset by peer"), ExitCode.INFRASTRUCTURE, "Infrastructure"),
 ])
 def test_classify_exception(error, code, reason):
     got_code, got_reason, message = classify_exception(error)

@@ -68,3 +68,25 @@ def test_failure_report_and_heartbeat(storage):
     beat.beat()
     progress = storage.read_progress()
     assert (progress.attempt, progress.phase, progress.step, progress.total_steps, progress.loss) == (2, "Training", 3, 10, 1.5)
+
+
+def test_commit_includes_files_other_ranks_uploaded(storage, tmp_path):
+    """With several Ray Train workers each rank saves its own rng_state_<rank>.pth; the manifest lists all."""
+    other = tmp_path / "rank1"
+    other.mkdir()
+    (other / "rng_state_1.pth").write_bytes(b"r" * 11)
+    storage.upload_checkpoint_files(4, other, names=["rng_state_1.pth"])
+    assert storage.latest_committed_checkpoint() is None  # uploaded, not committed
+    storage.commit_checkpoint(4, 0.5, checkpoint_dir(tmp_path))
+    manifest = storage.store.get("kfbucket", "ns/FineTune/ft/checkpoints/step-4/" + MANIFEST_FILE)
+    import json
+
+    files = json.loads(manifest)["files"]
+    assert files == {"adapter_model.safetensors": 100, "sub/rng_state.pth": 7, "rng_state_1.pth": 11}
+
+
+def test_clear_checkpoint_removes_leftovers_of_an_earlier_attempt(storage, tmp_path):
+    storage.store.put("kfbucket", "ns/FineTune/ft/checkpoints/step-4/stale.pt", b"old")
+    storage.clear_checkpoint(4)
+    storage.commit_checkpoint(4, 0.5, checkpoint_dir(tmp_path))
+    assert "stale.pt" not in storage.store.get("kfbucket", "ns/FineTune/ft/checkpoints/step-4/MANIFEST.json").decode()

@@ -56,8 +56,19 @@ def classify_exception(error: BaseException) -> tuple[int, str, str]:
     return 1, "Unknown", text[:500]
 
 
-def run_workload(main: Callable[[], None], report: Callable[[int, str, str, str], None]) -> None:
-    """Run `main`; on failure report (exit code, reason, message, traceback tail) and exit with the code."""
+def default_report(code: int, reason: str, message: str, tail: str) -> None:
+    """Write attempts/<n>/failure.json for the resource named by KUBEFORGE_CONTEXT."""
+    from kubeforge.api.workload import WorkloadContext
+    from kubeforge_workloads.common.storage import WorkloadStorage
+
+    WorkloadStorage(WorkloadContext.from_env()).write_failure(code, reason, message, tail)
+
+
+def run_workload(main: Callable[[], None], report: Optional[Callable[[int, str, str, str], None]] = None) -> None:
+    """Run `main`; on failure report (exit code, reason, message, traceback tail) and exit with the code.
+
+    The default report writes the FailureReport to attempts/<n>/failure.json of the context's prefix."""
+    report = report or default_report
     try:
         main()
     except SystemExit:

@@ -6,6 +6,7 @@ import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from kubeforge.api.finetune import DatasetFormat, DatasetSpec
 from kubeforge_workloads.common.errors import DataError, UserError
@@ -18,6 +19,8 @@ MAX_REPORTED = 5
 class Example:
     prompt: str
     answer: str
+    messages: Optional[tuple] = None
+    """chat rows: the conversation before the answer, formatted with the tokenizer's chat template if it has one."""
 
 
 def template_fields(template: str) -> list[str]:
@@ -68,10 +71,18 @@ def _example(row: dict, spec: DatasetSpec, template: str, fields: list[str]) -> 
         prompt = template.format(**row)
     elif spec.format == DatasetFormat.CHAT:
         messages = row["messages"]
-        if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
-            raise ValueError("messages must be a non-empty list ending with an assistant message")
-        prompt = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages[:-1]) + "<|assistant|>\n"
-        answer = messages[-1]["content"]
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("messages must be a non-empty list")
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+                    or not isinstance(message.get("content"), str):
+                raise ValueError(f"messages[{index}] needs string 'role' and 'content'")
+        if messages[-1]["role"] != "assistant":
+            raise ValueError("the last message must have role 'assistant' (it is the answer learned)")
+        history = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
+        if not messages[-1]["content"]:
+            raise ValueError("the answer must be a non-empty string")
+        return Example(fallback_chat_prompt(history), messages[-1]["content"], history)
     else:
         prompt, answer = "", row["text"]
     if not isinstance(answer, str) or not answer:
@@ -79,11 +90,25 @@ def _example(row: dict, spec: DatasetSpec, template: str, fields: list[str]) -> 
     return Example(prompt, answer)
 
 
+def fallback_chat_prompt(history) -> str:
+    """The chat format used when the tokenizer has no chat template."""
+    return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in history) + "<|assistant|>\n"
+
+
+def chat_prompt(example: Example, tokenizer) -> str:
+    if example.messages is None:
+        return example.prompt
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(example.messages), tokenize=False, add_generation_prompt=True)
+    return example.prompt
+
+
 def tokenize(examples: list[Example], tokenizer, max_length: int) -> list[dict]:
     """input_ids/labels per example; prompt tokens get label -100 so only the answer is learned."""
     rows = []
     for example in examples:
-        prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
+        prompt = chat_prompt(example, tokenizer)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         input_ids = (bos + prompt_ids + answer_ids)[:max_length]

@@ -182,6 +182,7 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
     import mlflow
     from transformers import AutoTokenizer, Trainer, set_seed
 
+    from kubeforge_workloads.finetune.evaluate import evaluate_loss
     from kubeforge_workloads.finetune.publish import publish, training_params
 
     if heartbeat:
@@ -217,9 +218,10 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
     tokens_per_step = (average_tokens * spec.training.batch_size * spec.training.gradient_accumulation_steps
                        * spec.resources.workers)
     output_dir = cache / "checkpoints"
+    collator = PadCollator(tokenizer.pad_token_id)
     trainer = Trainer(model=model, args=training_arguments(spec, output_dir, use_gpu, bool(eval_rows)),
                       train_dataset=ListDataset(train_rows), eval_dataset=ListDataset(eval_rows) if eval_rows else None,
-                      data_collator=PadCollator(tokenizer.pad_token_id),
+                      data_collator=collator,
                       callbacks=[make_callback(storage, heartbeat, rank, tokens_per_step, on_metrics)])
 
     resume_dir = None
@@ -230,12 +232,13 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
         print(f"kubeforge: resuming from {resumed_from}", flush=True)
         if heartbeat:
             heartbeat.update(resumed_from=resumed_from, last_checkpoint=resumed_from, step=latest)
-    # Evaluation is collective under DDP: every rank calls evaluate(), rank 0 records the result.
+    # Evaluation is collective under DDP: every rank calls it, rank 0 records the result. Not Trainer.evaluate():
+    # see finetune/evaluate.py for why (it breaks bit-exact resume under DDP).
     eval_before = storage.get_json("eval_before.json") if rank == 0 else None
     if eval_rows and latest is None:
         if heartbeat:
             heartbeat.update(phase="Evaluating")
-        loss = float(trainer.evaluate()["eval_loss"])
+        loss = evaluate_loss(model, eval_rows, collator, spec.training.batch_size)
         if rank == 0:
             eval_before = {"evalLoss": loss}
             storage.put_json(eval_before, "eval_before.json")
@@ -247,7 +250,7 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
     if eval_rows:
         if heartbeat:
             heartbeat.update(phase="Evaluating")
-        eval_after = float(trainer.evaluate()["eval_loss"])
+        eval_after = evaluate_loss(trainer.model, eval_rows, collator, spec.training.batch_size)
     if rank == 0:
         if heartbeat:
             heartbeat.update(phase="Registering", eval_loss=eval_after)
