@@ -125,6 +125,7 @@ class StatusRecorder:
     def __init__(self, cluster, name: str):
         from kubernetes import watch
 
+        self.cluster, self.name = cluster, name
         self.seen: list[str] = []
         self._watch = watch.Watch()
 
@@ -143,7 +144,11 @@ class StatusRecorder:
         time.sleep(0.3)
 
     def stop(self):
+        """Stop the watch: flag it, then cause one more event so the stream returns to the flag."""
         self._watch.stop()
+        self.cluster["api"].patch_namespaced_custom_object(G, V, NS, P, self.name,
+                                                           {"metadata": {"labels": {"recorded": "done"}}})
+        self._thread.join(10)
 
 
 def test_rayjob_runs_with_env_from_secret_and_configmap(cluster, jobs):
@@ -339,6 +344,20 @@ def test_rayservice_deploys_to_serve(cluster):
     assert url == f"http://127.0.0.1:{cluster['serve_port']}/hello"
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read().decode() == "hello kubeforge"
+    service = cluster["core"].read_namespaced_service("hello-svc-serve-svc", NS)
+    assert service.metadata.annotations["kubeforge.dev/local-serve-url"] == url
+    assert service.metadata.owner_references[0].kind == "RayService"
+    # A RayService Serve refuses is not Ready, and does not disturb the one already running.
+    bad = {**body, "metadata": {"name": "bad-svc", "namespace": NS},
+           "spec": {**body["spec"], "serveConfigV2": yaml.safe_dump({"applications": [
+               {"name": "bad", "import_path": "hello_app:app", "route_prefix": "no-slash"}]})}}
+    cluster["api"].create_namespaced_custom_object(G, V, NS, "rayservices", bad)
+    status = wait_for(cluster, lambda: (get(cluster, "bad-svc", "rayservices").get("status") or {}).get("conditions"),
+                      "bad-svc conditions")
+    ready = {c["type"]: c for c in status}["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "ValidationFailed" and "route_prefix" in ready["message"]
+    assert get(cluster, "hello-svc", "rayservices")["status"]["serviceStatus"] == "Running"
+    cluster["api"].delete_namespaced_custom_object(G, V, NS, "rayservices", "bad-svc")
     cluster["api"].delete_namespaced_custom_object(G, V, NS, "rayservices", "hello-svc")
 
     def undeployed():

@@ -134,8 +134,11 @@ class LocalKubeRay:
         from kubernetes.client.exceptions import ApiException
 
         status = rayjob.get("status") or {}
-        if isinstance(error, ApiException) or status.get("jobDeploymentStatus") in TERMINAL_DEPLOYMENT:
-            return  # API trouble is retried next pass
+        if isinstance(error, (ApiException, OSError)) or not isinstance(error, (KeyError, TypeError, ValueError,
+                                                                                 AttributeError, IndexError)):
+            return  # API / Ray head trouble (connection refused, HTTP errors) is retried next pass
+        if status.get("jobDeploymentStatus") in TERMINAL_DEPLOYMENT:
+            return
         if status.get("jobDeploymentStatus") == INITIALIZING:
             return  # submission errors are handled (with retries) in _submit
         try:
@@ -334,8 +337,40 @@ class LocalKubeRay:
             runtime_env["env_vars"] = {k: str(v) for k, v in
                                        _local_env({**env, **(runtime_env.get("env_vars") or {})}).items()}
             app["runtime_env"] = runtime_env
+            _validate_serve_app(app)
             apps.append(app)
         return apps
+
+    def ensure_serve_service(self, rayservice: dict, url: str) -> None:
+        """KubeRay's `<name>-serve-svc`, owned by the RayService; locally it stands for the Serve proxy at `url`."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        meta = rayservice["metadata"]
+        name = f"{meta['name']}-serve-svc"
+        body = client.V1Service(
+            metadata=client.V1ObjectMeta(
+                name=name, namespace=meta["namespace"],
+                labels={"ray.io/serve": "true", "ray.io/originated-from-cr-name": meta["name"],
+                        "ray.io/originated-from-crd": "RayService"},
+                annotations={SERVE_URL_ANNOTATION: url},
+                owner_references=[client.V1OwnerReference(api_version=f"{GROUP}/{VERSION}", kind="RayService",
+                                                          name=meta["name"], uid=meta["uid"], controller=True,
+                                                          block_owner_deletion=True)]),
+            spec=client.V1ServiceSpec(ports=[client.V1ServicePort(name="serve", port=8000,
+                                                                  target_port=self.serve_port)],
+                                      selector={"ray.io/serve": "true",
+                                                "ray.io/cluster": self.cluster_name(rayservice)}))
+        try:
+            existing = self.core.read_namespaced_service(name, meta["namespace"])
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            self.core.create_namespaced_service(meta["namespace"], body)
+            return
+        if (existing.metadata.annotations or {}).get(SERVE_URL_ANNOTATION) != url:
+            self.core.patch_namespaced_service(name, meta["namespace"],
+                                               {"metadata": {"annotations": {SERVE_URL_ANNOTATION: url}}})
 
     def sync_services(self) -> None:
         listed = self.api.list_cluster_custom_object(GROUP, VERSION, SERVICES).get("items", [])
@@ -395,8 +430,19 @@ class LocalKubeRay:
                 url = self.serve_url(route or "/")
                 if (svc["metadata"].get("annotations") or {}).get(SERVE_URL_ANNOTATION) != url:
                     self._patch_meta(svc, {"annotations": {SERVE_URL_ANNOTATION: url}}, SERVICES)
+                self.ensure_serve_service(svc, url)
             except Exception:
                 log.exception("status of RayService %s failed", key)
+
+
+def _validate_serve_app(app: dict) -> None:
+    """Refuse an application Serve's schema refuses, so that one bad RayService cannot break the shared PUT."""
+    from ray.serve.schema import ServeApplicationSchema
+
+    try:
+        ServeApplicationSchema.model_validate(app)
+    except Exception as error:
+        raise ValueError(f"invalid Serve application {app.get('name')!r}: {error}") from error
 
 
 def _local_env(env: dict) -> dict:
