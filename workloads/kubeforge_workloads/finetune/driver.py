@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from kubeforge.api.finetune import FineTuneSpec
+from kubeforge.api.finetune import FineTuneSpec, Method
 from kubeforge.api.workload import CONTEXT_ENV, WorkloadContext
 from kubeforge_workloads.common.errors import UserError, run_workload
 from kubeforge_workloads.common.heartbeat import Heartbeat
@@ -19,6 +19,9 @@ def preflight(spec: FineTuneSpec, storage: WorkloadStorage) -> None:
     """Checks that need no GPU and no model: data present and well-formed, model directory present."""
     from kubeforge_workloads.finetune.train import load_examples
 
+    if spec.method == Method.QLORA and spec.resources.gpus_per_worker < 1:
+        raise UserError("spec.method qlora needs GPUs (bitsandbytes 4-bit): set resources.gpusPerWorker >= 1 "
+                        "or use method lora")
     cache = Path(tempfile.mkdtemp(prefix="kubeforge-preflight-"))
     load_examples(spec, cache, storage.store)
     if spec.base_model.uri.startswith("s3://"):

@@ -32,7 +32,12 @@ def load_model_dir(uri: str, cache: Path, store) -> Path:
     else:
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise UserError(f"spec.baseModel.uri {uri}: no model hub is reachable (HF_HUB_OFFLINE=1); use s3://")
-        path = Path(uri[len("hf://"):])
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(uri[len("hf://"):], cache_dir=str(cache / "hf")))
+        except Exception as error:  # not found / gated / no network: the spec points at something unusable
+            raise UserError(f"spec.baseModel.uri {uri}: could not download from the model hub: {error}") from error
     if not (path / "config.json").exists():
         raise UserError(f"spec.baseModel.uri {uri} is not a Hugging Face model directory (no config.json)")
     return path
