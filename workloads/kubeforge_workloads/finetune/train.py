@@ -27,8 +27,16 @@ def load_model_dir(uri: str, cache: Path, store) -> Path:
     elif uri.startswith("mlflow://models/"):
         import mlflow
 
+        from mlflow.exceptions import MlflowException
+
         name, version = uri[len("mlflow://models/"):].split("/", 1)
-        path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(cache / "model")))
+        try:
+            path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(cache / "model")))
+        except MlflowException as error:
+            if "RESOURCE_DOES_NOT_EXIST" in str(error) or "not found" in str(error).lower() \
+                    or getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                raise UserError(f"spec.baseModel.uri {uri}: no such registered model version") from error
+            raise
     else:
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise UserError(f"spec.baseModel.uri {uri}: no model hub is reachable (HF_HUB_OFFLINE=1); use s3://")
@@ -171,6 +179,10 @@ def train_loop(config: dict) -> None:
     os.environ.update(config.get("env") or {})
     context = WorkloadContext.model_validate(config["context"])
     spec = FineTuneSpec.model_validate(context.spec)
+    if context.mlflow.tracking_uri:  # before anything reads mlflow:// base models
+        import mlflow
+
+        mlflow.set_tracking_uri(context.mlflow.tracking_uri)
     rank = ray.train.get_context().get_world_rank()
     storage = WorkloadStorage(context)
     use_gpu = spec.resources.gpus_per_worker > 0
