@@ -441,6 +441,10 @@ def _validate_serve_app(app: dict) -> None:
 
     try:
         ServeApplicationSchema.model_validate(app)
+        route = app.get("route_prefix")
+        if route is not None and (not str(route).startswith("/") or (route != "/" and str(route).endswith("/"))
+                                  or "{" in str(route) or "}" in str(route)):
+            raise ValueError(f"route_prefix {route!r} must start with '/', not end with '/' and have no wildcards")
     except Exception as error:
         raise ValueError(f"invalid Serve application {app.get('name')!r}: {error}") from error
 
