@@ -105,17 +105,26 @@ def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank
     class KubeforgeCallback(TrainerCallback):
         def __init__(self):
             self.last_time = time.monotonic()
+            self.last_tokens = 0
             self.delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_time, self.last_tokens = time.monotonic(), state.num_input_tokens_seen or 0
+
         def on_step_end(self, args, state, control, **kwargs):
+            # Tokens/s over the last step, all workers together: the Trainer counts non-padding input tokens
+            # (include_num_input_tokens_seen); the estimate from the average row length is the fallback.
             now = time.monotonic()
-            throughput = tokens_per_step / max(now - self.last_time, 1e-6)
-            self.last_time = now
+            seen = state.num_input_tokens_seen or 0
+            tokens = seen - self.last_tokens if seen > self.last_tokens else tokens_per_step
+            throughput = tokens / max(now - self.last_time, 1e-6)
+            self.last_time, self.last_tokens = now, seen
             if heartbeat:
                 heartbeat.update(phase="Training", step=state.global_step, total_steps=state.max_steps,
                                  epoch=round(state.epoch or 0, 4), throughput=round(throughput, 1))
             if self.delay:
                 time.sleep(self.delay)
+                self.last_time = time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and rank == 0:
@@ -167,6 +176,7 @@ def training_arguments(spec: FineTuneSpec, output_dir: Path, use_gpu: bool, has_
         eval_strategy="steps" if (has_eval and t.eval_every_steps) else "no", eval_steps=t.eval_every_steps,
         logging_strategy="steps", logging_steps=1, report_to=[], use_cpu=not use_gpu,
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
     )
 
 
