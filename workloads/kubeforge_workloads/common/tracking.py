@@ -7,8 +7,9 @@ from typing import Optional
 from kubeforge.api.workload import WorkloadContext
 
 
-def start_run(context: WorkloadContext, params: dict) -> str:
-    """Find the resource's run by its uid tag (later attempts continue it) or create it; returns run id."""
+def start_run(context: WorkloadContext, params: dict, remembered_run_id: Optional[str] = None) -> str:
+    """Continue the resource's run (the id an earlier attempt remembered in the object store, else the run
+    tagged with the resource uid) or create it; returns the run id."""
     import mlflow
 
     if context.mlflow.tracking_uri:
@@ -16,8 +17,9 @@ def start_run(context: WorkloadContext, params: dict) -> str:
     experiment = mlflow.set_experiment(context.mlflow.experiment)
     found = mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.`kubeforge.uid` = '{context.uid}'",
                                output_format="list", max_results=1)
-    if found:
-        run = mlflow.start_run(run_id=found[0].info.run_id)
+    run_id = remembered_run_id or (found[0].info.run_id if found else None)
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
     else:
         run = mlflow.start_run(run_name=context.mlflow.run_name, tags={
             "kubeforge.uid": context.uid, "kubeforge.kind": context.kind,

@@ -234,7 +234,9 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
     if rank == 0:
         from kubeforge_workloads.common.tracking import start_run
 
-        run_id = start_run(context, training_params(spec, len(train_rows), len(eval_rows)))
+        remembered = (storage.get_json("mlflow_run.json") or {}).get("runId")
+        run_id = start_run(context, training_params(spec, len(train_rows), len(eval_rows)), remembered)
+        storage.put_json({"runId": run_id}, "mlflow_run.json")
 
     def on_metrics(logs: dict, step: int) -> None:
         numeric = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
