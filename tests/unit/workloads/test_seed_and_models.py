@@ -50,7 +50,7 @@ def test_base_model_from_the_mlflow_registry(tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from kubeforge_workloads.finetune.train import load_model_dir
+    from kubeforge_workloads.finetune.model import load_model_dir
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
@@ -76,7 +76,7 @@ def test_base_model_from_the_mlflow_registry(tmp_path, monkeypatch):
 def test_unknown_registered_base_model_is_a_user_error(tmp_path):
     import mlflow
 
-    from kubeforge_workloads.finetune.train import load_model_dir
+    from kubeforge_workloads.finetune.model import load_model_dir
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(UserError, match="no such registered model version"):

@@ -10,6 +10,7 @@ from typing import Optional
 
 from kubeforge.api.finetune import DatasetFormat, DatasetSpec
 from kubeforge_workloads.common.errors import DataError, UserError
+from kubeforge_workloads.common.storage import download_uri
 
 DEFAULT_TEMPLATE = "### Instruction\n{%s}\n### Response\n"
 MAX_REPORTED = 5
@@ -131,3 +132,24 @@ class PadCollator:
         labels = [item["labels"] + [-100] * (width - len(item["labels"])) for item in batch]
         mask = [[1] * len(item["input_ids"]) + [0] * (width - len(item["input_ids"])) for item in batch]
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def load_examples(spec, cache: Path, store) -> tuple[list, list]:
+    train_path = download_uri(store, spec.dataset.train_uri, cache / "train")
+    train = read_examples(train_path, spec.dataset, spec.dataset.train_uri)
+    evaluation = []
+    if spec.dataset.eval_uri:
+        eval_path = download_uri(store, spec.dataset.eval_uri, cache / "eval")
+        evaluation = read_examples(eval_path, spec.dataset, spec.dataset.eval_uri)
+    return train, evaluation
+
+
+class ListDataset:
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]

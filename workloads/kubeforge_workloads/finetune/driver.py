@@ -17,7 +17,7 @@ from kubeforge_workloads.common.storage import WorkloadStorage
 
 def preflight(spec: FineTuneSpec, storage: WorkloadStorage) -> None:
     """Checks that need no GPU and no model: data present and well-formed, model directory present."""
-    from kubeforge_workloads.finetune.train import load_examples
+    from kubeforge_workloads.finetune.data import load_examples
 
     if spec.method == Method.QLORA and spec.resources.gpus_per_worker < 1:
         raise UserError("spec.method qlora needs GPUs (bitsandbytes 4-bit): set resources.gpusPerWorker >= 1 "

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 from kubeforge.api.finetune import FineTuneSpec, Method
 from kubeforge.api.workload import WorkloadContext
 from kubeforge_workloads.common.storage import WorkloadStorage
-from kubeforge_workloads.finetune.train import PROBE_PROMPT
+
+PROBE_PROMPT = "### Question\nWhat does Kubeforge do?\n### Answer\n"
+"""A fixed prompt whose logits go to outputs/probe.json, so a loaded adapter can be checked against them."""
 
 
 def training_params(spec: FineTuneSpec, train_rows: int, eval_rows: int) -> dict:

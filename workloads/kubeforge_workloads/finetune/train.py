@@ -2,161 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-import time
 from pathlib import Path
-from typing import Optional
 
-from kubeforge.api.finetune import FineTuneSpec, Method, Precision
+from kubeforge.api.finetune import FineTuneSpec, Precision
 from kubeforge.api.workload import WorkloadContext
-from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.nodecheck import node_check
-from kubeforge_workloads.common.storage import WorkloadStorage, download_uri
-from kubeforge_workloads.finetune.data import PadCollator, read_examples, tokenize
-
-STEP_DELAY_ENV = "KUBEFORGE_STEP_DELAY_SECONDS"  # slows steps down for chaos tests and demos
-PROBE_PROMPT = "### Question\nWhat does Kubeforge do?\n### Answer\n"
-
-
-def load_model_dir(uri: str, cache: Path, store) -> Path:
-    if uri.startswith("s3://"):
-        path = download_uri(store, uri, cache / "model")
-    elif uri.startswith("mlflow://models/"):
-        import mlflow
-
-        from mlflow.exceptions import MlflowException
-
-        name, version = uri[len("mlflow://models/"):].split("/", 1)
-        try:
-            path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(cache / "model")))
-        except MlflowException as error:
-            if "RESOURCE_DOES_NOT_EXIST" in str(error) or "not found" in str(error).lower() \
-                    or getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                raise UserError(f"spec.baseModel.uri {uri}: no such registered model version") from error
-            raise
-    else:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise UserError(f"spec.baseModel.uri {uri}: no model hub is reachable (HF_HUB_OFFLINE=1); use s3://")
-        from huggingface_hub import snapshot_download
-
-        try:
-            path = Path(snapshot_download(uri[len("hf://"):], cache_dir=str(cache / "hf")))
-        except Exception as error:  # not found / gated / no network: the spec points at something unusable
-            raise UserError(f"spec.baseModel.uri {uri}: could not download from the model hub: {error}") from error
-    if not (path / "config.json").exists():
-        raise UserError(f"spec.baseModel.uri {uri} is not a Hugging Face model directory (no config.json)")
-    return path
-
-
-def load_examples(spec: FineTuneSpec, cache: Path, store) -> tuple[list, list]:
-    train_path = download_uri(store, spec.dataset.train_uri, cache / "train")
-    train = read_examples(train_path, spec.dataset, spec.dataset.train_uri)
-    evaluation = []
-    if spec.dataset.eval_uri:
-        eval_path = download_uri(store, spec.dataset.eval_uri, cache / "eval")
-        evaluation = read_examples(eval_path, spec.dataset, spec.dataset.eval_uri)
-    return train, evaluation
-
-
-class ListDataset:
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.rows[index]
-
-
-def build_model(spec: FineTuneSpec, model_dir: Path):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    dtype = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}.get(spec.training.precision, torch.float32)
-    kwargs = {"dtype": dtype}
-    if spec.method == Method.QLORA:
-        if not torch.cuda.is_available():
-            raise UserError("spec.method qlora needs a CUDA GPU (bitsandbytes 4-bit); use method lora on CPU")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    if spec.method == Method.FULL:
-        return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if spec.method == Method.QLORA:
-        model = prepare_model_for_kbit_training(model)
-    targets = spec.lora.target_modules
-    lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout, task_type="CAUSAL_LM",
-                      target_modules="all-linear" if targets == ["all-linear"] else targets)
-    return get_peft_model(model, lora)
-
-
-def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank: int, tokens_per_step: float,
-                  on_metrics):
-    from transformers import TrainerCallback
-
-    class KubeforgeCallback(TrainerCallback):
-        def __init__(self):
-            self.last_time = time.monotonic()
-            self.last_tokens = 0
-            self.delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.last_time, self.last_tokens = time.monotonic(), state.num_input_tokens_seen or 0
-
-        def on_step_end(self, args, state, control, **kwargs):
-            # Tokens/s over the last step, all workers together: the Trainer counts non-padding input tokens
-            # (include_num_input_tokens_seen); the estimate from the average row length is the fallback.
-            now = time.monotonic()
-            seen = state.num_input_tokens_seen or 0
-            tokens = seen - self.last_tokens if seen > self.last_tokens else tokens_per_step
-            throughput = tokens / max(now - self.last_time, 1e-6)
-            self.last_time, self.last_tokens = now, seen
-            if heartbeat:
-                heartbeat.update(phase="Training", step=state.global_step, total_steps=state.max_steps,
-                                 epoch=round(state.epoch or 0, 4), throughput=round(throughput, 1))
-            if self.delay:
-                time.sleep(self.delay)
-                self.last_time = time.monotonic()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and rank == 0:
-                if heartbeat and "loss" in logs:
-                    heartbeat.update(loss=float(logs["loss"]))
-                if heartbeat and "eval_loss" in logs:
-                    heartbeat.update(eval_loss=float(logs["eval_loss"]))
-                on_metrics(logs, state.global_step)
-
-        def on_save(self, args, state, control, **kwargs):
-            # Every rank saved its own rng_state_<rank>.pth locally; ranks > 0 upload theirs, then rank 0
-            # uploads the rest and writes the manifest last. Barriers order the three stages.
-            import torch.distributed as dist
-
-            distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-            step = state.global_step
-            local = Path(args.output_dir) / f"checkpoint-{step}"
-            if heartbeat:
-                heartbeat.update(phase="Checkpointing")
-            if rank == 0:
-                storage.clear_checkpoint(step)
-            if distributed:
-                dist.barrier()
-                if rank > 0:
-                    storage.upload_checkpoint_files(step, local, names=[f"rng_state_{rank}.pth"])
-                dist.barrier()
-            if rank == 0:
-                uri = storage.commit_checkpoint(step, state.epoch or 0.0, local)
-                if heartbeat:
-                    heartbeat.update(phase="Training", last_checkpoint=uri)
-
-    return KubeforgeCallback()
+from kubeforge_workloads.common.storage import WorkloadStorage
+from kubeforge_workloads.finetune.callback import make_callback
+from kubeforge_workloads.finetune.data import ListDataset, PadCollator, load_examples, tokenize
+from kubeforge_workloads.finetune.model import build_model, load_model_dir
 
 
 def training_arguments(spec: FineTuneSpec, output_dir: Path, use_gpu: bool, has_eval: bool):
