@@ -90,3 +90,19 @@ def test_clear_checkpoint_removes_leftovers_of_an_earlier_attempt(storage, tmp_p
     storage.clear_checkpoint(4)
     storage.commit_checkpoint(4, 0.5, checkpoint_dir(tmp_path))
     assert "stale.pt" not in storage.store.get("kfbucket", "ns/FineTune/ft/checkpoints/step-4/MANIFEST.json").decode()
+
+
+def test_download_uri_file_prefix_and_missing(storage, tmp_path):
+    from kubeforge_workloads.common.errors import UserError
+    from kubeforge_workloads.common.storage import download_uri
+
+    store = storage.store
+    store.put("kfbucket", "data/train.jsonl", b"{}\n")
+    store.put("kfbucket", "models/m/config.json", b"{}")
+    store.put("kfbucket", "models/m/sub/w.bin", b"w")
+    assert download_uri(store, "s3://kfbucket/data/train.jsonl", tmp_path / "a").read_bytes() == b"{}\n"
+    model = download_uri(store, "s3://kfbucket/models/m", tmp_path / "b")
+    assert (model / "config.json").exists() and (model / "sub" / "w.bin").read_bytes() == b"w"
+    assert (download_uri(store, "s3://kfbucket/models/m/", tmp_path / "c") / "config.json").exists()
+    with pytest.raises(UserError, match="does not exist"):
+        download_uri(store, "s3://kfbucket/data/missing.jsonl", tmp_path / "d")

@@ -107,20 +107,32 @@ class WorkloadStorage:
         return json.loads(raw) if raw else None
 
 
-def download_uri(store: S3ObjectStore, uri: str, local_dir: Path) -> Path:
-    """Download an s3:// file or directory prefix into local_dir; returns the local path."""
-    bucket, key = parse_s3_uri(uri)
-    keys = list(store.list(bucket, key.rstrip("/") + "/")) if not key.endswith((".jsonl", ".json", ".txt")) else []
-    local_dir.mkdir(parents=True, exist_ok=True)
-    if not keys:
-        if store.get(bucket, key) is None:
-            from kubeforge_workloads.common.errors import UserError
+def object_exists(store: S3ObjectStore, bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
 
-            raise UserError(f"{uri} does not exist in the object store")
+    try:
+        store.client.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
+def download_uri(store: S3ObjectStore, uri: str, local_dir: Path) -> Path:
+    """Download an s3:// object (returns the file) or every object under the prefix (returns local_dir)."""
+    from kubeforge_workloads.common.errors import UserError
+
+    bucket, key = parse_s3_uri(uri)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    if key and not key.endswith("/") and object_exists(store, bucket, key):
         target = local_dir / os.path.basename(key)
         store.client.download_file(bucket, key, str(target))
         return target
-    root = key.rstrip("/") + "/"
+    root = key.rstrip("/") + "/" if key.strip("/") else ""
+    keys = [k for k in store.list(bucket, root) if not k.endswith("/")]
+    if not keys:
+        raise UserError(f"{uri} does not exist in the object store")
     for item in keys:
         target = local_dir / item[len(root):]
         target.parent.mkdir(parents=True, exist_ok=True)

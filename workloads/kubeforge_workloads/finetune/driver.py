@@ -12,7 +12,7 @@ from kubeforge.api.finetune import FineTuneSpec, Method
 from kubeforge.api.workload import CONTEXT_ENV, WorkloadContext
 from kubeforge_workloads.common.errors import UserError, run_workload
 from kubeforge_workloads.common.heartbeat import Heartbeat
-from kubeforge_workloads.common.storage import WorkloadStorage
+from kubeforge_workloads.common.storage import WorkloadStorage, object_exists
 
 
 def preflight(spec: FineTuneSpec, storage: WorkloadStorage) -> None:
@@ -28,7 +28,7 @@ def preflight(spec: FineTuneSpec, storage: WorkloadStorage) -> None:
         from kubeforge.storage.layout import parse_s3_uri
 
         bucket, key = parse_s3_uri(spec.base_model.uri)
-        if storage.store.get(bucket, key.rstrip("/") + "/config.json") is None:
+        if not object_exists(storage.store, bucket, key.rstrip("/") + "/config.json"):
             raise UserError(f"spec.baseModel.uri {spec.base_model.uri} has no config.json: "
                             "point it at a Hugging Face model directory")
 
@@ -61,9 +61,15 @@ def run(context: WorkloadContext, storage: WorkloadStorage) -> None:
         return not started["training"]
 
     heartbeat = Heartbeat(storage.write_progress, context.attempt, keep_going=driver_may_beat).start()
-    preflight(spec, storage)
+    try:
+        preflight(spec, storage)
+        fit(context, spec)
+    finally:
+        heartbeat.stop()
 
-    import ray
+
+def fit(context: WorkloadContext, spec: FineTuneSpec) -> None:
+    """Run train_loop on resources.workers Ray Train workers (gloo on CPU, NCCL on GPU: TorchTrainer's default)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -85,7 +91,6 @@ def run(context: WorkloadContext, storage: WorkloadStorage) -> None:
                              storage_path=str(Path(tempfile.gettempdir()) / "kubeforge-ray-train")),
     )
     trainer.fit()
-    heartbeat.stop()
 
 
 def main() -> None:

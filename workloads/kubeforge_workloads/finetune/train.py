@@ -54,12 +54,37 @@ def train_loop(config: dict) -> None:
     storage = WorkloadStorage(context)
     use_gpu = spec.resources.gpus_per_worker > 0
     # The heartbeat runs where the training steps run (rank 0): a stopped or stuck worker stops beating.
-    heartbeat = Heartbeat(storage.write_progress, context.attempt).start() if rank == 0 else None
+    # Its first beat already says NodeCheck: the driver's heartbeat (phase Starting) stops once it sees that.
+    heartbeat = None
+    if rank == 0:
+        heartbeat = Heartbeat(storage.write_progress, context.attempt)
+        heartbeat.update(phase="NodeCheck")
+        heartbeat.start()
     try:
         _train(context, spec, storage, rank, use_gpu, heartbeat)
+    except BaseException as error:
+        if rank == 0:
+            _record_failure(heartbeat, error)
+        raise
     finally:
         if heartbeat:
             heartbeat.stop()
+
+
+def _record_failure(heartbeat, error: BaseException) -> None:
+    """Last heartbeat says Failed; the MLflow run ends FAILED (a later attempt reopens it)."""
+    message = f"{type(error).__name__}: {error}"[:300]
+    if heartbeat:
+        heartbeat.update(phase="Failed", message=message)
+        heartbeat.beat()
+    try:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.set_tag("kubeforge.lastError", message[:250])
+            mlflow.end_run(status="FAILED")
+    except Exception as tracking_error:  # never hide the original failure
+        print(f"kubeforge: could not close the MLflow run: {tracking_error}")
 
 
 def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
