@@ -217,8 +217,14 @@ def start_ray(state: SandboxState) -> None:
 
 
 def start_kuberay(state: SandboxState) -> None:
-    _spawn(state, "kuberay", [sys.executable, "-m", "kubeforge.dev.kuberay", "--kubeconfig", str(state.kubeconfig),
-                              "--ray-address", state.ray_dashboard_url], env=state.client_env())
+    from kubeforge.dev import ray_head
+
+    argv = [sys.executable, "-m", "kubeforge.dev.kuberay", "--kubeconfig", str(state.kubeconfig),
+            "--ray-address", state.ray_dashboard_url, "--serve-port", str(state.ports.serve)]
+    token = ray_head.token_path(state.root / "ray")
+    if token.exists():
+        argv += ["--ray-token-file", str(token)]
+    _spawn(state, "kuberay", argv, env={**state.client_env(), **ray_head.client_env(state.root / "ray")})
 
 
 def start_operator(state: SandboxState) -> None:
@@ -326,8 +332,10 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, str]:
         "s3": _http_ok(state.s3_url + "/moto-api/"),
         "apiserver": _http_ok(state.api_url + "/readyz"),
         "mlflow": _http_ok(state.mlflow_url + "/health"),
-        "ray": _http_ok(state.ray_dashboard_url + "/api/version"),
     }
+    from kubeforge.dev import ray_head
+
+    health["ray"] = ray_head.status(state.root / "ray")["running"]
     report = {}
     for component in COMPONENTS:
         pid = state.pids.get(component)
