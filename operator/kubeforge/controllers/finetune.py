@@ -7,7 +7,7 @@ import string
 from kubeforge.api.finetune import FineTuneSpec, Method
 from kubeforge.api.kinds import kind_info
 
-OUTPUT_KEYS = ("modelUri", "adapterUri", "mergedUri", "registeredModelName", "registeredModelVersion",
+OUTPUT_KEYS = ("modelUri", "adapterUri", "fullModelUri", "mergedUri", "registeredModelName", "registeredModelVersion",
                "mergedModelName", "mergedModelVersion", "evalLossBefore", "evalLossAfter", "mlflowRunId")
 
 
