@@ -19,6 +19,8 @@ def start_run(context: WorkloadContext, params: dict, remembered_run_id: Optiona
                                output_format="list", max_results=1)
     run_id = remembered_run_id or (found[0].info.run_id if found else None)
     if run_id:
+        # Continue the run in whatever experiment holds it (fluent start_run refuses a mismatch).
+        mlflow.set_experiment(experiment_id=mlflow.tracking.MlflowClient().get_run(run_id).info.experiment_id)
         run = mlflow.start_run(run_id=run_id)
     else:
         run = mlflow.start_run(run_name=context.mlflow.run_name, tags={
