@@ -19,8 +19,8 @@ from kubeforge.dev.apiserver.errors import ApiError, already_exists, conflict, i
 from kubeforge.dev.apiserver.types import ResourceType, builtin_types, from_crd
 from kubeforge.dev.apiserver.patch import (ApplyConflict, merge_patch, record_update, server_side_apply,
                                            strategic_merge_patch)
-from kubeforge.dev.apiserver.validation import (_MISSING, apply_defaults, check_custom_resource, unknown_metadata,
-                                                validate)
+from kubeforge.dev.apiserver.validation import (_MISSING, apply_defaults, check_custom_resource, prune,
+                                                unknown_metadata, validate)
 
 log = logging.getLogger(__name__)
 HISTORY = 5000
@@ -309,8 +309,18 @@ class Store:
             _normalise_secret(new)
         if subresource == "status" and rtype.schema is not None:
             status_schema = (rtype.schema.get("properties") or {}).get("status")
+            if status_schema is None and "status" in new and not rtype.schema.get("x-kubernetes-preserve-unknown-fields"):
+                new.pop("status")  # a schema without status prunes it
             if status_schema and "status" in new:
                 apply_defaults(new["status"], status_schema)
+                pruned: list[str] = []
+                new["status"] = prune(new["status"], status_schema, "status", pruned)
+                if pruned and opts.validation == "Strict":
+                    listed = ", ".join(f'unknown field "{path}"' for path in pruned)
+                    raise ApiError(400, f'{rtype.kind} in version "{rtype.version}" cannot be handled as a '
+                                        f"{rtype.kind}: strict decoding error: {listed}", "BadRequest")
+                if opts.validation == "Warn":
+                    warnings += [f'unknown field "{path}"' for path in pruned]
                 errors = validate(new.get("status"), status_schema, "status", current.get("status", _MISSING))
                 if errors:
                     raise invalid(rtype.kind, f"{rtype.kind}.{rtype.group}", name, rtype.group, errors)

@@ -121,6 +121,7 @@ _BUILTIN_COLUMNS = {
                                   {"name": "Reason", "type": "string", "jsonPath": ".reason"},
                                   {"name": "Object", "type": "string", "fn": _event_object},
                                   {"name": "Message", "type": "string", "jsonPath": ".note"}],
+
     ("", "configmaps"): [{"name": "Data", "type": "integer", "fn": lambda o: len(o.get("data") or {})
                           + len(o.get("binaryData") or {})}],
     ("", "secrets"): [{"name": "Type", "type": "string", "jsonPath": ".type"},
@@ -148,6 +149,11 @@ def columns_for(rtype: ResourceType) -> list[dict]:
             "description": "Name must be unique within a namespace."}
     first = [c for c in custom if c.get("first")]
     columns = [*first, name, *[c for c in custom if not c.get("first")]]
+    if rtype.plural == "events":  # the real event printer: Name only with -o wide, and no Age
+        name.update(priority=1)
+        columns.remove(name)
+        columns.append(name)
+        return columns
     if not has_age and rtype.plural != "customresourcedefinitions":
         columns.append({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})
     return columns

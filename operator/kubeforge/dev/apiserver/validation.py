@@ -254,10 +254,9 @@ def check_custom_resource(obj: dict, schema: Optional[dict], old: Optional[dict]
         return obj, [], []
     obj = apply_defaults(obj, schema)
     unknown: list[str] = []
-    metadata = obj.get("metadata")
-    obj = prune({k: v for k, v in obj.items() if k != "metadata"}, schema, "", unknown)
-    if metadata is not None:
-        obj["metadata"] = metadata
+    root = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}  # always allowed at the root
+    obj = prune({k: v for k, v in obj.items() if k not in root}, schema, "", unknown)
+    obj.update(root)
     body_schema = {k: v for k, v in schema.items() if k != "properties"}
     body_schema["properties"] = {k: v for k, v in (schema.get("properties") or {}).items() if k != "metadata"}
     return obj, validate(obj, body_schema, "", old if old is not None else _MISSING), unknown
