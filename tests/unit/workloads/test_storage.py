@@ -77,12 +77,30 @@ def test_commit_includes_files_other_ranks_uploaded(storage, tmp_path):
     (other / "rng_state_1.pth").write_bytes(b"r" * 11)
     storage.upload_checkpoint_files(4, other, names=["rng_state_1.pth"])
     assert storage.latest_committed_checkpoint() is None  # uploaded, not committed
-    storage.commit_checkpoint(4, 0.5, checkpoint_dir(tmp_path))
+    storage.commit_checkpoint(4, 0.5, checkpoint_dir(tmp_path), uploaded_by_others=("rng_state_1.pth",))
     manifest = storage.store.get("kfbucket", "ns/FineTune/ft/checkpoints/step-4/" + MANIFEST_FILE)
     import json
 
     files = json.loads(manifest)["files"]
     assert files == {"adapter_model.safetensors": 100, "sub/rng_state.pth": 7, "rng_state_1.pth": 11}
+
+
+def test_commit_refuses_when_another_rank_did_not_upload(storage, tmp_path):
+    with pytest.raises(IOError, match=r"rng_state_2.pth"):
+        storage.commit_checkpoint(4, 0.5, checkpoint_dir(tmp_path), uploaded_by_others=("rng_state_2.pth",))
+    assert storage.latest_committed_checkpoint() is None
+
+
+def test_parallel_transfers_round_trip_many_files(storage, tmp_path):
+    directory = tmp_path / "many"
+    directory.mkdir()
+    for index in range(20):
+        (directory / f"shard-{index:02d}.bin").write_bytes(bytes([index]) * (index + 1))
+    storage.commit_checkpoint(6, 1.0, directory)
+    restored = tmp_path / "restored"
+    storage.download_checkpoint(6, restored)
+    assert sorted(p.name for p in restored.iterdir()) == sorted(p.name for p in directory.iterdir())
+    assert all((restored / p.name).read_bytes() == p.read_bytes() for p in directory.iterdir())
 
 
 def test_clear_checkpoint_removes_leftovers_of_an_earlier_attempt(storage, tmp_path):

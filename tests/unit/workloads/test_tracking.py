@@ -103,3 +103,36 @@ def test_a_remembered_run_is_continued_even_after_the_experiment_setting_changed
     again = start_run(context(tracking_uri, attempt=2, experiment="new"), {}, remembered_run_id=first)
     mlflow.end_run()
     assert again == first
+
+
+def test_metrics_buffer_sends_on_interval_and_on_flush(tracking_uri):
+    from kubeforge_workloads.common.tracking import MetricsBuffer
+
+    run_id = start_run(context(tracking_uri), {})
+    mlflow.end_run()
+    now = [0.0]
+    buffer = MetricsBuffer(run_id, interval=10.0, clock=lambda: now[0])
+    client = MlflowClient(tracking_uri)
+    for step in range(1, 4):
+        buffer.add({"loss": 1.0 / step}, step)
+    assert client.get_metric_history(run_id, "loss") == []  # nothing sent before the interval
+    now[0] = 10.0
+    buffer.add({"loss": 0.25}, 4)
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
+    buffer.add({"loss": 0.2, "learning_rate": 0.001}, 5)
+    buffer.flush()
+    history = client.get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history][-1] == (5, 0.2)
+    assert buffer.pending == []
+
+
+def test_metrics_buffer_splits_batches_at_mlflows_limit(tracking_uri):
+    from kubeforge_workloads.common.tracking import MetricsBuffer
+
+    run_id = start_run(context(tracking_uri), {})
+    mlflow.end_run()
+    buffer = MetricsBuffer(run_id, interval=1e9)
+    for step in range(MetricsBuffer.MAX_BATCH + 5):
+        buffer.add({"loss": float(step)}, step)
+    buffer.flush()
+    assert len(MlflowClient(tracking_uri).get_metric_history(run_id, "loss")) == MetricsBuffer.MAX_BATCH + 5

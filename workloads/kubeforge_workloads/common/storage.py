@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -12,6 +14,23 @@ from kubeforge.api.workload import WorkloadContext
 from kubeforge.storage.layout import MANIFEST_FILE, ResourcePrefix, committed_steps, parse_s3_uri
 from kubeforge.storage.objectstore import S3ObjectStore
 from kubeforge.storage.progress import CheckpointManifest, FailureReport, Progress
+
+
+CHAOS_MANIFEST_DELAY_ENV = "KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS"  # widens the torn-checkpoint window for tests
+TRANSFER_THREADS = 8  # checkpoints are a handful of files: send them side by side, not one after another
+
+
+def in_parallel(function, items: list) -> None:
+    """Apply function to every item on a small thread pool (boto3 clients are thread-safe); re-raise the first
+    error only after every transfer finished, so nothing is left running behind a failure."""
+    if len(items) <= 1:
+        for item in items:
+            function(item)
+        return
+    with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items))) as pool:
+        futures = [pool.submit(function, item) for item in items]
+    for future in futures:
+        future.result()
 
 
 def utcnow() -> str:
@@ -53,29 +72,33 @@ class WorkloadStorage:
     def upload_checkpoint_files(self, step: int, local_dir: Path, names: Optional[list[str]] = None) -> None:
         """Upload files of a checkpoint without committing it (other ranks' RNG states, for instance)."""
         base = self.prefix.checkpoint_key(step)
-        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            relative = path.relative_to(local_dir).as_posix()
-            if names is None or relative in names:
-                self.store.client.upload_file(str(path), self.prefix.bucket, base + relative)
+        paths = [p for p in sorted(local_dir.rglob("*")) if p.is_file()
+                 and (names is None or p.relative_to(local_dir).as_posix() in names)]
+        in_parallel(lambda path: self.store.client.upload_file(
+            str(path), self.prefix.bucket, base + path.relative_to(local_dir).as_posix()), paths)
 
-    def commit_checkpoint(self, step: int, epoch: float, local_dir: Path) -> str:
+    def commit_checkpoint(self, step: int, epoch: float, local_dir: Path, uploaded_by_others: tuple[str, ...] = ()
+                          ) -> str:
         """Upload every file, then the manifest: a reader never sees a checkpoint without all its files.
 
-        Files other ranks uploaded before (upload_checkpoint_files) are listed in the manifest too."""
+        `uploaded_by_others` names the files other ranks uploaded before (upload_checkpoint_files); they must all
+        be there, and the manifest lists them too."""
         base = self.prefix.checkpoint_key(step)
         self.upload_checkpoint_files(step, local_dir)
-        files = {}
-        paginator = self.store.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.prefix.bucket, Prefix=base):
-            for item in page.get("Contents", []):
-                relative = item["Key"][len(base):]
-                if relative and relative != MANIFEST_FILE:
-                    files[relative] = int(item["Size"])
-        for path in local_dir.rglob("*"):
-            if path.is_file():
-                relative = path.relative_to(local_dir).as_posix()
-                if files.get(relative) != path.stat().st_size:
-                    raise IOError(f"checkpoint file {relative} did not reach the object store intact")
+        files = {path.relative_to(local_dir).as_posix(): path.stat().st_size
+                 for path in local_dir.rglob("*") if path.is_file()}
+        if uploaded_by_others:
+            remote = {}
+            for page in self.store.client.get_paginator("list_objects_v2").paginate(Bucket=self.prefix.bucket,
+                                                                                     Prefix=base):
+                remote.update({item["Key"][len(base):]: int(item["Size"]) for item in page.get("Contents", [])})
+            missing = sorted(set(uploaded_by_others) - set(remote))
+            if missing:
+                raise IOError(f"checkpoint step-{step} lacks files other ranks should have uploaded: {missing}")
+            files.update({name: remote[name] for name in uploaded_by_others})
+        delay = float(os.environ.get(CHAOS_MANIFEST_DELAY_ENV) or 0)
+        if delay:  # every file is up, the manifest is not: a kill now leaves a torn checkpoint
+            time.sleep(delay)
         manifest = CheckpointManifest(step=step, epoch=epoch, attempt=self.context.attempt, files=files,
                                       created_at=utcnow())
         self.store.put(self.prefix.bucket, base + MANIFEST_FILE, manifest.model_dump_json(by_alias=True).encode())
@@ -84,12 +107,16 @@ class WorkloadStorage:
     def download_checkpoint(self, step: int, local_dir: Path) -> str:
         base = self.prefix.checkpoint_key(step)
         manifest = CheckpointManifest.model_validate_json(self.store.get(self.prefix.bucket, base + MANIFEST_FILE))
-        for relative, size in manifest.files.items():
+
+        def download(item: tuple[str, int]) -> None:
+            relative, size = item
             target = local_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             self.store.client.download_file(self.prefix.bucket, base + relative, str(target))
             if target.stat().st_size != size:
                 raise IOError(f"checkpoint file {relative} has {target.stat().st_size} bytes, manifest says {size}")
+
+        in_parallel(download, sorted(manifest.files.items()))
         return f"s3://{self.prefix.bucket}/{base}"
 
     # outputs

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.storage import WorkloadStorage
@@ -15,7 +15,7 @@ STEP_DELAY_ENV = "KUBEFORGE_STEP_DELAY_SECONDS"  # slows steps down for chaos te
 
 
 def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank: int, tokens_per_step: float,
-                  on_metrics):
+                  on_metrics, before_commit: Optional[Callable[[], None]] = None):
     from transformers import TrainerCallback
 
     class KubeforgeCallback(TrainerCallback):
@@ -68,7 +68,10 @@ def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank
                     storage.upload_checkpoint_files(step, local, names=[f"rng_state_{rank}.pth"])
                 dist.barrier()
             if rank == 0:
-                uri = storage.commit_checkpoint(step, state.epoch or 0.0, local)
+                if before_commit:
+                    before_commit()
+                others = tuple(f"rng_state_{r}.pth" for r in range(1, dist.get_world_size())) if distributed else ()
+                uri = storage.commit_checkpoint(step, state.epoch or 0.0, local, uploaded_by_others=others)
                 if heartbeat:
                     heartbeat.update(phase="Training", last_checkpoint=uri)
 

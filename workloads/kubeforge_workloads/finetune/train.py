@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -112,18 +113,19 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
     set_seed(spec.training.seed)
     model = build_model(spec, model_dir)
 
-    run_id = None
+    run_id, metrics = None, None
     if rank == 0:
-        from kubeforge_workloads.common.tracking import start_run
+        from kubeforge_workloads.common.tracking import MetricsBuffer, start_run
 
         remembered = (storage.get_json("mlflow_run.json") or {}).get("runId")
         run_id = start_run(context, training_params(spec, len(train_rows), len(eval_rows)), remembered)
         storage.put_json({"runId": run_id}, "mlflow_run.json")
+        metrics = MetricsBuffer(run_id)
 
     def on_metrics(logs: dict, step: int) -> None:
         numeric = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
         if numeric:
-            mlflow.log_metrics(numeric, step=step)
+            metrics.add(numeric, step)
 
     average_tokens = sum(len(r["input_ids"]) for r in train_rows) / len(train_rows)
     tokens_per_step = (average_tokens * spec.training.batch_size * spec.training.gradient_accumulation_steps
@@ -133,7 +135,8 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
     trainer = Trainer(model=model, args=training_arguments(spec, output_dir, use_gpu, bool(eval_rows)),
                       train_dataset=ListDataset(train_rows), eval_dataset=ListDataset(eval_rows) if eval_rows else None,
                       data_collator=collator,
-                      callbacks=[make_callback(storage, heartbeat, rank, tokens_per_step, on_metrics)])
+                      callbacks=[make_callback(storage, heartbeat, rank, tokens_per_step, on_metrics,
+                                               before_commit=metrics.flush if metrics else None)])
 
     resume_dir = None
     latest = storage.latest_committed_checkpoint()
@@ -156,7 +159,13 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
             mlflow.log_metric("eval_loss_before", loss, step=0)
     if heartbeat:
         heartbeat.update(phase="Training", eval_loss=(eval_before or {}).get("evalLoss"))
-    trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    except BaseException:
+        if metrics:  # the losses up to the failure help whoever reads the run; the failure matters more
+            with contextlib.suppress(Exception):
+                metrics.flush()
+        raise
     eval_after = None
     if eval_rows:
         if heartbeat:
@@ -165,6 +174,7 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
     if rank == 0:
         if heartbeat:
             heartbeat.update(phase="Registering", eval_loss=eval_after)
+        metrics.flush()
         result = publish(context, spec, storage, trainer, tokenizer, cache, run_id, eval_before, eval_after)
         if heartbeat:
             result["resumedFrom"] = heartbeat.fields.get("resumed_from")
