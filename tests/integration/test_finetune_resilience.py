@@ -12,6 +12,8 @@ import time
 import pytest
 import yaml
 
+from kubeforge.storage.layout import ResourcePrefix
+from kubeforge.storage.progress import Progress
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -71,39 +73,58 @@ def step_losses(sandbox, name) -> dict[int, float]:
     return {step: value for step, (_, value) in sorted(latest.items())}
 
 
-def checkpoint_objects(sandbox, checkpoint_uri: str, step: int) -> set[str]:
-    """File names under checkpoints/step-<step>/ of the resource whose checkpoint URI is given."""
-    import boto3
+class ResourceObjects:
+    """Reads a FineTune's objects straight from the sandbox's S3 (no operator lag), through the layout module."""
 
-    bucket, _, key = checkpoint_uri.removeprefix("s3://").partition("/")
-    base = key.rstrip("/").rsplit("/", 1)[0] + f"/step-{step}/"
-    client = boto3.client("s3", endpoint_url=sandbox.env["AWS_ENDPOINT_URL"],
-                          aws_access_key_id=sandbox.env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=sandbox.env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=base).get("Contents", [])
-    return {item["Key"][len(base):] for item in listed}
+    def __init__(self, sandbox, name: str, namespace: str = "default"):
+        import boto3
+
+        from kubeforge.dev.sandbox import BUCKET
+
+        self.prefix = ResourcePrefix.for_resource(BUCKET, namespace, "FineTune", name)
+        self.client = boto3.client("s3", endpoint_url=sandbox.env["AWS_ENDPOINT_URL"],
+                                   aws_access_key_id=sandbox.env["AWS_ACCESS_KEY_ID"],
+                                   aws_secret_access_key=sandbox.env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+
+    def checkpoint_files(self, step: int) -> set[str]:
+        base = self.prefix.checkpoint_key(step)
+        listed = self.client.list_objects_v2(Bucket=self.prefix.bucket, Prefix=base).get("Contents", [])
+        return {item["Key"][len(base):] for item in listed}
+
+    def progress(self) -> Progress | None:
+        try:
+            body = self.client.get_object(Bucket=self.prefix.bucket, Key=self.prefix.progress_key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return Progress.model_validate_json(body)
 
 
 def test_killed_twice_resumes_bit_exactly(sandbox):
     """Killed after its second checkpoint, then again while its third is being uploaded (files up, manifest not):
     the torn third checkpoint is never used, and the losses match an uninterrupted run exactly."""
     apply(sandbox, finetune("steady"))
-    apply(sandbox, finetune("chaotic", step_delay=0.5, env={"KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS": "6"}))
+    apply(sandbox, finetune("chaotic", step_delay=0.5, env={"KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS": "10"}))
+    objects = ResourceObjects(sandbox, "chaotic")
+    second, third = 2 * EVERY, 3 * EVERY
 
-    chaotic = sandbox.wait_for(lambda: checkpoint_step(s := status(sandbox, "chaotic")) >= 2 * EVERY and s,
-                               "chaotic's second checkpoint", timeout=300, interval=0.5)
+    sandbox.wait_for(lambda: checkpoint_step(status(sandbox, "chaotic")) >= second,
+                     "chaotic's second checkpoint", timeout=300, interval=0.5)
     chaos(sandbox, "kill", "chaotic-1", "--reason", "NodeLost")
-    second = chaotic["progress"]["lastCheckpoint"]
-    third_step = 3 * EVERY
-    sandbox.wait_for(lambda: (status(sandbox, "chaotic").get("progress") or {}).get("attempt") == 2
-                     and "adapter_model.safetensors" in (names := checkpoint_objects(sandbox, second, third_step))
-                     and "MANIFEST.json" not in names,
-                     "attempt 2 to be uploading its first checkpoint", timeout=300, interval=0.3)
+
+    def attempt_2_uploading_its_first_checkpoint() -> bool:
+        progress = objects.progress()
+        if not (progress and progress.attempt == 2 and progress.phase == "Checkpointing" and progress.step == third):
+            return False
+        files = objects.checkpoint_files(third)
+        return "adapter_model.safetensors" in files and "MANIFEST.json" not in files
+
+    sandbox.wait_for(attempt_2_uploading_its_first_checkpoint, "attempt 2 to be uploading checkpoint step-12",
+                     timeout=300, interval=0.2)
     chaos(sandbox, "kill", "chaotic-2", "--reason", "NodeLost")
     sandbox.wait_for(lambda: [a.get("outcome") for a in status(sandbox, "chaotic").get("attempts") or []][:2]
                      == ["Failed", "Failed"], "attempt 2 to be recorded failed", timeout=60, interval=0.3)
-    torn = checkpoint_objects(sandbox, second, third_step)
-    assert "MANIFEST.json" not in torn and torn, f"the kill did not leave a torn checkpoint: {torn}"
+    torn = objects.checkpoint_files(third)
+    assert torn and "MANIFEST.json" not in torn, f"the kill did not leave a torn checkpoint: {torn}"
 
     final = wait_final(sandbox, "chaotic")
     steady = wait_final(sandbox, "steady")
@@ -112,7 +133,7 @@ def test_killed_twice_resumes_bit_exactly(sandbox):
     assert [a["outcome"] for a in attempts] == ["Failed", "Failed", "Succeeded"]
     assert [a.get("reason") for a in attempts[:2]] == ["Infrastructure", "Infrastructure"]
     assert [a.get("resumedFrom", "").rstrip("/").rsplit("/", 1)[-1] for a in attempts[1:]] == \
-        [f"step-{2 * EVERY}", f"step-{2 * EVERY}"]  # the torn step-12 was skipped
+        [f"step-{2 * EVERY}", f"step-{2 * EVERY}"], json.dumps(attempts, indent=1)  # the torn step-12 was skipped
     assert final["restarts"] == 2
 
     losses, reference = step_losses(sandbox, "chaotic"), step_losses(sandbox, "steady")
