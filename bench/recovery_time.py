@@ -22,6 +22,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+FINAL = ("Succeeded", "Failed")
+
+
+def checkpoint_step(status: dict) -> int:
+    uri = ((status.get("progress") or {}).get("lastCheckpoint") or "").rstrip("/")
+    return int(uri.rsplit("step-", 1)[1]) if "step-" in uri else 0
 
 
 def main() -> None:
@@ -50,24 +56,35 @@ def main() -> None:
         obj["metadata"] = {"name": "bench-recovery"}
         obj["spec"]["training"].update(maxSteps=40, checkpointEverySteps=5)
         obj["spec"]["failurePolicy"]["backoff"] = {"initialSeconds": args.backoff, "maxSeconds": args.backoff}
-        obj["spec"]["ray"] = {"runtimeEnv": {"env_vars": {"KUBEFORGE_STEP_DELAY_SECONDS": "0.3"}}}
+        obj["spec"]["ray"] = {"runtimeEnv": {"env_vars": {"KUBEFORGE_STEP_DELAY_SECONDS": "0.5"}}}
         applied = time.time()
         kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
-        while "step-10" not in ((status().get("progress") or {}).get("lastCheckpoint") or ""):
-            time.sleep(0.3)
+        while checkpoint_step(current := status()) < 10:
+            if current.get("phase") in FINAL:
+                sys.exit("the run finished before the failure could be injected: raise KUBEFORGE_STEP_DELAY_SECONDS")
+            time.sleep(0.2)
         killed = time.time()
         subprocess.run([sys.executable, "-m", "kubeforge", "dev", "chaos", "kill", "bench-recovery-1",
                         "--reason", "NodeLost"], env=env, check=True)
-        while status().get("phase") not in ("Succeeded", "Failed"):
-            time.sleep(1)
-        final = status()
+        detected = None
+        while (current := status()).get("phase") not in FINAL:
+            attempts = current.get("attempts") or []
+            if detected is None and attempts and attempts[0].get("outcome") == "Failed":
+                detected = time.time()
+            time.sleep(0.2)
+        final = current
         run_id = final["output"]["mlflowRunId"]
         history = MlflowClient(state.mlflow_url).get_metric_history(run_id, "loss")
         first_step = min(m.timestamp for m in history) / 1000
-        resumed_step = min(m.timestamp for m in history if m.timestamp / 1000 > killed) / 1000
+        # The first step after the resume point, as the resumed attempt logged it (attempt 1 may have logged the
+        # same step before the kill landed: the later write is the resumed attempt's).
+        resume_point = checkpoint_step({"progress": {"lastCheckpoint": final["attempts"][-1]["resumedFrom"]}})
+        resumed_step = max(m.timestamp for m in history if m.step == resume_point + 1) / 1000
         cold, recovery = first_step - applied, resumed_step - killed
         print(json.dumps({"phase": final["phase"], "attempts": len(final["attempts"]),
+                          "resumed_from": final["attempts"][-1].get("resumedFrom"),
                           "cold_start_s": round(cold, 1), "recovery_s": round(recovery, 1),
+                          "of_which_detection_s": round(detected - killed, 1) if detected else None,
                           "backoff_s": args.backoff, "recovery_over_cold_start": round(recovery / cold, 2)}, indent=1))
     finally:
         sandbox.down(state_dir)
