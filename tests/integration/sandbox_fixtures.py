@@ -41,6 +41,14 @@ class Sandbox:
     def env(self) -> dict:
         return {**os.environ, **self.state.client_env()}
 
+    def s3(self):
+        """A boto3 S3 client for the sandbox's object store, as a user with the sandbox credentials has."""
+        import boto3
+
+        env = self.state.client_env()
+        return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
+
     def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120):
         result = subprocess.run(["kubectl", *args], env=self.env, capture_output=True, text=True, input=input,
                                 timeout=timeout)

@@ -77,14 +77,10 @@ class ResourceObjects:
     """Reads a FineTune's objects straight from the sandbox's S3 (no operator lag), through the layout module."""
 
     def __init__(self, sandbox, name: str, namespace: str = "default"):
-        import boto3
-
         from kubeforge.dev.sandbox import BUCKET
 
         self.prefix = ResourcePrefix.for_resource(BUCKET, namespace, "FineTune", name)
-        self.client = boto3.client("s3", endpoint_url=sandbox.env["AWS_ENDPOINT_URL"],
-                                   aws_access_key_id=sandbox.env["AWS_ACCESS_KEY_ID"],
-                                   aws_secret_access_key=sandbox.env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        self.client = sandbox.s3()
 
     def checkpoint_files(self, step: int) -> set[str]:
         base = self.prefix.checkpoint_key(step)
