@@ -108,8 +108,10 @@ def test_killed_twice_resumes_bit_exactly(sandbox):
     chaos(sandbox, "kill", "chaotic-1", "--reason", "NodeLost")
 
     def attempt_2_uploading_its_first_checkpoint() -> bool:
+        # Past step 12, attempt 2 has cleared what attempt 1 left there and is committing its own step-12 in
+        # the background; until the manifest lands, that checkpoint is torn.
         progress = objects.progress()
-        if not (progress and progress.attempt == 2 and progress.phase == "Checkpointing" and progress.step == third):
+        if not (progress and progress.attempt == 2 and progress.step > third):
             return False
         files = objects.checkpoint_files(third)
         return "adapter_model.safetensors" in files and "MANIFEST.json" not in files

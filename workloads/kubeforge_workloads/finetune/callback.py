@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,6 +24,21 @@ def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank
             self.last_time = time.monotonic()
             self.last_tokens = 0
             self.delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
+            # Rank 0 commits each checkpoint on a background thread while training goes on, one at a time:
+            # a large upload costs the steps it overlaps, not a stall.
+            self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeforge-commit")
+            self.in_flight: Optional[Future] = None
+
+        def wait_for_commit(self) -> None:
+            """Block until the checkpoint in flight is committed; its upload error, if any, is raised here."""
+            if self.in_flight is not None:
+                in_flight, self.in_flight = self.in_flight, None
+                in_flight.result()
+
+        def commit(self, step: int, epoch: float, local: Path, others: tuple[str, ...]) -> None:
+            uri = storage.commit_checkpoint(step, epoch, local, uploaded_by_others=others)
+            if heartbeat:
+                heartbeat.update(last_checkpoint=uri)
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.last_time, self.last_tokens = time.monotonic(), state.num_input_tokens_seen or 0
@@ -52,7 +68,9 @@ def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank
 
         def on_save(self, args, state, control, **kwargs):
             # Every rank saved its own rng_state_<rank>.pth locally; ranks > 0 upload theirs, then rank 0
-            # uploads the rest and writes the manifest last. Barriers order the three stages.
+            # uploads the rest and writes the manifest last, in the background. Barriers order the stages.
+            # The local directory stays intact meanwhile: the Trainer writes each checkpoint to a new one and
+            # rotation (save_total_limit=2) only removes the one before it.
             import torch.distributed as dist
 
             distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -61,6 +79,7 @@ def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank
             if heartbeat:
                 heartbeat.update(phase="Checkpointing")
             if rank == 0:
+                self.wait_for_commit()
                 storage.clear_checkpoint(step)
             if distributed:
                 dist.barrier()
@@ -71,8 +90,12 @@ def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank
                 if before_commit:
                     before_commit()
                 others = tuple(f"rng_state_{r}.pth" for r in range(1, dist.get_world_size())) if distributed else ()
-                uri = storage.commit_checkpoint(step, state.epoch or 0.0, local, uploaded_by_others=others)
-                if heartbeat:
-                    heartbeat.update(phase="Training", last_checkpoint=uri)
+                self.in_flight = self.committer.submit(self.commit, step, state.epoch or 0.0, local, others)
+            if heartbeat:
+                heartbeat.update(phase="Training")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.wait_for_commit()  # the last checkpoint is durable before the run reports Done
+            self.committer.shutdown()
 
     return KubeforgeCallback()

@@ -1,0 +1,87 @@
+"""The Trainer callback commits checkpoints in the background, one at a time, and never reports Done before the
+last one is durable; an upload failure surfaces in the training thread."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
+from kubeforge.storage.objectstore import S3ObjectStore
+from kubeforge_workloads.common.storage import WorkloadStorage
+
+pytest.importorskip("transformers")
+
+from kubeforge_workloads.finetune.callback import make_callback  # noqa: E402
+
+
+class GatedStorage(WorkloadStorage):
+    """Real storage whose commits wait for the test to open a gate: the upload is observably in flight."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.fail_with: Exception | None = None
+
+    def commit_checkpoint(self, *args, **kwargs):
+        assert self.gate.wait(10)
+        if self.fail_with:
+            raise self.fail_with
+        return super().commit_checkpoint(*args, **kwargs)
+
+
+@pytest.fixture
+def storage(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="kfbucket")
+        context = WorkloadContext(kind="FineTune", namespace="ns", name="ft", uid="u", generation=1, attempt=1,
+                                  spec={}, storage=StorageContext(bucket="kfbucket", prefix="ns/FineTune/ft"),
+                                  mlflow=MlflowContext(experiment="e", run_name="ft"))
+        yield GatedStorage(context, S3ObjectStore(client))
+
+
+def save(callback, tmp_path, step: int) -> None:
+    local = tmp_path / f"checkpoint-{step}"
+    local.mkdir()
+    (local / "adapter_model.safetensors").write_bytes(b"w" * step)
+    callback.on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=step, epoch=0.5), None)
+
+
+def test_commit_runs_in_the_background_and_train_end_waits_for_it(storage, tmp_path):
+    flushed = []
+    callback = make_callback(storage, None, rank=0, tokens_per_step=1.0, on_metrics=None,
+                             before_commit=lambda: flushed.append(True))
+    save(callback, tmp_path, 4)
+    assert flushed == [True]  # metrics are flushed before the commit starts
+    assert storage.latest_committed_checkpoint() is None  # on_save returned; the commit is still in flight
+    storage.gate.set()
+    callback.on_train_end(None, None, None)
+    assert storage.latest_committed_checkpoint() == 4
+
+
+def test_the_next_save_waits_for_the_previous_commit(storage, tmp_path):
+    callback = make_callback(storage, None, rank=0, tokens_per_step=1.0, on_metrics=None)
+    save(callback, tmp_path, 4)
+    opener = threading.Timer(0.3, storage.gate.set)
+    opener.start()
+    save(callback, tmp_path, 8)  # blocks until step 4 is committed
+    assert storage.latest_committed_checkpoint() == 4
+    callback.on_train_end(None, None, None)
+    assert storage.latest_committed_checkpoint() == 8
+
+
+def test_an_upload_failure_is_raised_in_the_training_thread(storage, tmp_path):
+    callback = make_callback(storage, None, rank=0, tokens_per_step=1.0, on_metrics=None)
+    storage.fail_with = IOError("S3 said no")
+    save(callback, tmp_path, 4)
+    storage.gate.set()
+    with pytest.raises(IOError, match="S3 said no"):
+        callback.on_train_end(None, None, None)
+    assert storage.latest_committed_checkpoint() is None
