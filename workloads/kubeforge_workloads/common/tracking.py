@@ -70,9 +70,9 @@ def register(name: str, run_id: str, artifact_path: str, description: Optional[s
 
 
 class MetricsBuffer:
-    """Per-step metrics sent in batches: one `log_batch` request every `interval` seconds instead of one round
-    trip per step (which cost ~10% of step time on a small model), and always before a checkpoint is committed,
-    so every metric up to a committed step is durable when a later attempt resumes from it."""
+    """Per-step metrics sent in batches: one `log_batch` request every `interval` seconds instead of a round
+    trip to the tracking server inside every step, and always before a checkpoint is committed, so every metric
+    up to a committed step is durable when a later attempt resumes from it."""
 
     MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch request
 
