@@ -6,13 +6,10 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-import boto3
 import pytest
-from moto import mock_aws
 
-from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
-from kubeforge.storage.objectstore import S3ObjectStore
 from kubeforge_workloads.common.storage import WorkloadStorage
+from tests.unit.workloads.conftest import finetune_context
 
 pytest.importorskip("transformers")
 
@@ -35,16 +32,8 @@ class GatedStorage(WorkloadStorage):
 
 
 @pytest.fixture
-def storage(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="kfbucket")
-        context = WorkloadContext(kind="FineTune", namespace="ns", name="ft", uid="u", generation=1, attempt=1,
-                                  spec={}, storage=StorageContext(bucket="kfbucket", prefix="ns/FineTune/ft"),
-                                  mlflow=MlflowContext(experiment="e", run_name="ft"))
-        yield GatedStorage(context, S3ObjectStore(client))
+def storage(object_store):
+    return GatedStorage(finetune_context(attempt=1), object_store)
 
 
 def save(callback, tmp_path, step: int) -> None:

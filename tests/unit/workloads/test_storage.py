@@ -1,28 +1,17 @@
 """Checkpoints are committed manifest-last; torn ones are never used; progress and failure reports round-trip."""
 
-import boto3
 import pytest
-from moto import mock_aws
 
-from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
 from kubeforge.storage.layout import MANIFEST_FILE
-from kubeforge.storage.objectstore import S3ObjectStore
 from kubeforge.storage.progress import FailureReport
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.storage import WorkloadStorage
+from tests.unit.workloads.conftest import finetune_context
 
 
 @pytest.fixture
-def storage(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="kfbucket")
-        context = WorkloadContext(kind="FineTune", namespace="ns", name="ft", uid="u", generation=1, attempt=2,
-                                  spec={}, storage=StorageContext(bucket="kfbucket", prefix="ns/FineTune/ft"),
-                                  mlflow=MlflowContext(experiment="e", run_name="ft"))
-        yield WorkloadStorage(context, S3ObjectStore(client))
+def storage(object_store):
+    return WorkloadStorage(finetune_context(attempt=2), object_store)
 
 
 def checkpoint_dir(tmp_path, name="ckpt"):
