@@ -25,11 +25,6 @@ sys.path.insert(0, str(REPO))
 FINAL = ("Succeeded", "Failed")
 
 
-def checkpoint_step(status: dict) -> int:
-    uri = ((status.get("progress") or {}).get("lastCheckpoint") or "").rstrip("/")
-    return int(uri.rsplit("step-", 1)[1]) if "step-" in uri else 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--state-dir", type=Path, default=None)
@@ -38,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from kubeforge.dev import sandbox
+    from kubeforge.storage.layout import checkpoint_step_of
     from mlflow.tracking import MlflowClient
 
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="kubeforge-bench-"))
@@ -59,7 +55,7 @@ def main() -> None:
         obj["spec"]["ray"] = {"runtimeEnv": {"env_vars": {"KUBEFORGE_STEP_DELAY_SECONDS": "0.5"}}}
         applied = time.time()
         kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
-        while checkpoint_step(current := status()) < 10:
+        while (checkpoint_step_of(((current := status()).get("progress") or {}).get("lastCheckpoint")) or 0) < 10:
             if current.get("phase") in FINAL:
                 sys.exit("the run finished before the failure could be injected: raise KUBEFORGE_STEP_DELAY_SECONDS")
             time.sleep(0.2)
@@ -78,7 +74,7 @@ def main() -> None:
         first_step = min(m.timestamp for m in history) / 1000
         # The first step after the resume point, as the resumed attempt logged it (attempt 1 may have logged the
         # same step before the kill landed: the later write is the resumed attempt's).
-        resume_point = checkpoint_step({"progress": {"lastCheckpoint": final["attempts"][-1]["resumedFrom"]}})
+        resume_point = checkpoint_step_of(final["attempts"][-1]["resumedFrom"])
         resumed_step = max(m.timestamp for m in history if m.step == resume_point + 1) / 1000
         cold, recovery = first_step - applied, resumed_step - killed
         print(json.dumps({"phase": final["phase"], "attempts": len(final["attempts"]),

@@ -82,6 +82,15 @@ def test_progress_is_copied_with_summary_and_eta():
     assert plan.status["phase"] == "Running" and plan.create == []
 
 
+def test_eta_of_a_resumed_attempt_counts_only_the_steps_it_trained():
+    state = with_status(run(OBJ))
+    progress = Progress(attempt=1, phase="Training", step=10, total_steps=40, throughput=100.0,
+                        resumed_from="s3://b/team/FineTune/ft/checkpoints/step-5/", updated_at="2026-11-24T12:00:20Z")
+    plan = run(state, Observed(rayjobs={"ft-1": rayjob("ft-1", jobDeploymentStatus="Running")},
+                               progress=progress), NOW + timedelta(seconds=25))
+    assert plan.status["progress"]["etaSeconds"] == 120  # 5 steps in 20 s, 30 to go
+
+
 def test_progress_of_an_older_attempt_is_ignored():
     state = with_status(run(OBJ))
     stale = Progress(attempt=0, phase="Training", step=99, updated_at="2026-11-24T12:00:20Z")

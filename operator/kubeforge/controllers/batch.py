@@ -24,7 +24,7 @@ from kubeforge.launch.rayjob import build_rayjob
 from kubeforge.resilience import ObservedFailure, classify, decide, heartbeat_is_stale, parse_duration
 from kubeforge.resilience.policy import count_restarts
 from kubeforge.settings import Settings
-from kubeforge.storage.layout import ResourcePrefix
+from kubeforge.storage.layout import ResourcePrefix, checkpoint_step_of
 from kubeforge.storage.progress import FailureReport, Progress
 
 FAILED_JOB_STATUS = {"FAILED", "STOPPED"}
@@ -254,7 +254,8 @@ def _copy_progress(status: dict, current: dict, progress: Optional[Progress]) ->
         started = parse_time(current.get("startTime"))
         updated = parse_time(progress.updated_at)
         if started and updated and updated > started:
-            seconds_per_step = (updated - started).total_seconds() / max(progress.step - _first_step(progress), 1)
+            steps_this_attempt = progress.step - (checkpoint_step_of(progress.resumed_from) or 0)
+            seconds_per_step = (updated - started).total_seconds() / max(steps_this_attempt, 1)
             eta = int(seconds_per_step * (progress.total_steps - progress.step))
     status["progress"] = {k: v for k, v in {
         "attempt": progress.attempt, "phase": progress.phase, "step": progress.step, "totalSteps": progress.total_steps,
@@ -265,15 +266,6 @@ def _copy_progress(status: dict, current: dict, progress: Optional[Progress]) ->
     current["stepReached"] = progress.step
     if progress.resumed_from:
         current["resumedFrom"] = progress.resumed_from
-
-
-def _first_step(progress: Progress) -> int:
-    if progress.resumed_from and "step-" in progress.resumed_from:
-        try:
-            return int(progress.resumed_from.rstrip("/").rsplit("step-", 1)[1])
-        except ValueError:
-            return 0
-    return 0
 
 
 def summarize(message: str, keep_lines: int = 3) -> str:

@@ -18,6 +18,7 @@ PROGRESS_FILE = "progress.json"
 MANIFEST_FILE = "MANIFEST.json"
 FAILURE_FILE = "failure.json"
 _STEP_DIR = re.compile(r"checkpoints/step-(\d+)/$")
+_STEP_AT_END = re.compile(r"step-(\d+)/?$")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,13 @@ def committed_steps(prefix: ResourcePrefix, keys: Iterable[str]) -> list[int]:
         if match:
             steps.append(int(match.group(1)))
     return sorted(set(steps))
+
+
+def checkpoint_step_of(uri: Optional[str]) -> Optional[int]:
+    """The step of a checkpoint's URI or key (`.../checkpoints/step-<n>/`, as status.progress.lastCheckpoint and
+    resumedFrom hold it); None when there is none."""
+    match = _STEP_AT_END.search(uri or "")
+    return int(match.group(1)) if match else None
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
