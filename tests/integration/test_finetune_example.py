@@ -11,23 +11,14 @@ import pytest
 import yaml
 
 from kubeforge.dev.sandbox import BUCKET
-from kubeforge.storage.layout import ResourcePrefix, parse_s3_uri
+from kubeforge.storage.layout import ResourcePrefix
+from kubeforge.storage.objectstore import S3ObjectStore
+from kubeforge_workloads.common.storage import download_uri
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
 EXAMPLE = REPO_ROOT / "examples" / "finetune-lora.yaml"
-
-
-def download_prefix(client, uri: str, target):
-    bucket, key = parse_s3_uri(uri)
-    key = key.rstrip("/") + "/"
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-        for item in page.get("Contents", []):
-            path = target / item["Key"][len(key):]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, item["Key"], str(path))
-    return target
 
 
 def test_the_lora_example_fine_tunes_registers_and_reloads(sandbox, tmp_path, monkeypatch):
@@ -67,8 +58,8 @@ def test_the_lora_example_fine_tunes_registers_and_reloads(sandbox, tmp_path, mo
     ids, expected = torch.tensor([probe["inputIds"]]), torch.tensor(probe["logits"])
     mlflow.set_tracking_uri(sandbox.state.mlflow_url)
     adapter_dir = mlflow.artifacts.download_artifacts(output["modelUri"], dst_path=str(tmp_path / "adapter"))
-    base = AutoModelForCausalLM.from_pretrained(download_prefix(s3, example["spec"]["baseModel"]["uri"],
-                                                                tmp_path / "base"))
+    base = AutoModelForCausalLM.from_pretrained(download_uri(S3ObjectStore(s3), example["spec"]["baseModel"]["uri"],
+                                                             tmp_path / "base"))
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0]

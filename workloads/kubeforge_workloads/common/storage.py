@@ -33,6 +33,16 @@ def in_parallel(function, items: list) -> None:
         future.result()
 
 
+def upload_tree(client, local_dir: Path, bucket: str, key_prefix: str, names: Optional[list[str]] = None) -> int:
+    """Upload every file under local_dir (or only those whose relative path is in `names`) to key_prefix +
+    relative path, side by side; returns how many."""
+    paths = [p for p in sorted(local_dir.rglob("*")) if p.is_file()
+             and (names is None or p.relative_to(local_dir).as_posix() in names)]
+    in_parallel(lambda path: client.upload_file(str(path), bucket, key_prefix + path.relative_to(local_dir).as_posix()),
+                paths)
+    return len(paths)
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -71,11 +81,7 @@ class WorkloadStorage:
 
     def upload_checkpoint_files(self, step: int, local_dir: Path, names: Optional[list[str]] = None) -> None:
         """Upload files of a checkpoint without committing it (other ranks' RNG states, for instance)."""
-        base = self.prefix.checkpoint_key(step)
-        paths = [p for p in sorted(local_dir.rglob("*")) if p.is_file()
-                 and (names is None or p.relative_to(local_dir).as_posix() in names)]
-        in_parallel(lambda path: self.store.client.upload_file(
-            str(path), self.prefix.bucket, base + path.relative_to(local_dir).as_posix()), paths)
+        upload_tree(self.store.client, local_dir, self.prefix.bucket, self.prefix.checkpoint_key(step), names)
 
     def commit_checkpoint(self, step: int, epoch: float, local_dir: Path, uploaded_by_others: tuple[str, ...] = ()
                           ) -> str:
@@ -122,8 +128,7 @@ class WorkloadStorage:
     # outputs
     def upload_dir(self, local_dir: Path, *parts: str) -> str:
         key = self.prefix.output_key(*parts)
-        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            self.store.client.upload_file(str(path), self.prefix.bucket, f"{key}/{path.relative_to(local_dir).as_posix()}")
+        upload_tree(self.store.client, local_dir, self.prefix.bucket, key + "/")
         return f"s3://{self.prefix.bucket}/{key}"
 
     def put_json(self, value: dict, *parts: str) -> None:
