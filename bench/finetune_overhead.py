@@ -9,7 +9,7 @@ what Kubeforge adds (heartbeat, S3 checkpoint commits, MLflow metrics).
 
 Both sides get the same compute: the plain Trainer runs in its own process with OMP_NUM_THREADS and torch threads
 set to `--threads`, the value Ray gives a Train worker that asks for `--threads` CPUs. Runs alternate
-(plain, Kubeforge, plain, Kubeforge, ...) so drift on a shared machine hits both; medians are compared.
+(plain, plain under Ray Train, Kubeforge, then again) so drift on a shared machine hits all; medians are compared.
 
     .venv/bin/python bench/finetune_overhead.py [--steps 60] [--every 20] [--hidden 256] [--layers 4] [--repeats 2]
 """
@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -138,12 +139,6 @@ def start_s3_server(work: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"moto S3 server did not start; see {work / 's3.log'}")
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=60)
@@ -167,6 +162,7 @@ def main() -> None:
 
     import boto3
 
+    from kubeforge_workloads.common.storage import WorkloadStorage, upload_tree
     from kubeforge_workloads.seed.build import build_tiny_llama, write_datasets
 
     work = Path(tempfile.mkdtemp(prefix="kubeforge-bench-"))
@@ -179,8 +175,7 @@ def main() -> None:
     model_dir = build_tiny_llama(work / "model", hidden_size=args.hidden, layers=args.layers)
     parameters = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) // 4
     train_file, _ = write_datasets(work / "data")
-    for path in model_dir.iterdir():
-        s3.upload_file(str(path), "bench", f"model/{path.name}")
+    upload_tree(s3, model_dir, "bench", "model/")
     s3.upload_file(str(train_file), "bench", "data/train.jsonl")
 
     plain_runs, ray_runs, kubeforge_runs, walls = [], [], [], []
@@ -196,7 +191,6 @@ def main() -> None:
 
     # Checkpoint commit (manifest last) vs a raw upload of the same bytes.
     from kubeforge.api.workload import StorageContext, WorkloadContext
-    from kubeforge_workloads.common.storage import WorkloadStorage
 
     checkpoint = max((work / "plain-0").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     files = [p for p in checkpoint.rglob("*") if p.is_file()]
