@@ -22,6 +22,10 @@ def load_kube_config() -> None:
         config.load_kube_config()
 
 
+class ChildNameTaken(Exception):
+    """A child's deterministic name is held by an object this resource does not own."""
+
+
 class Cluster:
     def __init__(self, api=None):
         if api is None:
@@ -37,14 +41,36 @@ class Cluster:
         return {item["metadata"]["name"]: item for item in listed.get("items", [])}
 
     def create_rayjob(self, body: dict) -> None:
+        """Create the child, or adopt an existing one of the same name if (and only if) it is ours.
+
+        Raises ChildNameTaken when the name belongs to another owner: typically the RayJob of a deleted
+        resource of the same name that is still being garbage-collected; the caller waits and tries again."""
         from kubernetes.client.exceptions import ApiException
 
+        meta = body["metadata"]
         try:
-            self.api.create_namespaced_custom_object(RAY_GROUP, RAY_VERSION, body["metadata"]["namespace"], RAYJOBS, body)
+            self.api.create_namespaced_custom_object(RAY_GROUP, RAY_VERSION, meta["namespace"], RAYJOBS, body)
+            return
         except ApiException as error:
             if error.status != 409:
                 raise
-            log.info("RayJob %s already exists; adopting it", body["metadata"]["name"])
+        try:
+            existing = self.api.get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, meta["namespace"], RAYJOBS,
+                                                             meta["name"])
+        except ApiException as error:
+            if error.status == 404:  # deleted in between: the next pass creates it
+                raise ChildNameTaken(f"RayJob {meta['namespace']}/{meta['name']} was being deleted; "
+                                     "it is created on the next pass") from error
+            raise
+        wanted = {ref["uid"] for ref in meta.get("ownerReferences") or []}
+        holders = {ref.get("uid") for ref in existing["metadata"].get("ownerReferences") or []}
+        if wanted & holders:
+            log.info("RayJob %s already exists and is ours; adopting it", meta["name"])
+            return
+        deleting = " (being deleted)" if existing["metadata"].get("deletionTimestamp") else ""
+        raise ChildNameTaken(f"RayJob {meta['namespace']}/{meta['name']} already exists{deleting} and belongs to "
+                             f"another owner (uid {', '.join(sorted(h for h in holders if h)) or 'none'}); waiting "
+                             "for it to go away before creating this resource's RayJob")
 
     def delete_rayjob(self, namespace: str, name: str) -> None:
         from kubernetes.client.exceptions import ApiException

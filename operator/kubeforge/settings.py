@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     """Passed to workloads when the workload Secret does not set MLFLOW_TRACKING_URI."""
     reconcile_period_seconds: float = Field(default=10.0, gt=0)
     """How often each resource is re-observed (child status, progress heartbeat, hang check)."""
+    tick_seconds: float = Field(default=1.0, gt=0)
+    """Resolution of scheduled passes: a pass due (after a backoff, right after recording an attempt) runs
+    within this many seconds of its time."""
     rayjob_ttl_seconds: int = Field(default=3600, ge=0)
     """KubeRay ttlSecondsAfterFinished for finished attempts' clusters."""
     namespace: Optional[str] = None

@@ -43,28 +43,39 @@ def rayjob(name, **status):
     return {"metadata": {"name": name}, "status": status}
 
 
-def test_first_pass_records_attempt_and_creates_rayjob():
+def launched(obj=OBJ, now=NOW):
+    """The state after the first two passes: attempt 1 recorded, then its RayJob created."""
+    return with_status(run(with_status(run(obj, now=now), obj), now=now), obj)
+
+
+def test_first_pass_records_the_attempt_and_the_next_creates_its_rayjob():
     plan = run(OBJ)
     assert plan.status["phase"] == "Running"
     assert plan.status["attempts"] == [{"number": 1, "rayJob": "ft-1", "startTime": "2026-11-24T12:00:00Z",
-                                        "outcome": "Running"}]
+                                        "outcome": "Running", "generation": 1}]
     assert plan.status["observedGeneration"] == 1
     assert plan.status["storagePrefix"] == "s3://kubeforge/team/FineTune/ft"
+    # kopf writes the status after the handler returns: the child must wait for the next pass
+    assert plan.create == [] and plan.requeue_after == 0
+    assert conditions(plan.status) == {"Ready": ("False", "Launching"), "Reconciling": ("True", "Launching"),
+                                       "Stalled": ("False", "Launching")}
+    assert [e.reason for e in plan.events] == ["AttemptStarted", "Launching"]
+
+    plan = run(with_status(plan))
     (child,) = plan.create
     assert child["metadata"]["name"] == "ft-1"
     assert child["metadata"]["ownerReferences"][0]["uid"] == "1234abcd-0000"
     context = json.loads(yaml.safe_load(child["spec"]["runtimeEnvYAML"])["env_vars"][CONTEXT_ENV])
     assert context["attempt"] == 1 and context["storage"]["prefix"] == "team/FineTune/ft"
-    assert conditions(plan.status) == {"Ready": ("False", "Launching"), "Reconciling": ("True", "Launching"),
-                                       "Stalled": ("False", "Launching")}
-    assert [e.reason for e in plan.events] == ["AttemptStarted", "Launching"]
+    assert len(plan.status["attempts"]) == 1 and plan.events == []
 
 
 def test_recorded_attempt_without_child_is_recreated_not_duplicated():
     state = with_status(run(OBJ))
-    plan = run(state)  # the operator restarted between recording and creating
-    assert [c["metadata"]["name"] for c in plan.create] == ["ft-1"]
-    assert len(plan.status["attempts"]) == 1
+    for _ in range(2):  # e.g. the operator restarted between recording and creating
+        plan = run(state)
+        assert [c["metadata"]["name"] for c in plan.create] == ["ft-1"]
+        assert len(plan.status["attempts"]) == 1
     plan = run(state, Observed(rayjobs={"ft-1": rayjob("ft-1", jobDeploymentStatus="Running",
                                                        jobStatus="RUNNING")}))
     assert plan.create == []
@@ -104,7 +115,7 @@ def fail_attempt(state, name, message="ray head pod lost: NodeLost", report=None
 
 
 def test_infrastructure_failure_backs_off_then_resumes_as_new_attempt():
-    state = with_status(run(OBJ))
+    state = launched()
     plan = fail_attempt(state, "ft-1")
     assert plan.status["phase"] == "Retrying"
     assert plan.status["attempts"][0]["reason"] == "Infrastructure"
@@ -114,14 +125,16 @@ def test_infrastructure_failure_backs_off_then_resumes_as_new_attempt():
     state = with_status(plan)
     assert run(state, now=NOW + timedelta(seconds=5)).create == []
     plan = run(state, now=NOW + timedelta(seconds=10))
-    assert [c["metadata"]["name"] for c in plan.create] == ["ft-2"]
+    assert plan.create == [] and plan.requeue_after == 0
     assert plan.status["attempts"][1] == {"number": 2, "rayJob": "ft-2", "startTime": "2026-11-24T12:00:10Z",
-                                          "outcome": "Running", "counted": True}
+                                          "outcome": "Running", "counted": True, "generation": 1}
     assert "nextAttemptAt" not in plan.status
+    plan = run(with_status(plan), now=NOW + timedelta(seconds=11))
+    assert [c["metadata"]["name"] for c in plan.create] == ["ft-2"]
 
 
 def test_retries_exhausted_fails_with_stalled_and_summary():
-    state = with_status(run(OBJ))
+    state = launched()
     now = NOW
     for number in (1, 2, 3):
         plan = fail_attempt(state, f"ft-{number}", now=now)
@@ -151,10 +164,12 @@ def test_hang_is_detected_and_the_rayjob_deleted():
     state = with_status(run(OBJ))
     beat = Progress(attempt=1, phase="Training", step=4, updated_at="2026-11-24T12:00:30Z")
     running = {"ft-1": rayjob("ft-1", jobDeploymentStatus="Running", jobStatus="RUNNING")}
-    assert run(state, Observed(rayjobs=running, progress=beat), NOW + timedelta(seconds=80)).delete == []
+    state = with_status(run(state, Observed(rayjobs=running, progress=beat), NOW + timedelta(seconds=30)))
+    assert run(state, Observed(rayjobs=running, progress=beat), NOW + timedelta(seconds=90)).delete == []
     plan = run(state, Observed(rayjobs=running, progress=beat), NOW + timedelta(seconds=91))
     assert plan.delete == ["ft-1"]
     assert plan.status["attempts"][0]["reason"] == "Hang"
+    assert "Training step 4" in plan.status["attempts"][0]["message"]
     assert plan.status["phase"] == "Retrying"
 
 
@@ -183,8 +198,9 @@ def test_invalid_spec_is_stalled_with_a_message_naming_the_field():
     fixed["spec"]["dataset"]["promptTemplate"] = "{instruction}"
     fixed["metadata"]["generation"] = 2
     plan = run(fixed)
-    assert plan.status["phase"] == "Running" and len(plan.create) == 1
+    assert plan.status["phase"] == "Running" and plan.status["attempts"][0]["generation"] == 2
     assert plan.status["observedGeneration"] == 2
+    assert len(run(with_status(plan, fixed)).create) == 1
 
 
 def test_schema_level_garbage_never_raises():

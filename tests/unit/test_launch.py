@@ -1,5 +1,8 @@
 """Every RayJob the operator builds validates against KubeRay's own CRD schema."""
 
+import hashlib
+import re
+
 import pytest
 import yaml
 
@@ -7,7 +10,7 @@ from kubeforge.api import KINDS
 from kubeforge.api.shared import CommonSpec
 from kubeforge.api.workload import CONTEXT_ENV, WorkloadContext
 from kubeforge.controllers.batch import workload_context
-from kubeforge.launch.names import attempt_name
+from kubeforge.launch.names import attempt_name, child_annotations, child_labels, label_value
 from kubeforge.launch.rayjob import build_rayjob, deep_merge
 from kubeforge.settings import Settings
 from tests.conftest import KUBERAY_CRDS, REPO_ROOT
@@ -76,11 +79,43 @@ def test_user_runtime_env_cannot_override_the_context():
     assert env["X"] == "1" and env[CONTEXT_ENV] != "{}"
 
 
-def test_names_are_deterministic_and_dns_safe():
-    long = "x" * 80
+KUBERAY_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035, as KubeRay's ValidateRayJobMetadata
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+@pytest.mark.parametrize("owner", ["ft", "a" * 44, "b" * 46, "c" * 63, "d" * 120, "e" * 253, "7th-run",
+                                   "team.docs.assistant", "x.y-z.0", "0", "a" * 252 + "9"])
+@pytest.mark.parametrize("attempt", [1, 12, 101])
+def test_every_valid_resource_name_maps_to_a_rayjob_name_kuberay_accepts(owner, attempt):
+    name = attempt_name(owner, attempt)
+    assert len(name) <= 47 and KUBERAY_NAME.match(name), name
+    assert name.endswith(f"-{attempt}")
+    assert len(name) + len("-abcde") <= 53  # KubeRay's RayCluster name for the job
+
+
+def test_names_that_fit_stay_readable_and_others_carry_a_stable_hash():
     assert attempt_name("ft", 2) == "ft-2"
-    assert attempt_name(long, 12) == attempt_name(long, 12)
-    assert len(attempt_name(long, 12)) <= 57 and attempt_name(long, 12).endswith("-12")
+    assert attempt_name("a" * 45, 1) == "a" * 45 + "-1"
+    # sha256, not Python's per-process hash(): the same in every operator process
+    assert attempt_name("team.docs.assistant", 1) == "team-docs-assistant-b99513db-1"
+    assert attempt_name("7th-run", 3) == "r7th-run-" + hashlib.sha256(b"7th-run").hexdigest()[:8] + "-3"
+    assert attempt_name("a" * 46, 1).startswith("a" * 36 + "-") and len(attempt_name("a" * 46, 1)) == 47
+
+
+@pytest.mark.parametrize("first,second", [("a.b", "a-b"), ("c" * 60 + "x", "c" * 60 + "y"), ("7-run", "r7-run")])
+def test_names_that_normalise_alike_get_different_children(first, second):
+    assert attempt_name(first, 1) != attempt_name(second, 1)
+
+
+@pytest.mark.parametrize("owner", ["ft", "team.docs.assistant", "d" * 63, "d" * 64, "e" * 253, "x." * 40 + "y"])
+def test_owner_labels_are_valid_label_values_and_the_full_name_is_annotated(owner):
+    obj = {"apiVersion": "kubeforge.dev/v1alpha1", "kind": "FineTune",
+           "metadata": {"name": owner, "namespace": "ns", "uid": "u-1"}}
+    labels = child_labels("FineTune", owner, "u-1", 1)
+    assert all(len(v) <= 63 and LABEL_VALUE.match(v) for v in labels.values()), labels
+    assert (labels["kubeforge.dev/name"] == owner) == (len(owner) <= 63)
+    assert child_annotations(owner) == {"kubeforge.dev/owner-name": owner}
+    assert label_value(owner) == label_value(owner)
 
 
 def test_deep_merge():

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from kubeforge.api.shared import FailurePolicy, FailureReason
-from kubeforge.resilience import ObservedFailure, classify, decide, heartbeat_is_stale, parse_duration
+from kubeforge.resilience import Activity, ObservedFailure, Stuck, activity_of, classify, decide, parse_duration, watch
 from kubeforge.resilience.policy import backoff_delay, count_restarts
 
 
@@ -88,13 +88,39 @@ def test_parse_duration_rejects(text):
         parse_duration(text)
 
 
-def test_heartbeat_staleness():
+@pytest.mark.parametrize("rayjob_status,activity", [
+    ({}, Activity.STARTING),
+    ({"jobDeploymentStatus": "Initializing"}, Activity.STARTING),
+    ({"jobDeploymentStatus": "Running", "jobStatus": "PENDING"}, Activity.STARTING),
+    ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}, Activity.RUNNING),
+    ({"jobDeploymentStatus": "Suspended"}, Activity.SUSPENDED),
+    ({"jobDeploymentStatus": "Suspending", "jobStatus": "RUNNING"}, Activity.SUSPENDED),
+])
+def test_only_a_running_ray_job_counts_as_running(rayjob_status, activity):
+    assert activity_of(rayjob_status) == activity
+
+
+def test_watchdog_counts_progress_not_heartbeats():
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    timeout = timedelta(minutes=1)
-    assert not heartbeat_is_stale(start + timedelta(seconds=30), start, None, timeout)
-    assert heartbeat_is_stale(start + timedelta(seconds=61), start, None, timeout)
-    assert not heartbeat_is_stale(start + timedelta(seconds=90), start, start + timedelta(seconds=60), timeout)
-    assert heartbeat_is_stale(start + timedelta(seconds=121), start, start + timedelta(seconds=60), timeout)
+    minute, attempt = timedelta(minutes=1), {}
+    assert watch(attempt, Activity.RUNNING, "Training step 1", start, minute, minute).stuck is None
+    assert watch(attempt, Activity.RUNNING, "Training step 1", start + timedelta(seconds=60), minute,
+                 minute).stuck is None
+    hung = watch(attempt, Activity.RUNNING, "Training step 1", start + timedelta(seconds=61), minute, minute)
+    assert hung.stuck == Stuck.HANG and hung.since == "2026-01-01T00:00:00Z"
+    assert watch(attempt, Activity.RUNNING, "Training step 2", start + timedelta(seconds=62), minute,
+                 minute).stuck is None
+
+
+def test_watchdog_start_clock():
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    attempt, hang, limit = {}, timedelta(seconds=10), timedelta(minutes=5)
+    assert watch(attempt, Activity.STARTING, None, start, hang, limit).recheck_after == 300
+    assert watch(attempt, Activity.STARTING, None, start + timedelta(seconds=300), hang, limit).stuck is None
+    assert watch(attempt, Activity.STARTING, None, start + timedelta(seconds=301), hang, limit).stuck == \
+        Stuck.START_TIMEOUT
+    assert watch(attempt, Activity.SUSPENDED, None, start + timedelta(seconds=302), hang, limit).stuck is None
+    assert watch(attempt, Activity.STARTING, None, start + timedelta(seconds=900), hang, limit).stuck is None
 
 
 def test_missing_workload_module_is_a_user_error():

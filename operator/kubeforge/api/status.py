@@ -35,6 +35,8 @@ class Reason(str, Enum):
 
     CREATED = "Created"
     LAUNCHING = "Launching"
+    STARTING = "Starting"
+    SUSPENDED = "Suspended"
     RUNNING = "Running"
     RETRYING = "Retrying"
     BACKING_OFF = "BackingOff"
@@ -76,6 +78,14 @@ class Attempt(ApiModel):
     """Checkpoint URI this attempt resumed from."""
     counted: Optional[bool] = None
     """False when a rule said Ignore: the attempt does not count against maxRestarts."""
+    generation: Optional[int] = None
+    """metadata.generation of the resource when this attempt was launched (the spec it ran with)."""
+    waiting_since: Optional[str] = None
+    """While the Ray job has not started running: when the current wait began (startTimeout counts from it)."""
+    progress_mark: Optional[str] = None
+    """The workload phase and step last seen while the Ray job runs (hang detection)."""
+    progress_time: Optional[str] = None
+    """When the operator first saw progressMark; hangTimeout counts from it."""
 
 
 class ProgressStatus(ApiModel):

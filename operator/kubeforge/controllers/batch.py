@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Optional, Protocol
 
 from pydantic import ValidationError
@@ -21,13 +21,18 @@ from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContex
 from kubeforge.controllers.conditions import condition_status, set_kstatus
 from kubeforge.launch.names import attempt_name
 from kubeforge.launch.rayjob import build_rayjob
-from kubeforge.resilience import ObservedFailure, classify, decide, heartbeat_is_stale, parse_duration
+from kubeforge.resilience import Activity, ObservedFailure, Stuck, activity_of, classify, decide, parse_duration, watch
 from kubeforge.resilience.policy import count_restarts
 from kubeforge.settings import Settings
 from kubeforge.storage.layout import ResourcePrefix, checkpoint_step_of
 from kubeforge.storage.progress import FailureReport, Progress
+from kubeforge.timefmt import parse_time, rfc3339
+
+__all__ = ["BatchKind", "Event", "Observed", "Plan", "parse_time", "reconcile", "resource_prefix", "rfc3339",
+           "workload_context"]
 
 FAILED_JOB_STATUS = {"FAILED", "STOPPED"}
+REFUSED_BY_KUBERAY = "ValidationFailed"
 KOPF_STATUS_KEYS = ("kopf",)
 
 
@@ -55,7 +60,7 @@ class Plan:
     status: dict
     create: list[dict] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
-    """Names of child RayJobs to delete (hung attempts)."""
+    """Names of child RayJobs to delete (hung attempts, attempts that never started)."""
     events: list[Event] = field(default_factory=list)
     requeue_after: Optional[float] = None
 
@@ -71,16 +76,6 @@ class BatchKind(Protocol):
 
     def output(self, result: dict) -> dict:
         """status.output from the workload's outputs/result.json."""
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: Optional[str]) -> Optional[datetime]:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def resource_prefix(obj: dict, spec: CommonSpec, settings: Settings) -> ResourcePrefix:
@@ -148,7 +143,7 @@ def reconcile(kind: BatchKind, obj: dict, observed: Observed, now: datetime, set
     stalled_on_spec = _stalled_reason(status) == Reason.INVALID_SPEC.value
 
     if phase in (Phase.SUCCEEDED.value, Phase.FAILED.value) and not stalled_on_spec:
-        return run.done()  # finished attempts are history; a new run is a new resource
+        return _finished(run)
 
     try:
         spec = kind.info.spec_model.model_validate(obj.get("spec") or {})
@@ -169,18 +164,18 @@ def reconcile(kind: BatchKind, obj: dict, observed: Observed, now: datetime, set
     status.setdefault("storagePrefix", resource_prefix(obj, spec, settings).uri())
     attempts: list[dict] = status.setdefault("attempts", [])
     if not attempts:
-        return _start_attempt(run, kind, spec, 1, settings)
+        return _record_attempt(run, 1)
 
     current = attempts[-1]
     if current.get("outcome") == "Failed":
         due = parse_time(status.get("nextAttemptAt")) or now
         if now >= due:
-            return _start_attempt(run, kind, spec, current["number"] + 1, settings)
+            return _record_attempt(run, current["number"] + 1)
         return run.done((due - now).total_seconds())
 
     rayjob = observed.rayjobs.get(current["rayJob"])
     if rayjob is None:
-        # Recorded but not (yet) created, e.g. the operator stopped in between: create it now.
+        # Recorded in an earlier pass (so its name is saved before it exists), not created yet: create it now.
         run.plan.create.append(_rayjob_for(kind, obj, spec, current["number"], settings))
         return run.done(settings.reconcile_period_seconds)
 
@@ -190,23 +185,63 @@ def reconcile(kind: BatchKind, obj: dict, observed: Observed, now: datetime, set
 
     if ray_state == "SUCCEEDED" and (deployment == "Complete" or observed.result is not None):
         return _succeeded(run, kind, current, observed)
+    if deployment == REFUSED_BY_KUBERAY:
+        # KubeRay refused the RayJob (name, spec): a configuration error no retry can fix.
+        refusal = summarize(job_status.get("message") or job_status.get("reason") or "invalid RayJob")
+        return _failed(run, spec, current, ObservedFailure(
+            message=f"KubeRay refused RayJob {current['rayJob']}: {refusal}",
+            report_reason=FailureReason.USER_ERROR.value))
     if deployment == "Failed" or ray_state in FAILED_JOB_STATUS:
         return _failed(run, spec, current, _failure_of(job_status, observed.failure_report))
+    return _watch_active(run, spec, current, job_status, observed.progress, settings)
 
-    timeout = parse_duration(spec.failure_policy.hang_timeout)
-    heartbeat = observed.progress if observed.progress and observed.progress.attempt == current["number"] else None
-    started = parse_time(current.get("startTime")) or now
-    if heartbeat_is_stale(now, started, parse_time(heartbeat.updated_at) if heartbeat else None, timeout):
-        run.plan.delete.append(current["rayJob"])
-        last = heartbeat.updated_at if heartbeat else "never"
-        failure = ObservedFailure(message=f"no progress heartbeat for {spec.failure_policy.hang_timeout} "
-                                          f"(last heartbeat: {last}); attempt stopped", hang=True)
-        return _failed(run, spec, current, failure)
 
-    step_text = f" at step {heartbeat.step}" if heartbeat else ""
-    run.set_phase(Phase.RUNNING, ready=False, reconciling=True, stalled=False, reason=Reason.RUNNING,
-                  message=f"attempt {current['number']} running{step_text} (RayJob {current['rayJob']})")
-    return run.done(settings.reconcile_period_seconds)
+def _watch_active(run: _Pass, spec: CommonSpec, current: dict, job_status: dict, progress: Optional[Progress],
+                  settings: Settings) -> Plan:
+    """A RayJob that has neither succeeded nor failed: suspended, starting, or running (and maybe hung)."""
+    heartbeat = progress if progress and progress.attempt == current["number"] else None
+    mark = f"{heartbeat.phase} step {heartbeat.step}" if heartbeat else None
+    activity = activity_of(job_status)
+    policy = spec.failure_policy
+    verdict = watch(current, activity, mark, run.now, parse_duration(policy.hang_timeout),
+                    parse_duration(policy.start_timeout))
+    name = current["rayJob"]
+    if verdict.stuck == Stuck.HANG:
+        run.plan.delete.append(name)
+        seen = f"{mark}" if mark else "no progress report"
+        return _failed(run, spec, current, ObservedFailure(
+            message=f"no progress for {policy.hang_timeout} while the Ray job was running ({seen} since "
+                    f"{verdict.since}); attempt stopped", hang=True))
+    if verdict.stuck == Stuck.START_TIMEOUT:
+        run.plan.delete.append(name)
+        state = job_status.get("jobDeploymentStatus") or "not yet reported"
+        detail = summarize(job_status.get("message") or "") or "no message from KubeRay"
+        return _failed(run, spec, current, ObservedFailure(
+            message=f"the Ray job did not start running within {policy.start_timeout} (RayJob {name} "
+                    f"{state} since {verdict.since}: {detail}); attempt stopped", start_timeout=True))
+
+    number = current["number"]
+    if activity == Activity.SUSPENDED:
+        run.set_phase(Phase.PENDING, ready=False, reconciling=False, stalled=False, reason=Reason.SUSPENDED,
+                      message=f"attempt {number} is suspended (RayJob {name}); it resumes when unsuspended")
+        return run.done(settings.reconcile_period_seconds)
+    if activity == Activity.STARTING:
+        state = job_status.get("jobDeploymentStatus") or "New"
+        run.set_phase(Phase.RUNNING, ready=False, reconciling=True, stalled=False, reason=Reason.STARTING,
+                      message=f"attempt {number} starting (RayJob {name} {state})")
+    else:
+        step_text = f" at step {heartbeat.step}" if heartbeat else ""
+        run.set_phase(Phase.RUNNING, ready=False, reconciling=True, stalled=False, reason=Reason.RUNNING,
+                      message=f"attempt {number} running{step_text} (RayJob {name})")
+    return run.done(min(settings.reconcile_period_seconds, verdict.recheck_after + 1))
+
+
+def _finished(run: _Pass) -> Plan:
+    """Finished attempts are history (a new run is a new resource); edits of fields the operator still reads
+    (deletionPolicy, failurePolicy) are acknowledged so kstatus readers see the new generation observed."""
+    for condition in run.status.get("conditions") or []:
+        condition["observedGeneration"] = run.generation
+    return run.done()
 
 
 def _stalled_reason(status: dict) -> Optional[str]:
@@ -227,20 +262,21 @@ def _rayjob_for(kind: BatchKind, obj: dict, spec: CommonSpec, attempt: int, sett
     return build_rayjob(obj, spec, context, kind.info.workload, settings)
 
 
-def _start_attempt(run: _Pass, kind: BatchKind, spec: CommonSpec, number: int, settings: Settings) -> Plan:
+def _record_attempt(run: _Pass, number: int) -> Plan:
+    """Record attempt `number` with its child's deterministic name; the next pass creates the child, so the
+    name is in the server's status before the RayJob exists (a restarted operator then adopts, never doubles)."""
     name = attempt_name(run.obj["metadata"]["name"], number)
-    attempt = {"number": number, "rayJob": name, "startTime": run.now_text, "outcome": "Running"}
+    attempt = {"number": number, "rayJob": name, "startTime": run.now_text, "outcome": "Running",
+               "generation": run.generation}
     if number > 1:
         attempt["counted"] = run.status.pop("pendingRetryCounted", True)
     run.status["attempts"].append(attempt)
     run.status.pop("nextAttemptAt", None)
-    run.plan.create.append(_rayjob_for(kind, run.obj, spec, number, settings))
     resume = " (resumes from the latest committed checkpoint)" if number > 1 else ""
     run.event("Normal", "AttemptStarted", f"attempt {number} started as RayJob {name}{resume}")
-    phase, reason = (Phase.RUNNING, Reason.LAUNCHING)
-    run.set_phase(phase, ready=False, reconciling=True, stalled=False, reason=reason,
+    run.set_phase(Phase.RUNNING, ready=False, reconciling=True, stalled=False, reason=Reason.LAUNCHING,
                   message=f"attempt {number} launching as RayJob {name}")
-    return run.done(settings.reconcile_period_seconds)
+    return run.done(0)
 
 
 def _copy_progress(status: dict, current: dict, progress: Optional[Progress]) -> None:

@@ -18,9 +18,12 @@ log = logging.getLogger(__name__)
 TERMINAL = {"Succeeded", "Failed"}
 
 
-def needs_observation(status: dict) -> bool:
-    """Finished resources are history (unless stalled on an invalid spec, which a new generation may fix)."""
+def needs_observation(status: dict, generation: Optional[int] = None) -> bool:
+    """Finished resources are history, unless stalled on an invalid spec (a new generation may fix it) or
+    edited since last observed (the new generation is acknowledged)."""
     if status.get("phase") not in TERMINAL:
+        return True
+    if generation is not None and status.get("observedGeneration") != generation:
         return True
     return any(c.get("type") == "Stalled" and c.get("status") == "True" and c.get("reason") == "InvalidSpec"
                for c in status.get("conditions") or [])
@@ -63,12 +66,28 @@ def observe(kind: BatchKind, obj: dict, cluster: Cluster, store: ObjectStore, se
 
 
 def latest_status_patch(old: dict, new: dict) -> Optional[dict]:
-    """A merge patch turning `old` status into `new`, or None when nothing changed (write only on change)."""
+    """The JSON merge patch (RFC 7386) that makes the server's status equal `new`, or None when nothing changed.
+
+    Nested keys that `new` no longer has are sent as null, so the server holds exactly what the reconcile
+    computed (a top-level patch would leave, say, an earlier attempt's progress.etaSeconds behind).
+    kopf's own bookkeeping under status.kopf is left alone."""
     old = {k: v for k, v in old.items() if k != "kopf"}
+    return merge_patch(old, new)
+
+
+def merge_patch(old: dict, new: dict) -> Optional[dict]:
     if old == new:
         return None
-    patch = dict(new)
+    patch: dict = {}
+    for key, value in new.items():
+        previous = old.get(key)
+        if isinstance(value, dict) and isinstance(previous, dict):
+            nested = merge_patch(previous, value)
+            if nested is not None:
+                patch[key] = nested
+        elif key not in old or previous != value:
+            patch[key] = value
     for key in old:
         if key not in new:
             patch[key] = None
-    return patch
+    return patch or None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from kubeforge.api.status import Phase
-from kubeforge.controllers.batch import rfc3339
+from kubeforge.timefmt import rfc3339
 from kubeforge.controllers.conditions import set_kstatus
 
 REASON = "ControllerNotAvailable"

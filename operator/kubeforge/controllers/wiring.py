@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 
 import kopf
 
 from kubeforge.api.kinds import KINDS
 from kubeforge.api.meta import GROUP, VERSION
-from kubeforge.cluster import Cluster
+from kubeforge.cluster import ChildNameTaken, Cluster
 from kubeforge.controllers import batch
 from kubeforge.controllers.observe import latest_status_patch, needs_observation, observe
 from kubeforge.controllers.registry import BATCH_KINDS
@@ -18,6 +19,7 @@ from kubeforge.settings import Settings
 from kubeforge.storage.objectstore import S3ObjectStore
 
 log = logging.getLogger(__name__)
+NAME_TAKEN_RETRY_SECONDS = 2.0
 
 
 def register(settings: Settings, registry: kopf.OperatorRegistry | None = None) -> None:
@@ -39,33 +41,50 @@ def register(settings: Settings, registry: kopf.OperatorRegistry | None = None) 
         _register_batch(kind, settings, registry, clients)
 
 
-def _apply_plan(plan: batch.Plan, body, patch, cluster: Cluster) -> None:
+def _apply_plan(plan: batch.Plan, body, patch, cluster: Cluster) -> float | None:
+    """Carry out a plan; returns a delay when a child could not be created yet.
+
+    kopf sends `patch` after the handler returns, so a plan never both records an attempt and creates its
+    child: the reconcile records in one pass and creates in the next, once the record is on the server."""
     namespace = body["metadata"]["namespace"]
-    # Status first, so the attempt (and its child's deterministic name) is recorded before the child exists.
     status_patch = latest_status_patch(dict(body.get("status") or {}), plan.status)
     if status_patch:
         patch.status.update(status_patch)
     for name in plan.delete:
         cluster.delete_rayjob(namespace, name)
+    retry = None
     for child in plan.create:
-        cluster.create_rayjob(child)
+        try:
+            cluster.create_rayjob(child)
+        except ChildNameTaken as taken:
+            log.warning("%s", taken)
+            kopf.event(body, type="Warning", reason="ChildNameTaken", message=str(taken))
+            retry = NAME_TAKEN_RETRY_SECONDS
     for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    return retry
 
 
 def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients) -> None:
     plural = kind.info.plural
 
-    @kopf.timer(GROUP, VERSION, plural, interval=settings.reconcile_period_seconds, registry=registry,
-                id="reconcile")
-    def reconcile_batch(body, patch, **_):
+    # The timer ticks often and cheaply; a full pass runs only when the previous one asked for it
+    # (Plan.requeue_after: backoff ends, a recorded attempt's child is due, a watchdog deadline) or after
+    # the reconcile period, whichever comes first.
+    @kopf.timer(GROUP, VERSION, plural, interval=min(settings.tick_seconds, settings.reconcile_period_seconds),
+                registry=registry, id="reconcile")
+    def reconcile_batch(body, patch, memo, **_):
         obj = dict(body)
-        if not needs_observation(obj.get("status") or {}):
+        if not needs_observation(obj.get("status") or {}, obj["metadata"].get("generation")):
+            return
+        if time.monotonic() < memo.get("kubeforge_due", 0.0):
             return
         cluster, store = clients()
         observed = observe(kind, obj, cluster, store, settings)
         plan = batch.reconcile(kind, obj, observed, datetime.now(timezone.utc), settings)
-        _apply_plan(plan, body, patch, cluster)
+        retry = _apply_plan(plan, body, patch, cluster)
+        delay = min(d for d in (plan.requeue_after, retry, settings.reconcile_period_seconds) if d is not None)
+        memo["kubeforge_due"] = time.monotonic() + delay
 
     @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id="cleanup")
     def cleanup(body, spec, **_):

@@ -9,7 +9,7 @@ import yaml
 
 from kubeforge.api.shared import CommonSpec
 from kubeforge.api.workload import CONTEXT_ENV, WorkloadContext
-from kubeforge.launch.names import attempt_name, child_labels, owner_reference
+from kubeforge.launch.names import attempt_name, child_annotations, child_labels, owner_reference
 from kubeforge.settings import Settings
 
 RAY_API_VERSION = "ray.io/v1"
@@ -110,6 +110,7 @@ def build_rayjob(owner: dict, spec: CommonSpec, context: WorkloadContext, worklo
             "name": name,
             "namespace": meta["namespace"],
             "labels": child_labels(owner["kind"], meta["name"], meta["uid"], context.attempt),
+            "annotations": child_annotations(meta["name"]),
             "ownerReferences": [owner_reference(owner)],
         },
         "spec": rayjob_spec,

@@ -2,6 +2,7 @@
 
 from kubeforge.resilience.classify import ObservedFailure, classify
 from kubeforge.resilience.policy import Decision, decide
-from kubeforge.resilience.watchdog import heartbeat_is_stale, parse_duration
+from kubeforge.resilience.watchdog import Activity, Stuck, Watch, activity_of, parse_duration, watch
 
-__all__ = ["ObservedFailure", "classify", "Decision", "decide", "heartbeat_is_stale", "parse_duration"]
+__all__ = ["ObservedFailure", "classify", "Decision", "decide", "Activity", "Stuck", "Watch", "activity_of",
+           "parse_duration", "watch"]

@@ -44,6 +44,9 @@ class ObservedFailure:
     """Reason the workload wrote in failure.json, when it caught the error itself."""
     log_tail: str = ""
     hang: bool = False
+    """The operator stopped the attempt: no progress while running."""
+    start_timeout: bool = False
+    """The operator stopped the attempt: its Ray job never started running within startTimeout."""
 
     @property
     def text(self) -> str:
@@ -61,6 +64,8 @@ class ObservedFailure:
 def classify(failure: ObservedFailure) -> FailureReason:
     if failure.hang:
         return FailureReason.HANG
+    if failure.start_timeout:
+        return FailureReason.START_TIMEOUT
     if failure.report_reason:
         try:
             return FailureReason(failure.report_reason)
