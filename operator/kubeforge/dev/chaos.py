@@ -1,13 +1,18 @@
 """Chaos for tests and demos, in the spirit of chaos-mesh: ask the local KubeRay (through the API, with the
-annotation `chaos.kubeforge.dev/action` on the RayJob) to kill a job's cluster, hang its processes, or resume them.
+annotation `chaos.kubeforge.dev/action` on the RayJob) to do something physical to a job. The chaos never writes the
+RayJob's status: the local KubeRay derives it afterwards from what it observes (Ray's job status and message,
+processes killed by its memory monitor), as KubeRay derives it from Ray and from pod state.
 
-    kill(api, ns, rayjob, "NodeLost" | "OOMKilled" | "Evicted")
-        the local KubeRay SIGKILLs the job's driver and workers, stops the Ray job and writes the status KubeRay
-        reports for a job whose node was lost / OOM-killed / evicted: jobDeploymentStatus Failed, jobStatus FAILED,
-        reason AppFailed, message "Job entrypoint command failed: <Reason>: ..." (OOMKilled also says exit code 137).
-    hang(api, ns, rayjob)    SIGSTOP the job's driver (Ray job info driver_info.pid), its worker/actor processes
-                             (Ray state API, by the job's Ray JobID) and every process carrying the job's marker env.
-    resume(api, ns, rayjob)  SIGCONT the same set.
+    kill(api, ns, rayjob)            SIGKILL the job's driver, workers and actors at once: the node under it vanished.
+        reason="Evicted"             the same, after recording the kubelet's Evicted event on the RayJob.
+        reason="OOMKilled"           same as oom() (kept for compatibility: an OOM kill is the monitor's verdict).
+    oom(api, ns, rayjob)             the training loop allocates memory until the container limit the local KubeRay
+                                     enforces (resources.limits.memory) is crossed and the monitor kills it.
+    stall(api, ns, rayjob)           the training loop blocks at its next step (GIL released, heartbeat thread alive),
+                                     as a rank waiting in a collective for a dead peer; resume() undoes it.
+    hang(api, ns, rayjob)            SIGSTOP every process of the job (heartbeat stops too).
+    resume(api, ns, rayjob)          SIGCONT the same set and end a stall.
+    wait_for_checkpoint(...)         block until the owner's status.progress.lastCheckpoint shows a checkpoint.
 
 The local KubeRay acts on the annotation within about a second, then removes it and records
 `chaos.kubeforge.dev/last: "<action> at <time>"`; with wait=True these functions return only once that happened.
@@ -22,6 +27,7 @@ import click
 
 from kubeforge.dev.kuberay.controller import CHAOS_ANNOTATION, CHAOS_LAST_ANNOTATION, GROUP, PLURAL, VERSION
 from kubeforge.dev.kuberay.status import CHAOS_REASONS
+from kubeforge.storage.layout import checkpoint_step_of
 
 REASONS = CHAOS_REASONS  # ("NodeLost", "OOMKilled", "Evicted")
 
@@ -50,6 +56,46 @@ def kill(api, namespace: str, rayjob: str, reason: str = "NodeLost", wait: bool 
     if reason not in REASONS:
         raise ValueError(f"reason must be one of {', '.join(REASONS)}")
     request(api, namespace, rayjob, f"kill:{reason}", wait, timeout)
+
+
+def oom(api, namespace: str, rayjob: str, wait: bool = False, timeout: float = 30) -> None:
+    request(api, namespace, rayjob, "oom", wait, timeout)
+
+
+def stall(api, namespace: str, rayjob: str, wait: bool = False, timeout: float = 30) -> None:
+    request(api, namespace, rayjob, "stall", wait, timeout)
+
+
+def wait_for_checkpoint(api, namespace: str, rayjob: str, min_step: int | None = None, timeout: float = 600,
+                        poll: float = 0.5) -> str:
+    """Wait until the resource owning the RayJob reports status.progress.lastCheckpoint (at step >= min_step when
+    given); returns that URI. Raises TimeoutError, or LookupError when the RayJob or its owner is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, rayjob)
+        owners = [o for o in obj["metadata"].get("ownerReferences") or [] if o.get("controller")] or \
+            obj["metadata"].get("ownerReferences") or []
+        if not owners:
+            raise LookupError(f"RayJob {namespace}/{rayjob} has no owner whose progress reports checkpoints")
+        owner = owners[0]
+        group, _, version = owner["apiVersion"].rpartition("/")
+        owner_obj = api.get_namespaced_custom_object(group, version, namespace, _plural(owner["kind"]),
+                                                     owner["name"])
+        uri = ((owner_obj.get("status") or {}).get("progress") or {}).get("lastCheckpoint")
+        step = checkpoint_step_of(uri)
+        if uri and (min_step is None or (step is not None and step >= min_step)):
+            return uri
+        if (obj.get("status") or {}).get("jobDeploymentStatus") in ("Complete", "Failed", "ValidationFailed"):
+            raise LookupError(f"RayJob {namespace}/{rayjob} finished before a checkpoint"
+                              + (f" at step >= {min_step}" if min_step else "") + " was reported")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{owner['kind']} {namespace}/{owner['name']} reported no checkpoint"
+                               + (f" at step >= {min_step}" if min_step else "") + f" within {timeout:.0f}s")
+        time.sleep(poll)
+
+
+def _plural(kind: str) -> str:
+    return kind.lower() + "s"  # Kubeforge kinds are regular nouns: FineTune -> finetunes
 
 
 def hang(api, namespace: str, rayjob: str, wait: bool = False, timeout: float = 30) -> None:
@@ -97,15 +143,57 @@ def chaos_cli() -> None:
 
 @chaos_cli.command("kill")
 @click.argument("rayjob")
-@click.option("--reason", type=click.Choice(REASONS), default="NodeLost", show_default=True)
+@click.option("--reason", type=click.Choice(REASONS), default="NodeLost", show_default=True,
+              help="NodeLost: SIGKILL all the job's processes; Evicted: the same after the kubelet's Evicted event; "
+                   "OOMKilled: same as `oom`. The RayJob's status is what the local KubeRay then observes.")
+@click.option("--after-checkpoint", "after_checkpoint", type=int, default=None, is_flag=False, flag_value=0,
+              metavar="[STEP]", help="first wait until the owning resource reports a checkpoint (at step >= STEP)")
+@click.option("--checkpoint-timeout", type=float, default=600, show_default=True,
+              help="seconds to wait for that checkpoint")
 @_namespace
 @_kubeconfig
 @_wait
 @_timeout
-def kill_cmd(rayjob: str, reason: str, namespace: str, kubeconfig: str, wait: bool, timeout: float) -> None:
-    """Kill the job's processes and report its node lost / OOMKilled / Evicted, as KubeRay would."""
+def kill_cmd(rayjob: str, reason: str, after_checkpoint: int | None, checkpoint_timeout: float, namespace: str,
+             kubeconfig: str, wait: bool, timeout: float) -> None:
+    """Kill the job's processes at once, as when the node under them vanishes."""
+    if after_checkpoint is not None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            uri = wait_for_checkpoint(_api(kubeconfig), namespace, rayjob, after_checkpoint or None,
+                                      timeout=checkpoint_timeout)
+        except ApiException as error:
+            raise click.ClickException(f"rayjob {namespace}/{rayjob}: {error.status} {error.reason}") from error
+        except (TimeoutError, LookupError) as error:
+            raise click.ClickException(str(error)) from error
+        click.echo(f"rayjob {namespace}/{rayjob}: checkpoint {uri} reported")
     _run(kill, rayjob, namespace, kubeconfig, wait, timeout, reason=reason)
     click.echo(f"rayjob {namespace}/{rayjob}: kill ({reason}) {'done' if wait else 'requested'}")
+
+
+@chaos_cli.command("oom")
+@click.argument("rayjob")
+@_namespace
+@_kubeconfig
+@_wait
+@_timeout
+def oom_cmd(rayjob: str, namespace: str, kubeconfig: str, wait: bool, timeout: float) -> None:
+    """Make the training loop allocate memory until its container's memory limit is enforced."""
+    _run(oom, rayjob, namespace, kubeconfig, wait, timeout)
+    click.echo(f"rayjob {namespace}/{rayjob}: oom {'done' if wait else 'requested'}")
+
+
+@chaos_cli.command("stall")
+@click.argument("rayjob")
+@_namespace
+@_kubeconfig
+@_wait
+@_timeout
+def stall_cmd(rayjob: str, namespace: str, kubeconfig: str, wait: bool, timeout: float) -> None:
+    """Block the training loop at its next step while the process and its heartbeat keep running (`resume` ends it)."""
+    _run(stall, rayjob, namespace, kubeconfig, wait, timeout)
+    click.echo(f"rayjob {namespace}/{rayjob}: stall {'done' if wait else 'requested'}")
 
 
 @chaos_cli.command("hang")
@@ -127,6 +215,6 @@ def hang_cmd(rayjob: str, namespace: str, kubeconfig: str, wait: bool, timeout: 
 @_wait
 @_timeout
 def resume_cmd(rayjob: str, namespace: str, kubeconfig: str, wait: bool, timeout: float) -> None:
-    """SIGCONT the job's processes."""
+    """SIGCONT the job's processes and end a stall."""
     _run(resume, rayjob, namespace, kubeconfig, wait, timeout)
     click.echo(f"rayjob {namespace}/{rayjob}: resume {'done' if wait else 'requested'}")

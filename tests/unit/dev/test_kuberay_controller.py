@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from kubeforge.dev.kuberay.controller import FINALIZER, LocalKubeRay
+from kubeforge.dev.kuberay.scheduling import Node
 
 
 class FakeApi:
@@ -49,17 +50,43 @@ class FakeJobs:
         self.jobs[job_id] = "STOPPED"
 
 
-def rayjob(**spec):
-    return {"metadata": {"name": "j", "namespace": "ns", "uid": "0123456789abcdef", "generation": 1,
+class FakeCore:
+    """Namespaces (with annotations) and the events the controller records."""
+
+    def __init__(self, namespace_annotations=None):
+        self.namespace_annotations, self.events = dict(namespace_annotations or {}), []
+
+    def read_namespace(self, name):
+        return SimpleNamespace(metadata=SimpleNamespace(annotations=self.namespace_annotations))
+
+    def create_namespaced_event(self, namespace, body):
+        self.events.append(body)
+
+
+HEAD = {"name": "ray-head", "image": "ray", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}
+
+
+def cluster_spec(head=None, workers=()):
+    return {"headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [head or HEAD]}}},
+            "workerGroupSpecs": list(workers)}
+
+
+def rayjob(name="j", **spec):
+    return {"metadata": {"name": name, "namespace": "ns", "uid": "0123456789abcdef", "generation": 1,
                          "resourceVersion": "1"},
-            "spec": {"entrypoint": "python -c 1", "runtimeEnvYAML": "env_vars:\n  A: b\n", **spec}}
+            "spec": {"entrypoint": "python -c 1", "runtimeEnvYAML": "env_vars:\n  A: b\n",
+                     "rayClusterSpec": cluster_spec(), **spec}}
 
 
-def controller(obj, **jobs_kwargs):
+NODE = Node({"cpu": 4.0, "memory": 16.0 * 2**30, "pods": 110.0}, {"kubernetes.io/hostname": "local"})
+
+
+def controller(obj, core=None, clock=None, **jobs_kwargs):
     api = FakeApi(obj)
     jobs = FakeJobs(api, **jobs_kwargs)
-    return LocalKubeRay(api, None, jobs, "http://127.0.0.1:8265",
-                        clock=lambda: datetime(2026, 1, 1, tzinfo=timezone.utc)), api, jobs
+    return LocalKubeRay(api, core or FakeCore(), jobs, "http://127.0.0.1:8265",
+                        clock=clock or (lambda: datetime(2026, 1, 1, tzinfo=timezone.utc)), node=NODE,
+                        chaos_dir="/nonexistent/chaos"), api, jobs
 
 
 def test_first_pass_records_ids_then_submits_and_runs():
@@ -95,16 +122,16 @@ def test_ray_head_trouble_is_retried_not_failed():
     assert api.obj["status"]["jobDeploymentStatus"] == "Running"
 
 
-@pytest.mark.parametrize("spec,needle", [
-    ({"entrypoint": ""}, "spec.entrypoint is required"),
-    ({"runtimeEnvYAML": "[1, 2]"}, "runtimeEnvYAML"),
-    ({"runtimeEnvYAML": "a: [unclosed"}, "failed to submit"),
+@pytest.mark.parametrize("spec,deployment,needle", [
+    ({"entrypoint": ""}, "Failed", "spec.entrypoint is required"),
+    ({"runtimeEnvYAML": "[1, 2]"}, "ValidationFailed", "failed to unmarshal RuntimeEnvYAML"),
+    ({"runtimeEnvYAML": "a: [unclosed"}, "ValidationFailed", "failed to unmarshal RuntimeEnvYAML"),
 ])
-def test_odd_input_fails_with_a_message(spec, needle):
+def test_odd_input_fails_with_a_message(spec, deployment, needle):
     kuberay, api, jobs = controller(rayjob(**spec))
     kuberay.sync(api.obj)
     status = api.obj["status"]
-    assert status["jobDeploymentStatus"] == "Failed" and needle in status["message"] and jobs.submitted == []
+    assert status["jobDeploymentStatus"] == deployment and needle in status["message"] and jobs.submitted == []
 
 
 def test_unexpected_shape_is_failed_by_sync_all():
@@ -136,3 +163,92 @@ def test_delete_self_after_ttl():
     kuberay, api, jobs = controller(obj)
     kuberay.sync(api.obj)
     assert api.deleted
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("a" * 48, "The RayJob metadata is invalid: RayJob name should be no more than 47 characters"),
+    ("7th-run", "RayJob name should be a valid DNS1035 label: [a DNS-1035 label must consist of lower case"),
+    ("team.docs", "RayJob name should be a valid DNS1035 label"),
+])
+def test_name_refused_as_kuberay_refuses_it(name, needle):
+    core = FakeCore()
+    kuberay, api, jobs = controller(rayjob(name=name), core=core)
+    kuberay.sync(api.obj)
+    kuberay.sync(api.obj)
+    status = api.obj["status"]
+    assert status["jobDeploymentStatus"] == "ValidationFailed" and status["reason"] == "ValidationFailed"
+    assert needle in status["message"] and jobs.submitted == [] and "jobId" not in status
+    (event,) = core.events  # once, not every pass
+    assert (event.type, event.reason, event.action) == ("Warning", "InvalidRayJobMetadata", "Validate")
+    assert event.message == f"ns/{name}: {status['message']}" and event.involved_object.kind == "RayJob"
+    assert FINALIZER not in (api.obj["metadata"].get("finalizers") or [])
+
+
+def test_longest_valid_name_runs():
+    kuberay, api, jobs = controller(rayjob(name="a" * 47))
+    kuberay.sync(api.obj)
+    assert api.obj["status"]["jobDeploymentStatus"] == "Running" and len(jobs.submitted) == 1
+
+
+def test_spec_refused_while_running_is_validation_failed():
+    obj = rayjob()
+    kuberay, api, jobs = controller(obj)
+    kuberay.sync(api.obj)
+    api.obj["spec"]["suspend"] = True  # without shutdownAfterJobFinishes: KubeRay refuses the suspend
+    kuberay.sync(api.obj)
+    assert api.obj["status"]["jobDeploymentStatus"] == "ValidationFailed"
+    assert "not allowed to be suspended" in api.obj["status"]["message"]
+
+
+def test_unschedulable_job_stays_initializing_with_the_schedulers_message():
+    gpu_worker = {"groupName": "workers", "replicas": 1, "minReplicas": 1, "maxReplicas": 1, "template": {"spec": {
+        "containers": [{"name": "w", "resources": {"limits": {"cpu": "1", "nvidia.com/gpu": 1}}}]}}}
+    core = FakeCore()
+    kuberay, api, jobs = controller(rayjob(rayClusterSpec=cluster_spec(workers=[gpu_worker])), core=core)
+    for _ in range(3):
+        kuberay.sync(api.obj)
+    status = api.obj["status"]
+    assert status["jobDeploymentStatus"] == "Initializing" and jobs.submitted == []
+    provisioned = {c["type"]: c for c in status["rayClusterStatus"]["conditions"]}["RayClusterProvisioned"]
+    assert provisioned["status"] == "False" and provisioned["reason"] == "RayClusterPodsProvisioning"
+    (event,) = core.events
+    assert event.reason == "FailedScheduling" and event.message.startswith(
+        "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+
+
+def test_namespace_annotation_holds_the_start_for_its_seconds():
+    from datetime import timedelta
+
+    now = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    core = FakeCore({"kuberay.kubeforge.dev/hold-start-seconds": "30"})
+    kuberay, api, jobs = controller(rayjob(), core=core, clock=lambda: now[0])
+    kuberay.sync(api.obj)
+    now[0] += timedelta(seconds=29)
+    kuberay.sync(api.obj)
+    assert api.obj["status"]["jobDeploymentStatus"] == "Initializing" and jobs.submitted == []
+    now[0] += timedelta(seconds=2)
+    kuberay.sync(api.obj)
+    assert api.obj["status"]["jobDeploymentStatus"] == "Running" and len(jobs.submitted) == 1
+    assert "rayClusterStatus" not in api.obj["status"]
+
+
+def test_held_start_fails_past_the_pre_running_deadline():
+    from datetime import timedelta
+
+    now = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    core = FakeCore({"kuberay.kubeforge.dev/hold-start-seconds": "600"})
+    kuberay, api, jobs = controller(rayjob(preRunningDeadlineSeconds=10), core=core, clock=lambda: now[0])
+    kuberay.sync(api.obj)
+    now[0] += timedelta(seconds=11)
+    kuberay.sync(api.obj)
+    status = api.obj["status"]
+    assert status["jobDeploymentStatus"] == "Failed" and status["reason"] == "PreRunningDeadlineExceeded"
+    assert jobs.submitted == []
+
+
+def test_runtime_env_names_the_chaos_files():
+    kuberay, api, jobs = controller(rayjob())
+    kuberay.sync(api.obj)
+    (_, job_id, runtime_env), = jobs.submitted
+    assert runtime_env["env_vars"]["KUBEFORGE_CHAOS_STALL_FILE"] == f"/nonexistent/chaos/{job_id}.stall"
+    assert runtime_env["env_vars"]["KUBEFORGE_CHAOS_MEMORY_FILE"] == f"/nonexistent/chaos/{job_id}.memory"

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from kubeforge.dev.kuberay.env import EnvError, container_env, head_container
-from kubeforge.dev.kuberay.status import (chaos_failure, deadline_exceeded, deletion_due, rayjob_status,
+from kubeforge.dev.kuberay.status import (deadline_exceeded, deletion_due, rayjob_status,
                                           rayservice_status)
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -107,14 +107,6 @@ ON = {"onSuccess": {"policy": "DeleteSelf"}, "onFailure": {"policy": "DeleteNone
 ])
 def test_deletion_due(job, expect):
     assert deletion_due(job, NOW) == expect
-
-
-@pytest.mark.parametrize("reason", ["NodeLost", "OOMKilled", "Evicted"])
-def test_chaos_failure_names_the_reason(reason):
-    status = chaos_failure({"jobId": "j-1", "jobStatus": "RUNNING", "failed": 1}, reason, NOW)
-    assert status["jobDeploymentStatus"] == "Failed" and status["jobStatus"] == "FAILED"
-    assert status["reason"] == "AppFailed" and reason in status["message"] and status["failed"] == 2
-    assert status["endTime"] == STAMP
 
 
 def service(status=None):

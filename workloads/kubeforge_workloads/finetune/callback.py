@@ -9,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
+from kubeforge_workloads.common import chaos
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.storage import WorkloadStorage
 
@@ -44,6 +45,7 @@ def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank
             self.last_time, self.last_tokens = time.monotonic(), state.num_input_tokens_seen or 0
 
         def on_step_end(self, args, state, control, **kwargs):
+            chaos.stall_point()
             # Tokens/s over the last step, all workers together: the Trainer counts non-padding input tokens
             # (include_num_input_tokens_seen); the estimate from the average row length is the fallback.
             now = time.monotonic()

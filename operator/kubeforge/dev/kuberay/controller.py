@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,12 +22,13 @@ from typing import Callable, Optional
 
 import yaml
 
-from kubeforge.dev.kuberay import processes
+from kubeforge.dev.kuberay import processes, scheduling
 from kubeforge.dev.kuberay.env import EnvError, container_env, head_container
-from kubeforge.dev.kuberay.status import (CHAOS_REASONS, FAILED, INITIALIZING, RUNNING, SUBMISSION_FAILED,
-                                          SUSPENDED, TERMINAL_DEPLOYMENT, TERMINAL_JOB, chaos_failure,
+from kubeforge.dev.kuberay.status import (FAILED, INITIALIZING, RUNNING, SUBMISSION_FAILED,
+                                          SUSPENDED, TERMINAL_DEPLOYMENT, TERMINAL_JOB, VALIDATION_FAILED,
                                           deadline_exceeded, deletion_due, format_time, parse_time,
-                                          rayjob_status, rayservice_status)
+                                          pre_running_deadline_exceeded, rayjob_status, rayservice_status)
+from kubeforge.dev.kuberay.validation import validate_rayjob, validate_rayservice
 
 log = logging.getLogger("kubeforge.dev.kuberay")
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
@@ -37,6 +39,12 @@ CHAOS_LAST_ANNOTATION = "chaos.kubeforge.dev/last"
 SERVE_URL_ANNOTATION = "kubeforge.dev/local-serve-url"
 JOB_MARKER_ENV = processes.JOB_MARKER_ENV
 SUBMISSION_RETRY_SECONDS = 120
+# On a Namespace: RayJobs in it stay Initializing this many seconds after their startTime, as if their Ray pods
+# were waiting for nodes (a test knob for start-timeout handling; read before every submission attempt).
+START_DELAY_ANNOTATION = "kuberay.kubeforge.dev/hold-start-seconds"
+STALL_FILE_ENV = "KUBEFORGE_CHAOS_STALL_FILE"
+OOM_ALLOCATION_BYTES = 64 * 2**30  # more than any container limit here: the monitor, not this number, decides
+MEMORY_FILE_ENV = "KUBEFORGE_CHAOS_MEMORY_FILE"
 
 
 def utcnow() -> datetime:
@@ -66,10 +74,17 @@ def _is_not_found(error: Exception) -> bool:
 
 class LocalKubeRay:
     def __init__(self, api, core, jobs, dashboard_url: str, serve_port: int = 8000,
-                 clock: Callable[[], datetime] = utcnow, auth_header: Optional[str] = None):
+                 clock: Callable[[], datetime] = utcnow, auth_header: Optional[str] = None,
+                 node: Optional[scheduling.Node] = None, chaos_dir: Optional[Path] = None):
         self.api, self.core, self.jobs, self.dashboard_url = api, core, jobs, dashboard_url.rstrip("/")
         self.serve_port, self.clock, self.auth_header = serve_port, clock, auth_header
+        self.node = node or scheduling.Node.local()
+        # Files the workload's chaos points watch (stall, memory); one set per Ray submission id.
+        self.chaos_dir = Path(chaos_dir) if chaos_dir else Path(tempfile.gettempdir()) / f"kubeforge-chaos-{os.getuid()}"
         self._applied_serve: Optional[str] = None
+
+    def _now(self) -> str:
+        return format_time(self.clock())
 
     # ---- API helpers ------------------------------------------------------------------------------------------
     def _patch_status(self, obj: dict, status: dict, plural: str = PLURAL) -> None:
@@ -113,7 +128,17 @@ class LocalKubeRay:
         env_vars = {**self.container_env(rayjob), **(runtime_env.get("env_vars") or {})}
         runtime_env["env_vars"] = {k: str(v) for k, v in _local_env(env_vars).items()}
         runtime_env["env_vars"][JOB_MARKER_ENV] = job_id
+        runtime_env["env_vars"][STALL_FILE_ENV] = str(self.stall_file(job_id))
+        runtime_env["env_vars"][MEMORY_FILE_ENV] = str(self.memory_file(job_id))
         return runtime_env
+
+    def stall_file(self, job_id: str) -> Path:
+        """While this file exists the job's training loop blocks at its next chaos point (see chaos `stall`)."""
+        return self.chaos_dir / f"{job_id}.stall"
+
+    def memory_file(self, job_id: str) -> Path:
+        """Bytes the job's training loop should hold (see chaos `oom`), as a decimal number in the file."""
+        return self.chaos_dir / f"{job_id}.memory"
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def sync_all(self) -> None:
@@ -143,7 +168,7 @@ class LocalKubeRay:
             return  # submission errors are handled (with retries) in _submit
         try:
             self._patch_status(rayjob, {**status, "jobDeploymentStatus": FAILED, "reason": "ValidationFailed",
-                                        "endTime": now(), "message": f"local KubeRay cannot run this RayJob: {error}"})
+                                        "endTime": self._now(), "message": f"local KubeRay cannot run this RayJob: {error}"})
         except Exception:
             log.exception("could not record the failure")
 
@@ -159,11 +184,18 @@ class LocalKubeRay:
                 finalizers = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
                 self._patch_meta(rayjob, {"finalizers": finalizers or None, "resourceVersion": meta["resourceVersion"]})
             return
+        deployment = status.get("jobDeploymentStatus") or ""
+        if deployment == VALIDATION_FAILED:
+            return  # KubeRay has no transition out of ValidationFailed: the RayJob must be re-created
+        if deployment not in TERMINAL_DEPLOYMENT:
+            refused = validate_rayjob(rayjob)
+            if refused is not None:
+                self._refuse(rayjob, status, *refused)
+                return
         if FINALIZER not in (meta.get("finalizers") or []):
             self._patch_meta(rayjob, {"finalizers": [*(meta.get("finalizers") or []), FINALIZER],
                                       "resourceVersion": meta["resourceVersion"]})
         spec = rayjob.get("spec") or {}
-        deployment = status.get("jobDeploymentStatus") or ""
         if deployment in TERMINAL_DEPLOYMENT:
             self._after_finish(rayjob)
             self._clear_chaos(rayjob)
@@ -179,7 +211,7 @@ class LocalKubeRay:
         if not job_id or deployment in ("", SUSPENDED):
             if not spec.get("entrypoint"):
                 self._patch_status(rayjob, {**status, "jobDeploymentStatus": FAILED, "reason": "ValidationFailed",
-                                            "endTime": now(), "observedGeneration": meta.get("generation"),
+                                            "endTime": self._now(), "observedGeneration": meta.get("generation"),
                                             "message": "spec.entrypoint is required (local KubeRay submits in "
                                                        "K8sJobMode/HTTPMode only)"})
                 return
@@ -187,7 +219,7 @@ class LocalKubeRay:
             job_id = self._fresh_job_id(rayjob, resumed=deployment == SUSPENDED)
             self._patch_status(rayjob, {**status, "jobId": job_id, "rayClusterName": self.cluster_name(rayjob),
                                         "dashboardURL": self.dashboard_url.split("://", 1)[-1],
-                                        "jobDeploymentStatus": INITIALIZING, "startTime": now(),
+                                        "jobDeploymentStatus": INITIALIZING, "startTime": self._now(),
                                         "observedGeneration": meta.get("generation")})
             status = rayjob["status"]
             deployment = INITIALIZING
@@ -196,9 +228,84 @@ class LocalKubeRay:
             self._chaos(rayjob, status, job_id, action)
             return
         if deployment == INITIALIZING:
-            self._submit(rayjob, status, job_id)
+            if self._start_held(rayjob, status):
+                return
+            self._submit(rayjob, rayjob.get("status") or status, job_id)
             return
         self._observe(rayjob, status, job_id)
+
+    def _refuse(self, rayjob: dict, status: dict, event_reason: str, message: str) -> None:
+        """KubeRay's answer to a RayJob it refuses: a Warning event and jobDeploymentStatus ValidationFailed."""
+        meta = rayjob["metadata"]
+        log.warning("RayJob %s/%s refused: %s", meta["namespace"], meta["name"], message)
+        self.record_event(rayjob, "RayJob", "Warning", event_reason, f"{meta['namespace']}/{meta['name']}: {message}",
+                          action="Validate")
+        self._patch_status(rayjob, {**status, "jobDeploymentStatus": VALIDATION_FAILED, "reason": VALIDATION_FAILED,
+                                    "message": message})
+
+    def record_event(self, obj: dict, kind: str, type_: str, reason: str, message: str, action: str = "",
+                     component: str = "kuberay-operator") -> None:
+        """A core v1 Event about `obj`, as the controller's (or, for pod facts, the kubelet's) recorder writes."""
+        from kubernetes import client
+
+        meta = obj["metadata"]
+        stamp = self.clock()
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(api_version=obj.get("apiVersion", f"{GROUP}/{VERSION}"),
+                                                     kind=kind, name=meta["name"], namespace=meta["namespace"],
+                                                     uid=meta.get("uid"),
+                                                     resource_version=meta.get("resourceVersion")),
+            type=type_, reason=reason, message=message[:1024], action=action or None,
+            source=client.V1EventSource(component=component), reporting_component=component,
+            reporting_instance=component, first_timestamp=stamp, last_timestamp=stamp, event_time=None, count=1)
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except Exception as error:  # an event is best effort, as for client-go's recorder
+            log.info("event %s on %s/%s not recorded: %s", reason, meta["namespace"], meta["name"], error)
+
+    def _start_held(self, rayjob: dict, status: dict) -> bool:
+        """True while the job's Ray pods could not have started yet: they do not fit the node (as pods stay
+        Pending, unschedulable), or its namespace asks to hold starts. The RayJob stays Initializing meanwhile."""
+        meta = rayjob["metadata"]
+        unschedulable = scheduling.unschedulable_message(rayjob.get("spec") or {}, self.node)
+        held_for = self._namespace_start_delay(meta["namespace"])
+        started = parse_time(status.get("startTime")) or self.clock()
+        waiting = held_for is not None and (self.clock() - started).total_seconds() < held_for
+        if unschedulable is None and not waiting:
+            if status.get("rayClusterStatus"):
+                self._patch_status(rayjob, {k: v for k, v in status.items() if k != "rayClusterStatus"})
+            return False
+        expired = deadline_exceeded(rayjob, self.clock()) or pre_running_deadline_exceeded(rayjob, self.clock())
+        if expired is not None:
+            self._patch_status(rayjob, expired)
+            return True
+        cluster = scheduling.pending_cluster_status(status.get("startTime") or self._now())
+        if unschedulable and not status.get("rayClusterStatus"):
+            # On a cluster this event is about the Pending head/worker pod; here there is no pod to name.
+            self.record_event(rayjob, "RayJob", "Warning", "FailedScheduling", unschedulable,
+                              component="default-scheduler")
+        self._patch_status(rayjob, {**status, "rayClusterStatus": cluster})
+        return True
+
+    def _namespace_start_delay(self, namespace: str) -> Optional[float]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            annotations = self.core.read_namespace(namespace).metadata.annotations or {}
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        value = annotations.get(START_DELAY_ANNOTATION)
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            log.warning("namespace %s: annotation %s=%r is not a number of seconds; ignored", namespace,
+                        START_DELAY_ANNOTATION, value)
+            return None
 
     def cluster_name(self, obj: dict) -> str:
         selector = (obj.get("spec") or {}).get("clusterSelector") or {}
@@ -235,7 +342,7 @@ class LocalKubeRay:
         except (EnvError, ValueError, yaml.YAMLError) as error:
             # The container would never start (CreateContainerConfigError) / the spec cannot be submitted.
             self._patch_status(rayjob, {**status, "jobDeploymentStatus": FAILED, "reason": SUBMISSION_FAILED,
-                                        "endTime": now(), "failed": (status.get("failed") or 0) + 1,
+                                        "endTime": self._now(), "failed": (status.get("failed") or 0) + 1,
                                         "message": f"failed to submit the job: {error}"})
             return
         except Exception as error:
@@ -247,7 +354,7 @@ class LocalKubeRay:
                 self._patch_status(rayjob, {**status, "message": f"submission will be retried: {error}"})
                 return
             self._patch_status(rayjob, {**status, "jobDeploymentStatus": FAILED, "reason": SUBMISSION_FAILED,
-                                        "endTime": now(), "failed": (status.get("failed") or 0) + 1,
+                                        "endTime": self._now(), "failed": (status.get("failed") or 0) + 1,
                                         "message": f"failed to submit the job: {error}"})
             return
         self._patch_status(rayjob, {**{k: v for k, v in status.items() if k != "message"},
@@ -289,18 +396,33 @@ class LocalKubeRay:
 
     # ---- chaos ------------------------------------------------------------------------------------------------
     def _chaos(self, rayjob: dict, status: dict, job_id: str, action: str) -> None:
+        """Only the physical fault; the RayJob's status then follows from what Ray and the memory monitor see."""
         verb, _, reason = action.partition(":")
         log.warning("chaos %s on %s", action, job_id)
         pids = processes.job_pids(job_id, self.jobs, self.dashboard_url)
+        if verb == "kill" and reason == "OOMKilled":
+            verb = "oom"
         if verb == "kill":
-            reason = reason if reason in CHAOS_REASONS else "NodeLost"
-            processes.signal_all(pids, processes.KILL)
-            self._stop(job_id)
-            self._patch_status(rayjob, chaos_failure(status, reason, self.clock()))
+            # The node under the job vanishes: every process of the job dies at once, without a chance to react.
+            if reason == "Evicted":
+                self.record_event(rayjob, "RayJob", "Warning", "Evicted",
+                                  "The node was low on resource: memory. Threshold quantity: 100Mi, available: 0Ki.",
+                                  component="kubelet")
+            sent = processes.signal_all(pids, processes.KILL)
+            log.warning("chaos kill: SIGKILLed %d processes of %s", sent, job_id)
+        elif verb == "oom":
+            # The workload allocates until the memory monitor (the kubelet/cgroup stand-in) kills it.
+            self.chaos_dir.mkdir(parents=True, exist_ok=True)
+            self.memory_file(job_id).write_text(str(OOM_ALLOCATION_BYTES))
+        elif verb == "stall":
+            self.chaos_dir.mkdir(parents=True, exist_ok=True)
+            self.stall_file(job_id).touch()
         elif verb in ("hang", "resume"):
+            if verb == "resume":
+                self.stall_file(job_id).unlink(missing_ok=True)
             sent = processes.signal_all(pids, processes.STOP if verb == "hang" else processes.CONT)
             log.warning("chaos %s: signalled %d processes of %s", verb, sent, job_id)
-        self._patch_meta(rayjob, {"annotations": {CHAOS_ANNOTATION: None, CHAOS_LAST_ANNOTATION: f"{action} at {now()}"}})
+        self._patch_meta(rayjob, {"annotations": {CHAOS_ANNOTATION: None, CHAOS_LAST_ANNOTATION: f"{action} at {self._now()}"}})
 
     def _clear_chaos(self, rayjob: dict) -> None:
         if (rayjob["metadata"].get("annotations") or {}).get(CHAOS_ANNOTATION):
@@ -372,6 +494,14 @@ class LocalKubeRay:
             self.core.patch_namespaced_service(name, meta["namespace"],
                                                {"metadata": {"annotations": {SERVE_URL_ANNOTATION: url}}})
 
+    def _refuse_service(self, rayservice: dict, event_reason: str, message: str) -> None:
+        ready = {c.get("type"): c for c in (rayservice.get("status") or {}).get("conditions") or []}.get("Ready") or {}
+        if ready.get("reason") == VALIDATION_FAILED and ready.get("message") == message:
+            return  # already reported
+        meta = rayservice["metadata"]
+        self.record_event(rayservice, "RayService", "Warning", event_reason,
+                          f"{meta['namespace']}/{meta['name']}: {message}", action="Validate")
+
     def sync_services(self) -> None:
         listed = self.api.list_cluster_custom_object(GROUP, VERSION, SERVICES).get("items", [])
         desired: list[dict] = []
@@ -382,6 +512,12 @@ class LocalKubeRay:
         for svc in listed:
             key = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
             if svc["metadata"].get("deletionTimestamp"):
+                continue
+            refused = validate_rayservice(svc)
+            if refused is not None:
+                self._refuse_service(svc, *refused)
+                errors[key] = refused[1]
+                owners[key] = (svc, [])
                 continue
             try:
                 apps = self._service_apps(svc)

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional
 # JobDeploymentStatus
 NEW, INITIALIZING, RUNNING, COMPLETE, FAILED = "", "Initializing", "Running", "Complete", "Failed"
 SUSPENDING, SUSPENDED = "Suspending", "Suspended"
+VALIDATION_FAILED = "ValidationFailed"  # both a JobDeploymentStatus and a JobFailedReason
 TERMINAL_DEPLOYMENT = {COMPLETE, FAILED}
 # JobStatus (Ray's)
 PENDING, JOB_RUNNING, STOPPED, SUCCEEDED, JOB_FAILED = "PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"
@@ -110,6 +111,22 @@ def deadline_exceeded(rayjob: Mapping, now: datetime) -> Optional[dict]:
     return status
 
 
+def pre_running_deadline_exceeded(rayjob: Mapping, now: datetime) -> Optional[dict]:
+    """The Failed/PreRunningDeadlineExceeded status if spec.preRunningDeadlineSeconds passed before Running."""
+    deadline = (rayjob.get("spec") or {}).get("preRunningDeadlineSeconds")
+    status = dict(rayjob.get("status") or {})
+    started = parse_time(status.get("startTime"))
+    if not deadline or started is None or status.get("jobDeploymentStatus") in TERMINAL_DEPLOYMENT:
+        return None
+    if (now - started).total_seconds() < deadline:
+        return None
+    status.update(jobDeploymentStatus=FAILED, reason="PreRunningDeadlineExceeded", endTime=format_time(now),
+                  failed=(status.get("failed") or 0) + 1,
+                  message=f"The RayJob has passed the preRunningDeadlineSeconds. StartTime: {status.get('startTime')}. "
+                          f"PreRunningDeadlineSeconds: {deadline}")
+    return status
+
+
 def deletion_due(rayjob: Mapping, now: datetime) -> Optional[str]:
     """The deletion policy that applies now to a finished RayJob, or None.
 
@@ -146,19 +163,6 @@ def deletion_due(rayjob: Mapping, now: datetime) -> Optional[str]:
         if policy in due:
             return policy
     return None
-
-
-def chaos_failure(current: Mapping, reason: str, now: datetime) -> dict:
-    """The status after the cluster under a job lost a node / was OOM-killed / evicted: the Ray job fails with its
-    entrypoint killed (jobStatus FAILED, reason AppFailed as KubeRay writes for a FAILED Ray job) and the message
-    names the cause, as Ray's own message does for a dead node or an OOM kill."""
-    what = {"NodeLost": "the node running the job's Ray head/worker was lost (NodeLost)",
-            "OOMKilled": "the Ray container running the job was OOMKilled (exit code 137)",
-            "Evicted": "the Ray pod running the job was Evicted by the kubelet"}.get(reason, reason)
-    return {**current, "jobDeploymentStatus": FAILED, "jobStatus": JOB_FAILED, "reason": APP_FAILED,
-            "endTime": format_time(now), "failed": (current.get("failed") or 0) + 1,
-            "message": f"Job entrypoint command failed: {reason}: {what}; Ray job {current.get('jobId')} "
-                       "was terminated"}
 
 
 # ---- RayService --------------------------------------------------------------------------------------------------
