@@ -8,12 +8,13 @@ free-form maps as x-kubernetes-preserve-unknown-fields.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kubeforge.api.kinds import KINDS, KindInfo
+from kubeforge.api.kinds import KINDS, SPEC_FIELDS_MUTABLE_AFTER_CREATION, KindInfo
 from kubeforge.api.meta import CATEGORY, GROUP, VERSION
 
 _DROP_KEYS = {"title", "$defs"}
@@ -68,7 +69,32 @@ def structural(schema: dict, defs: dict) -> dict:
             out[key] = copy.deepcopy(value)
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
+    if "description" in out and "default" in out:
+        out["description"] = _with_default(out["description"], out["default"])
     return out
+
+
+def _with_default(description: str, default: Any) -> str:
+    """kubectl explain shows descriptions, not schema defaults: name a scalar default in the description, from the
+    model that applies it, so the two cannot disagree."""
+    if isinstance(default, (dict, list)) or "Default:" in description:
+        return description
+    shown = default if isinstance(default, str) else json.dumps(default)
+    return f"{description.rstrip()} Default: {shown}."
+
+
+def immutable_spec_rule(info: KindInfo) -> dict:
+    """CEL transition rule refusing changes to every spec field except SPEC_FIELDS_MUTABLE_AFTER_CREATION.
+
+    Compared field by field (presence, then value) rather than `self == oldSelf`, so the exempt fields may change."""
+    fixed = [field.alias or name for name, field in info.spec_model.model_fields.items()
+             if (field.alias or name) not in SPEC_FIELDS_MUTABLE_AFTER_CREATION]
+    rule = " && ".join(f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})"
+                       for f in fixed)
+    exempt = " and ".join(SPEC_FIELDS_MUTABLE_AFTER_CREATION)
+    return {"rule": rule,
+            "message": f"spec is immutable once created, except {exempt}: delete and re-create the {info.kind} "
+                       f"to change it"}
 
 
 def model_schema(model: type) -> dict:
@@ -81,6 +107,8 @@ def crd_for(info: KindInfo) -> dict:
     status_schema = model_schema(info.status_model)
     status_schema["x-kubernetes-preserve-unknown-fields"] = True
     description = spec_schema.pop("description", "")
+    if info.one_shot:
+        spec_schema.setdefault("x-kubernetes-validations", []).append(immutable_spec_rule(info))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -50,13 +50,14 @@ class LoraConfig(ApiModel):
     """peft LoRA settings (also used by qlora)."""
 
     r: int = Field(default=8, ge=1, le=1024)
-    """Rank of the update matrices."""
+    """Rank of the low-rank update matrices; higher adapts more but trains and stores more parameters."""
     alpha: int = Field(default=16, ge=1, le=4096)
-    """Scaling numerator (lora_alpha)."""
+    """Scaling numerator (lora_alpha): the update is scaled by alpha / r."""
     dropout: float = Field(default=0.05, ge=0, lt=1)
-    """Dropout on the LoRA input."""
+    """Dropout probability (0 to 1) on the LoRA input during training."""
     target_modules: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1, max_length=64)
-    """Module names to adapt; ["all-linear"] adapts every linear layer except the output head."""
+    """Module names to adapt (e.g. q_proj, v_proj). Default ["all-linear"] adapts every linear layer except the
+    output head."""
 
 
 class DatasetSpec(ApiModel):
@@ -80,28 +81,39 @@ class TrainingConfig(ApiModel):
     """Optimisation settings, passed to transformers TrainingArguments."""
 
     epochs: float = Field(default=1, gt=0, le=1000)
+    """Passes over the training data; may be fractional (0.5 trains on half). Ignored when maxSteps is set."""
     max_steps: Optional[int] = Field(default=None, ge=1)
-    """Stop after this many optimizer steps (overrides epochs)."""
+    """Stop after this many optimizer steps (overrides epochs). Unset: the steps that epochs give."""
     batch_size: int = Field(default=8, ge=1, le=4096)
-    """Per-worker micro-batch size."""
+    """Rows per worker per forward pass (micro-batch); the effective batch is batchSize x
+    gradientAccumulationSteps x workers."""
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    """Micro-batches whose gradients are summed before one optimizer step."""
     learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    """Peak learning rate of the AdamW optimizer."""
     lr_scheduler: LrScheduler = LrScheduler.COSINE
+    """How the learning rate changes after warmup: linear, cosine, constant or constant_with_warmup."""
     warmup_ratio: float = Field(default=0.0, ge=0, le=1)
+    """Fraction (0 to 1) of the total steps over which the learning rate rises linearly from 0 to learningRate."""
     max_seq_length: int = Field(default=512, ge=8, le=131072)
+    """Longest training example in tokens; longer rows are truncated."""
     seed: int = Field(default=42, ge=0)
+    """Random seed for weight initialisation, data shuffling and dropout; the same seed repeats a run."""
     precision: Precision = Precision.FP32
+    """Numeric precision of training: fp32, or bf16 / fp16 mixed precision (needs hardware that supports it)."""
     checkpoint_every_steps: int = Field(default=50, ge=1)
-    """Commit a checkpoint to the object store every N optimizer steps."""
+    """Commit a checkpoint to the object store every this many optimizer steps; a retry resumes from the latest."""
     eval_every_steps: Optional[int] = Field(default=None, ge=1)
-    """Evaluate on evalUri every N steps (and always at the start and end)."""
+    """Evaluate on evalUri every this many optimizer steps (and always at the start and end). Unset: only at the
+    start and end."""
 
 
 class OutputSpec(ApiModel):
     """Where the result goes."""
 
     registered_model_name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    """MLflow registered model name; each successful run adds a version."""
+    """MLflow registered model name the adapter (or full model) is registered under; each successful run adds a
+    version."""
     merge: bool = False
     """Also register the base model with the adapter merged in (merge_and_unload), ready for serving."""
 
@@ -117,9 +129,14 @@ class FineTuneSpec(CommonSpec):
     )
 
     base_model: BaseModelRef
+    """The model to fine-tune."""
     method: Method = Method.LORA
-    """lora, qlora (4-bit base, GPU only) or full."""
+    """lora (low-rank adapter), qlora (adapter over a 4-bit base, GPUs only) or full (every weight)."""
     lora: LoraConfig = Field(default_factory=LoraConfig, json_schema_extra=DEFAULT_EMPTY_OBJECT)
+    """Adapter settings for method lora and qlora; ignored by full."""
     dataset: DatasetSpec
+    """Training and evaluation data."""
     training: TrainingConfig = Field(default_factory=TrainingConfig, json_schema_extra=DEFAULT_EMPTY_OBJECT)
+    """Optimisation settings."""
     output: OutputSpec
+    """Where the trained model is registered."""

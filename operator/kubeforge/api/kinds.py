@@ -25,6 +25,13 @@ COMMON_COLUMNS_TAIL = [
 PROGRESS_COLUMN = {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary", "description": "Steps done"}
 
 
+SPEC_FIELDS_MUTABLE_AFTER_CREATION = ("failurePolicy", "deletionPolicy")
+"""The only spec fields a one-shot kind accepts changes to once created. Only the operator reads them, afresh at
+each decision: failurePolicy (maxRestarts, backoff, hangTimeout, startTimeout, rules) when it watches or retries an
+attempt, deletionPolicy when the resource is deleted. Changing them cannot put a running attempt, or the checkpoint
+the next attempt resumes from, out of step with the spec. Every other field shapes what the workload computes."""
+
+
 @dataclass(frozen=True)
 class KindInfo:
     kind: str
@@ -36,6 +43,10 @@ class KindInfo:
     shape: Literal["RayJob", "RayService"]
     extra_columns: tuple[dict, ...] = field(default_factory=tuple)
     status_model: type[ApiModel] = CommonStatus
+    one_shot: bool = False
+    """Runs once to completion (TrainingJob, FineTune, EvalRun): its spec is immutable after creation except
+    SPEC_FIELDS_MUTABLE_AFTER_CREATION, so a retry never resumes work done under another spec. Long-running kinds
+    (VectorIndex, ServingEndpoint) reconcile spec changes instead."""
 
     @property
     def singular(self) -> str:
@@ -48,10 +59,11 @@ class KindInfo:
 
 KINDS: tuple[KindInfo, ...] = (
     KindInfo("TrainingJob", "trainingjobs", "tj", TrainingJobSpec, "kubeforge_workloads.pretrain", "RayJob",
-             (PROGRESS_COLUMN,)),
+             (PROGRESS_COLUMN,), one_shot=True),
     KindInfo("FineTune", "finetunes", "ft", FineTuneSpec, "kubeforge_workloads.finetune", "RayJob",
              (PROGRESS_COLUMN,
-              {"name": "Model", "type": "string", "jsonPath": ".status.output.modelUri", "priority": 1})),
+              {"name": "Model", "type": "string", "jsonPath": ".status.output.modelUri", "priority": 1}),
+             one_shot=True),
     KindInfo("VectorIndex", "vectorindexes", "vi", VectorIndexSpec, "kubeforge_workloads.index", "RayJob",
              (PROGRESS_COLUMN,
               {"name": "Version", "type": "string", "jsonPath": ".status.output.version"})),
@@ -59,7 +71,8 @@ KINDS: tuple[KindInfo, ...] = (
              "RayService", ({"name": "URL", "type": "string", "jsonPath": ".status.output.url"},)),
     KindInfo("EvalRun", "evalruns", "er", EvalRunSpec, "kubeforge_workloads.evaluate", "RayJob",
              (PROGRESS_COLUMN,
-              {"name": "Passed", "type": "boolean", "jsonPath": ".status.output.passed"})),
+              {"name": "Passed", "type": "boolean", "jsonPath": ".status.output.passed"}),
+             one_shot=True),
 )
 
 
