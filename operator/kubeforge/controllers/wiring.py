@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 NAME_TAKEN_RETRY_SECONDS = 2.0
 
 
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def register(settings: Settings, registry: kopf.OperatorRegistry | None = None) -> None:
     """Register handlers for every kind; call once before kopf starts."""
     registry = registry or kopf.get_default_registry()
@@ -81,7 +85,7 @@ def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients
             return
         cluster, store = clients()
         observed = observe(kind, obj, cluster, store, settings)
-        plan = batch.reconcile(kind, obj, observed, datetime.now(timezone.utc), settings)
+        plan = batch.reconcile(kind, obj, observed, utcnow(), settings)
         retry = _apply_plan(plan, body, patch, cluster)
         delay = min(d for d in (plan.requeue_after, retry, settings.reconcile_period_seconds) if d is not None)
         memo["kubeforge_due"] = time.monotonic() + delay
@@ -106,7 +110,7 @@ def _register_unsupported(info, settings: Settings, registry) -> None:
     @kopf.timer(GROUP, VERSION, info.plural, interval=max(settings.reconcile_period_seconds, 30),
                 registry=registry, id="unsupported")
     def mark_unsupported(body, patch, **_):
-        new = unsupported_status(dict(body), datetime.now(timezone.utc))
+        new = unsupported_status(dict(body), utcnow())
         status_patch = latest_status_patch(dict(body.get("status") or {}), new)
         if status_patch:
             patch.status.update(status_patch)
