@@ -67,3 +67,62 @@ def test_cli_rejects_bad_reason(monkeypatch):
     monkeypatch.setattr(chaos, "_api", lambda kubeconfig: FakeApi())
     result = CliRunner().invoke(chaos.chaos_cli, ["kill", "rj", "--reason", "Cosmic"])
     assert result.exit_code == 2 and "Cosmic" in result.output
+
+
+@pytest.mark.parametrize("args,action,echo", [
+    (["stall", "rj"], "stall", "rayjob default/rj: stall done"),
+    (["oom", "rj", "-n", "team"], "oom", "rayjob team/rj: oom done"),
+])
+def test_cli_stall_and_oom(monkeypatch, args, action, echo):
+    api = FakeApi()
+    monkeypatch.setattr(chaos, "_api", lambda kubeconfig: api)
+    result = CliRunner().invoke(chaos.chaos_cli, args)
+    assert result.exit_code == 0, result.output
+    assert echo in result.output
+    assert api.patches[0][5]["metadata"]["annotations"]["chaos.kubeforge.dev/action"] == action
+
+
+class OwnedRayJobApi(FakeApi):
+    """A RayJob owned by a FineTune whose status.progress.lastCheckpoint advances one step per read."""
+
+    def __init__(self, checkpoints):
+        super().__init__()
+        self.checkpoints = list(checkpoints)
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if plural == "finetunes":
+            assert (group, version, name) == ("kubeforge.dev", "v1alpha1", "ft")
+            uri = self.checkpoints.pop(0) if len(self.checkpoints) > 1 else self.checkpoints[0]
+            return {"status": {"progress": {"lastCheckpoint": uri} if uri else {}}}
+        obj = super().get_namespaced_custom_object(group, version, namespace, plural, name)
+        obj["metadata"]["ownerReferences"] = [{"apiVersion": "kubeforge.dev/v1alpha1", "kind": "FineTune",
+                                               "name": "ft", "controller": True}]
+        obj["status"] = {"jobDeploymentStatus": "Running"}
+        return obj
+
+
+def test_kill_after_checkpoint_waits_for_a_checkpoint_at_the_step(monkeypatch):
+    api = OwnedRayJobApi([None, "s3://b/p/checkpoints/step-4/", "s3://b/p/checkpoints/step-8/",
+                          "s3://b/p/checkpoints/step-12/"])
+    monkeypatch.setattr(chaos, "_api", lambda kubeconfig: api)
+    monkeypatch.setattr(chaos.time, "sleep", lambda s: None)
+    result = CliRunner().invoke(chaos.chaos_cli, ["kill", "rj", "--after-checkpoint", "10"])
+    assert result.exit_code == 0, result.output
+    assert "checkpoint s3://b/p/checkpoints/step-12/ reported" in result.output  # 12 >= 10; 8 was not
+    assert api.patches[0][5]["metadata"]["annotations"]["chaos.kubeforge.dev/action"] == "kill:NodeLost"
+
+
+def test_kill_after_any_checkpoint(monkeypatch):
+    api = OwnedRayJobApi([None, None, "s3://b/p/checkpoints/step-4/"])
+    monkeypatch.setattr(chaos, "_api", lambda kubeconfig: api)
+    monkeypatch.setattr(chaos.time, "sleep", lambda s: None)
+    result = CliRunner().invoke(chaos.chaos_cli, ["kill", "rj", "--after-checkpoint"])
+    assert result.exit_code == 0, result.output
+    assert "step-4/ reported" in result.output and api.patches
+
+
+def test_kill_after_checkpoint_times_out_without_killing(monkeypatch):
+    api = OwnedRayJobApi([None])
+    monkeypatch.setattr(chaos, "_api", lambda kubeconfig: api)
+    result = CliRunner().invoke(chaos.chaos_cli, ["kill", "rj", "--after-checkpoint", "--checkpoint-timeout", "0.3"])
+    assert result.exit_code == 1 and "reported no checkpoint within 0s" in result.output and api.patches == []

@@ -252,3 +252,72 @@ def test_runtime_env_names_the_chaos_files():
     (_, job_id, runtime_env), = jobs.submitted
     assert runtime_env["env_vars"]["KUBEFORGE_CHAOS_STALL_FILE"] == f"/nonexistent/chaos/{job_id}.stall"
     assert runtime_env["env_vars"]["KUBEFORGE_CHAOS_MEMORY_FILE"] == f"/nonexistent/chaos/{job_id}.memory"
+
+
+def running(obj, kuberay, api):
+    kuberay.sync(api.obj)
+    assert api.obj["status"]["jobDeploymentStatus"] == "Running"
+    return api.obj["status"]["jobId"]
+
+
+def test_chaos_kill_only_kills_and_the_status_comes_from_ray(monkeypatch):
+    from kubeforge.dev.kuberay import processes
+
+    signals = []
+    monkeypatch.setattr(processes, "job_pids", lambda *a: {101, 102})
+    monkeypatch.setattr(processes, "signal_all", lambda pids, sig: signals.append((set(pids), sig)) or len(pids))
+    kuberay, api, jobs = controller(rayjob())
+    job_id = running(api.obj, kuberay, api)
+    api.obj["metadata"]["annotations"] = {"chaos.kubeforge.dev/action": "kill:NodeLost"}
+    kuberay.sync(api.obj)
+    assert signals == [({101, 102}, processes.KILL)]
+    assert api.obj["status"]["jobDeploymentStatus"] == "Running"  # nothing written by the chaos itself
+    jobs.jobs[job_id] = "FAILED"  # what Ray then reports for the killed driver
+    kuberay.sync(api.obj)
+    status = api.obj["status"]
+    assert (status["jobDeploymentStatus"], status["reason"], status["message"]) == ("Failed", "AppFailed", "m")
+
+
+def test_memory_monitor_oom_kills_the_container_over_its_limit(monkeypatch):
+    from kubeforge.dev.kuberay import processes
+
+    signals, core = [], FakeCore()
+    monkeypatch.setattr(processes, "containers_of", lambda job_id: {"head": {7}, "worker:8": {8}})
+    monkeypatch.setattr(processes, "with_children", lambda pids: set(pids))
+    rss = {7: 100 * 2**20, 8: 3 * 2**30}
+    monkeypatch.setattr(processes, "rss_bytes", lambda pids: sum(rss[p] for p in pids))
+    monkeypatch.setattr(processes, "signal_all", lambda pids, sig: signals.append((set(pids), sig)) or len(pids))
+    worker = {"groupName": "workers", "replicas": 1, "minReplicas": 1, "maxReplicas": 1, "template": {"spec": {
+        "containers": [{"name": "ray-worker", "resources": {"limits": {"cpu": "1", "memory": "4Gi"}}}]}}}
+    kuberay, api, jobs = controller(rayjob(rayClusterSpec=cluster_spec(workers=[worker])), core=core)
+    job_id = running(api.obj, kuberay, api)
+    jobs.jobs[job_id] = "RUNNING"
+    kuberay.sync(api.obj)
+    assert signals == []  # under the limit
+    rss[8] = 4 * 2**30 + 1
+    kuberay.sync(api.obj)
+    assert signals == [({8}, processes.KILL)]
+    assert [e.reason for e in core.events] == ["OOMKilled"]
+    jobs.jobs[job_id] = "FAILED"
+    kuberay.sync(api.obj)
+    status = api.obj["status"]
+    assert status["jobDeploymentStatus"] == "Failed" and status["reason"] == "AppFailed"
+    assert status["message"] == "Ray worker pod container ray-worker terminated with exit code 137: OOMKilled\nm"
+
+
+def test_chaos_stall_resume_and_oom_write_the_files_the_workload_watches(tmp_path, monkeypatch):
+    from kubeforge.dev.kuberay import processes
+
+    monkeypatch.setattr(processes, "job_pids", lambda *a: set())
+    kuberay, api, jobs = controller(rayjob())
+    kuberay.chaos_dir = tmp_path
+    job_id = running(api.obj, kuberay, api)
+    for action, stalled in (("stall", True), ("resume", False)):
+        api.obj["metadata"]["annotations"] = {"chaos.kubeforge.dev/action": action}
+        kuberay.sync(api.obj)
+        assert (tmp_path / f"{job_id}.stall").exists() is stalled
+        assert api.obj["metadata"]["annotations"]["chaos.kubeforge.dev/action"] is None
+    api.obj["metadata"]["annotations"] = {"chaos.kubeforge.dev/action": "oom"}
+    kuberay.sync(api.obj)
+    # head limit 1Gi (HEAD) + 1Gi: just over what the monitor allows
+    assert int((tmp_path / f"{job_id}.memory").read_text()) == 2 * 2**30

@@ -38,4 +38,4 @@ def _grow_to(memory_file: str) -> None:
     # Grow gradually, as a leaking loop does, so a memory monitor sampling every second sees the limit crossed.
     while sum(len(chunk) for chunk in _held) < target and os.path.exists(memory_file):
         _held.append(bytearray(b"\x01" * ALLOCATION_CHUNK_BYTES))
-        time.sleep(0.02)
+        time.sleep(0.1)

@@ -16,6 +16,9 @@ parser.add_argument("--ray-token-file", default=None,
                     help="Ray auth token file (default: $RAY_AUTH_TOKEN_PATH, else the token of a head started by "
                          "kubeforge.dev.ray_head with this address)")
 parser.add_argument("--interval", type=float, default=1.0)
+parser.add_argument("--chaos-dir", default=None,
+                    help="where chaos stall/oom files live (default: `chaos` beside the kubeconfig)")
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-run(args.kubeconfig, args.ray_address, args.interval, serve_port=args.serve_port, token_file=args.ray_token_file)
+run(args.kubeconfig, args.ray_address, args.interval, serve_port=args.serve_port, token_file=args.ray_token_file,
+    chaos_dir=args.chaos_dir)

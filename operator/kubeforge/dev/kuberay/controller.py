@@ -43,7 +43,7 @@ SUBMISSION_RETRY_SECONDS = 120
 # were waiting for nodes (a test knob for start-timeout handling; read before every submission attempt).
 START_DELAY_ANNOTATION = "kuberay.kubeforge.dev/hold-start-seconds"
 STALL_FILE_ENV = "KUBEFORGE_CHAOS_STALL_FILE"
-OOM_ALLOCATION_BYTES = 64 * 2**30  # more than any container limit here: the monitor, not this number, decides
+OOM_ALLOCATION_BYTES = 4 * 2**30  # what chaos `oom` asks for when the job's containers have no memory limit
 MEMORY_FILE_ENV = "KUBEFORGE_CHAOS_MEMORY_FILE"
 
 
@@ -79,6 +79,7 @@ class LocalKubeRay:
         self.api, self.core, self.jobs, self.dashboard_url = api, core, jobs, dashboard_url.rstrip("/")
         self.serve_port, self.clock, self.auth_header = serve_port, clock, auth_header
         self.node = node or scheduling.Node.local()
+        self._oom_killed: dict[str, str] = {}  # submission id -> the container the memory monitor killed
         # Files the workload's chaos points watch (stall, memory); one set per Ray submission id.
         self.chaos_dir = Path(chaos_dir) if chaos_dir else Path(tempfile.gettempdir()) / f"kubeforge-chaos-{os.getuid()}"
         self._applied_serve: Optional[str] = None
@@ -374,7 +375,40 @@ class LocalKubeRay:
             self._stop(job_id)
             self._patch_status(rayjob, expired)
             return
-        self._patch_status(rayjob, rayjob_status(self._job_info(job_id), rayjob, self.clock()))
+        self._enforce_memory_limits(rayjob, job_id)
+        observed = rayjob_status(self._job_info(job_id), rayjob, self.clock())
+        killed = self._oom_killed.get(job_id)
+        if killed and observed.get("jobDeploymentStatus") == FAILED:
+            # The container's termination, as KubeRay words it for a Ray pod container (the pod's lastState
+            # on a cluster), before Ray's own message about the job that died with it.
+            observed["message"] = (f"Ray {killed} terminated with exit code 137: OOMKilled\n"
+                                   + (observed.get("message") or ""))
+            self._oom_killed.pop(job_id, None)
+        self._patch_status(rayjob, observed)
+
+    def _enforce_memory_limits(self, rayjob: dict, job_id: str) -> None:
+        """The kubelet/cgroup stand-in: a container whose processes' RSS exceeds its resources.limits.memory is
+        SIGKILLed (exit 137, OOMKilled), and the kubelet's event is recorded on the RayJob."""
+        limits = scheduling.memory_limits(rayjob.get("spec") or {})
+        if not limits or job_id in self._oom_killed:
+            return
+        for container, pids in processes.containers_of(job_id).items():
+            group = "head" if container == "head" else "worker"
+            limit = limits.get(group)
+            if limit is None:
+                continue
+            used = processes.rss_bytes(pids)
+            if used <= limit[1]:
+                continue
+            processes.signal_all(processes.with_children(pids), processes.KILL)
+            self._oom_killed[job_id] = f"{group} pod container {limit[0]}"
+            log.warning("memory monitor: %s of %s used %d bytes > limit %d: OOMKilled", container, job_id, used,
+                        limit[1])
+            self.record_event(rayjob, "RayJob", "Warning", "OOMKilled",
+                              f"Memory cgroup out of memory: container {limit[0]} of the Ray {group} pod used "
+                              f"{used // 2**20}Mi, over its limit {limit[1] // 2**20}Mi; killed (exit code 137)",
+                              component="kubelet")
+            return
 
     def _after_finish(self, rayjob: dict) -> None:
         policy = deletion_due(rayjob, self.clock())
@@ -413,7 +447,10 @@ class LocalKubeRay:
         elif verb == "oom":
             # The workload allocates until the memory monitor (the kubelet/cgroup stand-in) kills it.
             self.chaos_dir.mkdir(parents=True, exist_ok=True)
-            self.memory_file(job_id).write_text(str(OOM_ALLOCATION_BYTES))
+            limits = scheduling.memory_limits(rayjob.get("spec") or {})
+            largest = max((limit for _, limit in limits.values()), default=OOM_ALLOCATION_BYTES)
+            # A little over the largest limit: the monitor kills it on the way; without one, growth still stops.
+            self.memory_file(job_id).write_text(str(int(largest + 2**30)))
         elif verb == "stall":
             self.chaos_dir.mkdir(parents=True, exist_ok=True)
             self.stall_file(job_id).touch()
@@ -591,7 +628,7 @@ def _local_env(env: dict) -> dict:
 
 
 def run(kubeconfig: str, ray_address: str, interval: float = 1.0, serve_port: int = 8000,
-        token_file: Optional[str] = None) -> None:
+        token_file: Optional[str] = None, chaos_dir: Optional[str] = None) -> None:
     from kubeforge.dev import ray_head
 
     token = token_file or os.environ.get("RAY_AUTH_TOKEN_PATH") or ray_head.find_token_for(ray_address)
@@ -610,8 +647,10 @@ def run(kubeconfig: str, ray_address: str, interval: float = 1.0, serve_port: in
         except Exception as error:
             log.warning("Ray head at %s not reachable yet: %s", ray_address, error)
             time.sleep(2)
+    # Beside the kubeconfig, i.e. in the sandbox's state directory, so `dev down` removes the chaos files too.
     controller = LocalKubeRay(client.CustomObjectsApi(api_client), client.CoreV1Api(api_client), jobs, ray_address,
-                              serve_port=serve_port, auth_header=auth_header)
+                              serve_port=serve_port, auth_header=auth_header,
+                              chaos_dir=chaos_dir or Path(kubeconfig).resolve().parent / "chaos")
     log.info("local KubeRay watching RayJobs and RayServices in all namespaces, running them on %s", ray_address)
     while True:
         started = time.monotonic()

@@ -107,3 +107,42 @@ def process_states(pids: Iterable[int]) -> dict[int, str]:
 
 
 STOP, CONT, KILL = signal.SIGSTOP, signal.SIGCONT, signal.SIGKILL
+
+
+def containers_of(submission_id: str) -> dict[str, set[int]]:
+    """The job's processes grouped as the containers they would run in on a cluster: "head" (the entrypoint and
+    everything it starts itself, i.e. the driver) and one "worker:<pid>" per Ray worker/actor process (each stands
+    for a worker pod). Ray's own JobSupervisor actor belongs to no container of the job (it runs in the head's
+    dashboard agent on a cluster). Ray names its worker processes `ray::<Actor or task>` (setproctitle)."""
+    import psutil
+
+    head: set[int] = set()
+    containers: dict[str, set[int]] = {}
+    for pid in marker_pids(submission_id):
+        try:
+            title = " ".join(psutil.Process(pid).cmdline()[:1])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if title.startswith("ray::JobSupervisor"):
+            continue
+        if title.startswith("ray::"):
+            containers[f"worker:{pid}"] = {pid}
+        else:
+            head.add(pid)
+    in_workers = set().union(*containers.values()) if containers else set()
+    head = with_children(head) - in_workers
+    if head:
+        containers["head"] = head
+    return containers
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return total

@@ -102,3 +102,19 @@ def pending_cluster_status(stamp: str) -> dict:
                  "lastTransitionTime": stamp},
                 {"type": "RayClusterProvisioned", "status": "False", "reason": "RayClusterPodsProvisioning",
                  "message": "RayCluster Pods are being provisioned for first time", "lastTransitionTime": stamp}]}
+
+
+def memory_limits(spec: Mapping) -> dict[str, tuple[str, float]]:
+    """{"head"|"worker": (container name, resources.limits.memory in bytes)} of the Ray containers (the first
+    container of the head group and of the first worker group), for those that set one."""
+    cluster = spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or {}
+    groups = {"head": cluster.get("headGroupSpec") or {}}
+    if cluster.get("workerGroupSpecs"):
+        groups["worker"] = cluster["workerGroupSpecs"][0] or {}
+    limits = {}
+    for group, group_spec in groups.items():
+        containers = ((group_spec.get("template") or {}).get("spec") or {}).get("containers") or []
+        memory = ((containers[0].get("resources") or {}).get("limits") or {}).get("memory") if containers else None
+        if memory is not None:
+            limits[group] = (containers[0].get("name") or group, parse_quantity(memory))
+    return limits
