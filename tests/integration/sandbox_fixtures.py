@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kubeforge.dev import sandbox as sandbox_mod
@@ -31,6 +32,30 @@ def free_port_block(size: int = 100) -> int:
             for s in sockets:
                 s.close()
     raise RuntimeError("no free port block")
+
+
+def sandbox_processes(state: sandbox_mod.SandboxState) -> list[str]:
+    """Live processes that belong to the sandbox, found from the outside (not the way `down` finds them): the
+    command line or environment names its state dir or Ray temp dir, or it listens on a port of its block."""
+    from kubeforge.dev import ray_head
+
+    markers = (str(Path(state.state_dir).resolve()), str(ray_head.temp_dir(state.ports.ray_gcs)))
+    block = range(state.ports.apiserver, state.ports.apiserver + sandbox_mod.PORT_BLOCK_SIZE)
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            environ = proc.environ()
+            listening = [c.laddr.port for c in proc.net_connections("inet")
+                         if c.status == psutil.CONN_LISTEN and c.laddr.port in block]
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        named = any(marker in text for marker in markers for text in (cmdline, *environ.values()))
+        if named or listening:
+            found.append(f"{proc.pid} {cmdline[:200]!r} listening on {listening}")
+    return found
 
 
 @dataclass
@@ -95,3 +120,5 @@ def sandbox(tmp_path_factory) -> Sandbox:
         yield Sandbox(state)
     finally:
         sandbox_mod.down(state_dir)
+        leftovers = sandbox_processes(state)
+        assert not leftovers, f"sandbox processes alive after `down`: {leftovers}"

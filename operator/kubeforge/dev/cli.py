@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from kubeforge.dev.sandbox import DEFAULT_BASE_PORT, PORT_BLOCK_SIZE  # light: no third-party imports but yaml
+
 STATE_DIR_OPTION = click.option("--state-dir", type=click.Path(path_type=Path),
                                 default=lambda: os.environ.get("KUBEFORGE_DEV_DIR", ".kubeforge-dev"),
                                 show_default=".kubeforge-dev (or $KUBEFORGE_DEV_DIR)")
@@ -22,7 +24,8 @@ def dev() -> None:
 
 @dev.command()
 @STATE_DIR_OPTION
-@click.option("--base-port", type=int, default=17000, show_default=True, help="First of six consecutive ports.")
+@click.option("--base-port", type=int, default=DEFAULT_BASE_PORT, show_default=True,
+              help=f"First of the {PORT_BLOCK_SIZE} consecutive ports the sandbox takes (its servers, then Ray's).")
 @click.option("--no-operator", is_flag=True, help="Start everything but the operator (run it yourself).")
 @click.option("--no-seed", is_flag=True, help="Skip the seed model and datasets.")
 def up(state_dir: Path, base_port: int, no_operator: bool, no_seed: bool) -> None:
@@ -42,7 +45,11 @@ def down(state_dir: Path) -> None:
     """Stop every sandbox process (state stays on disk)."""
     from kubeforge.dev import sandbox
 
-    click.echo("stopped" if sandbox.down(state_dir) else f"no sandbox state in {state_dir}")
+    try:
+        stopped = sandbox.down(state_dir)
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo("stopped" if stopped else f"no sandbox state in {state_dir}")
 
 
 @dev.command()

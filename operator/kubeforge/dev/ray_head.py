@@ -9,6 +9,7 @@ workers) inherit it. Nothing here does I/O at import time.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Optional
 LOGICAL_CPUS = 8  # Ray schedules by logical CPUs; several small jobs share the machine's 2 cores
 OBJECT_STORE_BYTES = 300 * 1024 * 1024
 TOKEN_FILE = "auth_token"
+SESSION_FILE = "session"  # "<session id> <time.time() before spawn>": what `stop` stops
 MARKER_FILE = "kubeforge-head"  # in Ray's temp dir: "<dashboard url>\n<token path>", for clients that only know the URL
 
 
@@ -68,15 +70,24 @@ def find_token_for(dashboard_url: str) -> Optional[Path]:
     return None
 
 
-def _extra_ports(gcs_port: int) -> list[str]:
-    """Every port Ray would otherwise pick by default, pinned near the GCS port, so that two sandboxes
-    (or a sandbox and the remains of a stopped one) never collide on Ray's fixed defaults."""
+def pinned_ports(gcs_port: int) -> dict[str, int]:
+    """Every port Ray would otherwise pick by default, pinned just above the GCS port, so that two sandboxes
+    (or a sandbox and the remains of a stopped one) never collide on Ray's fixed or random defaults."""
     base = gcs_port + 7
-    return [f"--dashboard-agent-listen-port={base}", f"--dashboard-agent-grpc-port={base + 1}",
-            f"--node-manager-port={base + 2}", f"--object-manager-port={base + 3}",
-            f"--runtime-env-agent-port={base + 4}", f"--metrics-export-port={base + 5}",
-            f"--ray-client-server-port={base + 6}",
-            f"--min-worker-port={base + 20}", f"--max-worker-port={base + 90}"]
+    return {"dashboard-agent-listen": base, "dashboard-agent-grpc": base + 1, "node-manager": base + 2,
+            "object-manager": base + 3, "runtime-env-agent": base + 4, "metrics-export": base + 5,
+            "ray-client-server": base + 6}
+
+
+def worker_ports(gcs_port: int) -> range:
+    """The head's worker ports: gcs_port + 27 .. gcs_port + 96."""
+    return range(gcs_port + 27, gcs_port + 97)
+
+
+def _extra_ports(gcs_port: int) -> list[str]:
+    workers = worker_ports(gcs_port)
+    return [*(f"--{name}-port={port}" for name, port in pinned_ports(gcs_port).items()),
+            f"--min-worker-port={workers.start}", f"--max-worker-port={workers.stop - 1}"]
 
 
 def start_argv(state_dir: Path, gcs_port: int, dashboard_port: int, num_cpus: int = LOGICAL_CPUS,
@@ -104,11 +115,15 @@ def start(state_dir: Path, gcs_port: int, dashboard_port: int, serve_port: int =
                 "RAY_SERVE_HTTP_PORT": str(serve_port)}
     full_env.pop("RAY_AUTH_TOKEN", None)
     address = f"http://127.0.0.1:{dashboard_port}"
+    # Its own session: the daemons `ray start` leaves behind keep its session id, and `stop` stops that session.
+    started_at = time.time()
     with open(log, "ab") as handle:
-        result = subprocess.run(start_argv(state_dir, gcs_port, dashboard_port, num_cpus, object_store_bytes),
-                                env=full_env, stdout=handle, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise RuntimeError(f"ray start failed ({result.returncode}); see {log}:\n{log.read_text()[-2000:]}")
+        proc = subprocess.Popen(start_argv(state_dir, gcs_port, dashboard_port, num_cpus, object_store_bytes),
+                                env=full_env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    (state_dir / SESSION_FILE).write_text(f"{proc.pid} {started_at}\n")
+    if proc.wait() != 0:
+        raise RuntimeError(f"ray start failed ({proc.returncode}); see {log}:\n{log.read_text()[-2000:]}")
     if auth:
         (temp_dir(gcs_port) / MARKER_FILE).write_text(f"{address}\n{token_path(state_dir)}\n")
     deadline = time.monotonic() + timeout
@@ -145,32 +160,31 @@ def status(state_dir: Path) -> dict:
             "temp_dir": str(temp_dir(gcs_port))}
 
 
-def stop(state_dir: Path, timeout: float = 30) -> int:
-    """Stop this head's processes only (`ray stop` would stop every Ray on the machine)."""
+def stop(state_dir: Path, timeout: float = 20) -> int:
+    """Stop this head's processes only (`ray stop` would stop every Ray on the machine): every process of the
+    session `start` began, and any process naming this head's temp dir. Waits until they are gone."""
     import psutil
 
-    port_file = Path(state_dir) / "gcs_port"
-    if not port_file.exists():
-        return 0
-    marker = str(temp_dir(int(port_file.read_text())))
-    victims = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in part for part in proc.info["cmdline"] or []):
-                victims.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    for proc in victims:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(victims, timeout=timeout / 2)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=timeout / 2)
-    (temp_dir(int(port_file.read_text())) / MARKER_FILE).unlink(missing_ok=True)
+    from kubeforge.dev import processes
+
+    state_dir = Path(state_dir)
+    victims: dict[int, psutil.Process] = {}
+    session_file = state_dir / SESSION_FILE
+    if session_file.exists():
+        session_id, started_at = session_file.read_text().split()
+        victims.update((p.pid, p) for p in processes.session_members(int(session_id), float(started_at)))
+    port_file = state_dir / "gcs_port"
+    if port_file.exists():
+        # the temp dir as a whole path component: kfray-2300 must not match kfray-23003
+        names_temp_dir = re.compile(re.escape(str(temp_dir(int(port_file.read_text())))) + "(/|$)").search
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if proc.pid != os.getpid() and any(names_temp_dir(part) for part in proc.info["cmdline"] or []):
+                    victims[proc.pid] = proc
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    processes.stop_processes(list(victims.values()), timeout / 2)
+    session_file.unlink(missing_ok=True)
+    if port_file.exists():
+        (temp_dir(int(port_file.read_text())) / MARKER_FILE).unlink(missing_ok=True)
     return len(victims)

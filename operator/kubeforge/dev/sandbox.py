@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +29,11 @@ WORKLOAD_SECRET = "kubeforge-workload-env"
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "kubeforge", "AWS_SECRET_ACCESS_KEY": "kubeforge-secret",
                   "AWS_DEFAULT_REGION": "us-east-1"}
 COMPONENTS = ("s3", "apiserver", "mlflow", "ray", "kuberay", "operator")
+DEFAULT_BASE_PORT = 20000
+"""The sandbox takes ports DEFAULT_BASE_PORT .. +99 (six servers, then the Ray head's pinned and worker ports):
+clear of Ray's default worker ports (10002-19999), its default fixed ports (6379, 8265, 10001, 52365) and the
+kernel's ephemeral ports (32768-60999) that Ray's unpinned ports come from."""
+PORT_BLOCK_SIZE = 100
 
 
 def kuberay_crd_dir() -> Path:
@@ -50,12 +55,50 @@ class Ports:
         return cls(apiserver=base, s3=base + 1, mlflow=base + 2, ray_gcs=base + 3, ray_dashboard=base + 4,
                    serve=base + 5)
 
+    def block(self) -> dict[int, str]:
+        """Every port the sandbox listens on, with what listens there."""
+        from kubeforge.dev import ray_head
+
+        roles = {self.apiserver: "Kubernetes API emulator", self.s3: "S3 endpoint", self.mlflow: "MLflow",
+                 self.ray_gcs: "Ray GCS", self.ray_dashboard: "Ray dashboard", self.serve: "Ray Serve"}
+        roles.update({port: f"Ray {name}" for name, port in ray_head.pinned_ports(self.ray_gcs).items()})
+        roles.update({port: "Ray worker" for port in ray_head.worker_ports(self.ray_gcs)})
+        return roles
+
+
+def first_busy_port(ports: Ports) -> Optional[tuple[int, str]]:
+    """The first port of the block something already listens on (on any address), with its role, or None."""
+    for port, role in sorted(ports.block().items()):
+        probe = socket.socket()
+        # SO_REUSEADDR: a stopped sandbox's connections lingering in TIME_WAIT do not make a port busy
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return port, role
+        finally:
+            probe.close()
+    return None
+
+
+def check_ports_free(ports: Ports) -> None:
+    busy = first_busy_port(ports)
+    if busy:
+        port, role = busy
+        raise RuntimeError(
+            f"port {port} (the sandbox's {role} port) is already in use, perhaps by another sandbox: start this one "
+            f"on a free block of {PORT_BLOCK_SIZE} ports with `kubeforge dev up --base-port N` (default "
+            f"{DEFAULT_BASE_PORT}), or stop the other one with `kubeforge dev down`.")
+
 
 @dataclass
 class SandboxState:
     state_dir: str
     ports: Ports
     pids: dict[str, int] = field(default_factory=dict)
+    """Each component's pid, which is also its session id (each runs in a session of its own)."""
+    started: dict[str, float] = field(default_factory=dict)
+    """time.time() just before each component was spawned: what `down` stops of its session is no older."""
 
     @property
     def root(self) -> Path:
@@ -93,7 +136,8 @@ class SandboxState:
         if not path.exists():
             return None
         raw = json.loads(path.read_text())
-        return cls(state_dir=raw["state_dir"], ports=Ports(**raw["ports"]), pids=raw.get("pids", {}))
+        return cls(state_dir=raw["state_dir"], ports=Ports(**raw["ports"]), pids=raw.get("pids", {}),
+                   started=raw.get("started", {}))
 
     def client_env(self) -> dict[str, str]:
         """Environment for anything that talks to the sandbox: kubectl, boto3, mlflow, the operator."""
@@ -145,9 +189,12 @@ def _spawn(state: SandboxState, component: str, argv: list[str], env: Optional[d
     log = state.log_path(component)
     log.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log, "ab")
+    started = time.time()
+    # A session of its own: `down` stops the whole session, helpers that left the process group included.
     proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env={**os.environ, **(env or {})}, start_new_session=True, cwd=REPO_ROOT)
     state.pids[component] = proc.pid
+    state.started[component] = started
     state.save()
     return proc
 
@@ -260,14 +307,16 @@ def seed(state: SandboxState) -> None:
         raise RuntimeError(f"seeding failed (exit {result.returncode}); see {log}")
 
 
-def up(state_dir: Path = DEFAULT_STATE_DIR, base_port: int = 17000, with_operator: bool = True,
+def up(state_dir: Path = DEFAULT_STATE_DIR, base_port: int = DEFAULT_BASE_PORT, with_operator: bool = True,
        with_seed: bool = True) -> SandboxState:
     state_dir = Path(state_dir).resolve()
     existing = SandboxState.load(state_dir)
     if existing and any(_alive(p) for p in existing.pids.values()):
         raise RuntimeError(f"a sandbox is already running from {state_dir}; run `kubeforge dev down` first")
+    ports = Ports.from_base(base_port)
+    check_ports_free(ports)  # before anything starts: clients would otherwise reach another sandbox's servers
     state_dir.mkdir(parents=True, exist_ok=True)
-    state = SandboxState(state_dir=str(state_dir), ports=Ports.from_base(base_port))
+    state = SandboxState(state_dir=str(state_dir), ports=ports)
     state.save()
     steps: list[tuple[str, Callable[[SandboxState], None]]] = [
         ("S3 endpoint (moto)", start_s3), ("Kubernetes API emulator", start_apiserver),
@@ -285,42 +334,35 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, base_port: int = 17000, with_operato
             step(state)
             _progress(f"  {label} ready in {time.monotonic() - started:.1f}s")
     except Exception:
-        down(state_dir)
+        try:
+            down(state_dir)
+        except RuntimeError as error:  # the start-up failure is the one to report
+            _progress(str(error))
         raise
     _progress(f"sandbox up in {time.monotonic() - began:.1f}s; export KUBECONFIG={state.kubeconfig}")
     return state
 
 
-def _stop_pid(pid: int, timeout: float = 10) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except OSError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
 def down(state_dir: Path = DEFAULT_STATE_DIR) -> bool:
+    """Stop every process the sandbox started, in reverse start order, and wait until each is gone."""
+    from kubeforge.dev import processes, ray_head
+
     state = SandboxState.load(Path(state_dir).resolve())
     if state is None:
         return False
+    problems = []
     for component in reversed(COMPONENTS):
-        pid = state.pids.get(component)
-        if pid:
-            _stop_pid(pid)
-    try:
-        from kubeforge.dev import ray_head
-
-        ray_head.stop(state.root / "ray")
-    except Exception as error:  # stopping must not stop at the first problem
-        _progress(f"ray stop: {error}")
-    state.pids = {}
+        try:  # stopping must not stop at the first problem
+            if component == "ray":
+                ray_head.stop(state.root / "ray")
+            elif state.pids.get(component):
+                processes.stop_session(state.pids[component], state.started.get(component))
+        except Exception as error:
+            problems.append(f"{component}: {error}")
+    state.pids, state.started = {}, {}
     state.save()
+    if problems:
+        raise RuntimeError(f"could not stop every sandbox process ({'; '.join(problems)})")
     return True
 
 
