@@ -49,9 +49,9 @@ def test_missing_namespace_is_404(custom):
 def test_stale_resource_version_is_409_conflict(custom):
     obj = custom.create_namespaced_custom_object(G, V, NS, P, finetune("crud-conflict"))
     first = dict(obj)
-    obj["spec"]["training"] = {"seed": 1}
+    obj["spec"]["failurePolicy"] = {"maxRestarts": 1}  # spec fields that stay mutable after creation
     custom.replace_namespaced_custom_object(G, V, NS, P, "crud-conflict", obj)
-    first["spec"]["training"] = {"seed": 2}
+    first["spec"]["failurePolicy"] = {"maxRestarts": 2}
     with pytest.raises(ApiException) as info:
         custom.replace_namespaced_custom_object(G, V, NS, P, "crud-conflict", first)
     assert info.value.status == 409 and status_of(info.value)["reason"] == "Conflict"
@@ -64,7 +64,7 @@ def test_generation_bumps_on_spec_changes_only(custom):
     assert labelled["metadata"]["generation"] == 1
     status = custom.patch_namespaced_custom_object_status(G, V, NS, P, "crud-gen", {"status": {"phase": "Running"}})
     assert status["metadata"]["generation"] == 1 and status["status"]["phase"] == "Running"
-    changed = custom.patch_namespaced_custom_object(G, V, NS, P, "crud-gen", {"spec": {"method": "full"}})
+    changed = custom.patch_namespaced_custom_object(G, V, NS, P, "crud-gen", {"spec": {"deletionPolicy": "Delete"}})
     assert changed["metadata"]["generation"] == 2
     assert int(changed["metadata"]["resourceVersion"]) > int(labelled["metadata"]["resourceVersion"])
 
@@ -116,8 +116,9 @@ def test_owner_reference_cascade_and_orphan(custom, core):
 def test_merge_and_json_patch_and_415_for_strategic_on_custom_resources(custom, server):
     custom.create_namespaced_custom_object(G, V, NS, P, finetune("crud-patch"))
     patched = custom.patch_namespaced_custom_object(G, V, NS, P, "crud-patch", [
-        {"op": "replace", "path": "/spec/method", "value": "full"}], _content_type="application/json-patch+json")
-    assert patched["spec"]["method"] == "full"
+        {"op": "replace", "path": "/spec/deletionPolicy", "value": "Delete"}],
+        _content_type="application/json-patch+json")
+    assert patched["spec"]["deletionPolicy"] == "Delete"
     response = raw(server, "PATCH", f"/apis/{G}/{V}/namespaces/{NS}/{P}/crud-patch", {"spec": {"method": "lora"}},
                    "application/strategic-merge-patch+json")
     assert response.status_code == 415 and response.json()["reason"] == "UnsupportedMediaType"

@@ -41,7 +41,8 @@ def conflict(qualified: str, name: str, kind_group: tuple[str, str]) -> ApiError
 
 
 def invalid(kind: str, qualified_kind: str, name: str, group: str, causes: list[str]) -> ApiError:
-    joined = causes[0] if len(causes) == 1 else "[" + ", ".join(causes) + "]"
+    shown = list(dict.fromkeys(causes))  # the message lists each distinct error once (ErrorList.ToAggregate)
+    joined = shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"
     return ApiError(422, f'{qualified_kind} "{name}" is invalid: {joined}', "Invalid", {
         "name": name, "group": group, "kind": kind,
         "causes": [_cause(c) for c in causes]})

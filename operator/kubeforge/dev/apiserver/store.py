@@ -16,6 +16,7 @@ import jsonpatch
 import yaml
 
 from kubeforge.dev.apiserver.errors import ApiError, already_exists, conflict, invalid, not_found
+from kubeforge.dev.apiserver.objectmeta import crd_name_rule, name_rule, validate_object_meta
 from kubeforge.dev.apiserver.types import ResourceType, builtin_types, from_crd
 from kubeforge.dev.apiserver.patch import (ApplyConflict, merge_patch, record_update, server_side_apply,
                                            strategic_merge_patch)
@@ -148,11 +149,13 @@ class Store:
         real server's strict decoding error), Warn → a Warning header per field, Ignore → silently pruned."""
         name = obj["metadata"].get("name", "")
         unknown: list[str] = unknown_metadata(obj["metadata"])
-        errors: list[str] = []
+        errors = validate_object_meta(obj["metadata"], name_rule(rtype.key),
+                                      crd_name_rule(obj) if rtype.key == CRD_KEY else None)
         if rtype.schema is not None:
-            checked, errors, pruned = check_custom_resource(obj, rtype.schema, old)
+            checked, schema_errors, pruned = check_custom_resource(obj, rtype.schema, old)
             obj.clear()
             obj.update(checked)
+            errors += schema_errors
             unknown += pruned
         if unknown and opts.validation == "Strict":
             listed = ", ".join(f'unknown field "{path}"' for path in unknown)
@@ -201,7 +204,8 @@ class Store:
             meta.pop("namespace", None)
         if not meta.get("name"):
             if meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                # The real name generator keeps at most 58 characters of the prefix and appends 5.
+                meta["name"] = meta["generateName"][:58] + uuid.uuid4().hex[:5]
             else:
                 raise invalid(rtype.kind, rtype.qualified, "", rtype.group,
                               ["metadata.name: Required value: name or generateName is required"])
