@@ -1,6 +1,10 @@
-"""The storage layout reads a checkpoint's step back from the URIs it writes."""
+"""The storage layout: where each object lives, which checkpoints count, and reading a step back from a URI."""
 
-from kubeforge.storage.layout import ResourcePrefix, checkpoint_step_of
+import re
+
+import pytest
+
+from kubeforge.storage.layout import MANIFEST_FILE, ResourcePrefix, checkpoint_step_of, committed_steps, parse_s3_uri
 
 
 def test_checkpoint_step_of_reads_the_uris_the_layout_writes():
@@ -13,3 +17,54 @@ def test_checkpoint_step_of_is_none_without_a_step():
     for value in (None, "", "s3://bucket/team-a/FineTune/docs/checkpoints/", "s3://b/x/step-abc/",
                   "s3://b/x/step-5/model.safetensors"):
         assert checkpoint_step_of(value) is None, value
+
+
+def _manifests(prefix, *steps):
+    return [prefix.manifest_key(step) for step in steps]
+
+
+def test_committed_steps_are_numbers_in_numeric_order_across_a_digit_boundary():
+    prefix = ResourcePrefix.for_resource("bucket", "team-a", "FineTune", "docs")
+    keys = [*_manifests(prefix, 12, 4, 8), prefix.checkpoint_key(8) + "model.safetensors"]
+    assert committed_steps(prefix, keys) == [4, 8, 12]
+    assert committed_steps(prefix, keys)[-1] == 12  # the step a retry resumes from
+
+
+def test_committed_steps_ignore_torn_checkpoints_other_resources_and_other_files():
+    prefix = ResourcePrefix.for_resource("bucket", "team-a", "FineTune", "docs")
+    other = ResourcePrefix.for_resource("bucket", "team-a", "FineTune", "docs-2")
+    keys = [
+        prefix.manifest_key(5),
+        prefix.manifest_key(5),                                      # listed twice: counted once
+        prefix.checkpoint_key(20) + "model.safetensors",             # torn: files up, manifest not
+        prefix.checkpoint_key(30) + "nested/" + MANIFEST_FILE,       # a manifest below a checkpoint's root
+        prefix.checkpoints_key + "step-x/" + MANIFEST_FILE,          # not a step number
+        prefix.key("outputs", "step-40", MANIFEST_FILE),             # outside checkpoints/
+        prefix.checkpoint_key(50) + MANIFEST_FILE + ".tmp",          # not the manifest itself
+        *_manifests(other, 60),                                       # another resource
+    ]
+    assert committed_steps(prefix, keys) == [5]
+    assert committed_steps(prefix, []) == []
+
+
+def test_resource_prefix_keys_and_uris():
+    prefix = ResourcePrefix.for_resource("bucket", "team-a", "FineTune", "docs")
+    assert prefix.prefix == "team-a/FineTune/docs"
+    assert prefix.progress_key == "team-a/FineTune/docs/progress.json"
+    assert prefix.checkpoints_key == "team-a/FineTune/docs/checkpoints/"
+    assert prefix.checkpoint_key(7) == "team-a/FineTune/docs/checkpoints/step-7/"
+    assert prefix.manifest_key(7) == "team-a/FineTune/docs/checkpoints/step-7/MANIFEST.json"
+    assert prefix.failure_key(2) == "team-a/FineTune/docs/attempts/2/failure.json"
+    assert prefix.output_key("adapter", "x.bin") == "team-a/FineTune/docs/outputs/adapter/x.bin"
+    assert prefix.uri("outputs") == "s3://bucket/team-a/FineTune/docs/outputs"
+    assert prefix.key("/a/", "", "b/") == "team-a/FineTune/docs/a/b"
+    override = ResourcePrefix.for_resource("bucket", "team-a", "FineTune", "docs", override="/custom/place/")
+    assert override.prefix == "custom/place" and override.bucket == "bucket"
+
+
+def test_parse_s3_uri():
+    assert parse_s3_uri("s3://bucket/a/b.jsonl") == ("bucket", "a/b.jsonl")
+    assert parse_s3_uri("s3://bucket") == ("bucket", "")
+    for bad in ("http://bucket/a", "bucket/a", "s3:///a"):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            parse_s3_uri(bad)

@@ -123,6 +123,55 @@ def test_watchdog_start_clock():
     assert watch(attempt, Activity.STARTING, None, start + timedelta(seconds=900), hang, limit).stuck is None
 
 
+@pytest.mark.parametrize("message", [
+    # A lost node often surfaces as a secondary Python error in the driver: the infrastructure cause must win,
+    # or the failure would never be retried.
+    "ray.exceptions.ActorDiedError: the actor died because its node died\nKeyError: 'loss'",
+    "NodeLost: worker node removed; FileNotFoundError: /tmp/ray/session/checkpoint",
+    "RayletDied while running; ImportError: cannot import name 'x' in a worker",
+])
+def test_infrastructure_signs_win_over_user_error_patterns(message):
+    assert classify(ObservedFailure(message=message)) == FailureReason.INFRASTRUCTURE
+
+
+def test_out_of_memory_signs_win_over_infrastructure_and_user_error_patterns():
+    assert classify(ObservedFailure(message="worker OOMKilled; node was lost; KeyError")) == FailureReason.OUT_OF_MEMORY
+
+
+def test_the_exit_code_decides_before_any_message_pattern():
+    assert classify(ObservedFailure(exit_code=64, message="NodeLost")) == FailureReason.USER_ERROR
+    assert classify(ObservedFailure(message="failed with exit code 75: KeyError")) == FailureReason.INFRASTRUCTURE
+    assert classify(ObservedFailure(exit_code=1, message="NodeLost")) == FailureReason.INFRASTRUCTURE
+
+
+def test_the_workload_report_decides_before_the_exit_code():
+    assert classify(ObservedFailure(report_reason="OutOfMemory", exit_code=64)) == FailureReason.OUT_OF_MEMORY
+    assert classify(ObservedFailure(hang=True, report_reason="UserError", exit_code=64)) == FailureReason.HANG
+
+
+@pytest.mark.parametrize("failure,code", [
+    (ObservedFailure(exit_code=3, message="exit code 7"), 3),
+    (ObservedFailure(message="Job entrypoint command failed with exit code 7, last available logs"), 7),
+    (ObservedFailure(message="process exited with code: 9"), 9),
+    (ObservedFailure(message="worker stopped, exit_code=-9"), -9),
+    (ObservedFailure(message="worker stopped, exit_code: 12"), 12),
+    (ObservedFailure(message="no code here", log_tail="exit code 5"), None),
+    (ObservedFailure(), None),
+])
+def test_effective_exit_code_prefers_the_raw_code_then_reads_the_message(failure, code):
+    assert failure.effective_exit_code() == code
+
+
+def test_failure_text_joins_message_and_log_tail():
+    assert ObservedFailure(message="a", log_tail="b").text == "a\nb"
+    assert ObservedFailure(log_tail="b").text == "b"
+    assert ObservedFailure(message="a").text == "a"
+
+
+def test_log_tail_alone_is_classified():
+    assert classify(ObservedFailure(log_tail="NCCL error: unhandled system error")) == FailureReason.INFRASTRUCTURE
+
+
 def test_missing_workload_module_is_a_user_error():
     message = ("Job entrypoint command failed with exit code 1, last available logs:\n"
                "/venv/bin/python: No module named kubeforge_workloads.nope")
