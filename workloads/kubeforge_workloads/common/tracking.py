@@ -1,4 +1,4 @@
-"""MLflow: one run per resource, continued by every attempt; model registration."""
+"""MLflow: one run per resource, continued by every attempt; model registration, once per resource generation."""
 
 from __future__ import annotations
 
@@ -52,8 +52,19 @@ def start_run(context: WorkloadContext, params: dict, remembered_run_id: Optiona
     return run.info.run_id
 
 
-def register(name: str, run_id: str, artifact_path: str, description: Optional[str] = None) -> str:
-    """Register run artifacts (a Hugging Face directory) as a new model version; returns the version."""
+def publication_tags(context: WorkloadContext) -> dict[str, str]:
+    """What identifies one publication: the resource (uid, not name: a re-created resource is a new one) and the
+    spec generation it trained with. Every attempt of that pair publishes the same thing."""
+    return {"kubeforge.uid": context.uid, "kubeforge.generation": str(context.generation)}
+
+
+def register(name: str, run_id: str, artifact_path: str, identity: dict[str, str], description: Optional[str] = None,
+             extra_tags: Optional[dict[str, str]] = None, await_seconds: float = 300) -> str:
+    """The version of `name` registered for `identity` (publication_tags): the one an earlier attempt created, else
+    a new one from the run's artifacts (a Hugging Face directory). Returns the version number.
+
+    The identity tags are set in the same request that creates the version, so no version can exist without them
+    (a kill between "created" and "tagged" would otherwise leave one that no retry finds)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -63,10 +74,50 @@ def register(name: str, run_id: str, artifact_path: str, description: Optional[s
     except MlflowException as error:
         if "already exists" not in str(error).lower() and "RESOURCE_ALREADY_EXISTS" not in str(error):
             raise
+    earlier = registered_version(client, name, identity, await_seconds)
+    if earlier is not None:
+        return earlier
     run = client.get_run(run_id)
     source = f"{run.info.artifact_uri}/{artifact_path}"
-    version = client.create_model_version(name, source=source, run_id=run_id, description=description)
+    version = client.create_model_version(name, source=source, run_id=run_id, description=description,
+                                          tags={**(extra_tags or {}), **identity}, await_creation_for=await_seconds)
     return str(version.version)
+
+
+def registered_version(client, name: str, identity: dict[str, str], await_seconds: float = 300,
+                       poll_seconds: float = 1.0) -> Optional[str]:
+    """The oldest usable version of `name` carrying every `identity` tag, waiting for one still
+    PENDING_REGISTRATION (an earlier attempt died while the registry was copying it) to become READY; None when
+    there is none. A version that FAILED_REGISTRATION never counts: the caller registers anew."""
+    from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
+
+    from kubeforge_workloads.common.errors import WorkloadError
+
+    failed = ModelVersionStatus.to_string(ModelVersionStatus.FAILED_REGISTRATION)
+    pending = ModelVersionStatus.to_string(ModelVersionStatus.PENDING_REGISTRATION)
+    conditions = [f"name = '{name}'", *(f"tags.`{key}` = '{value}'" for key, value in sorted(identity.items()))]
+    found = client.search_model_versions(" AND ".join(conditions))
+    deadline = time.monotonic() + await_seconds
+    for version in sorted(found, key=lambda v: int(v.version)):
+        while version.status == pending and time.monotonic() < deadline:
+            time.sleep(poll_seconds)
+            version = client.get_model_version(name, version.version)
+        if version.status == pending:
+            raise WorkloadError(f"model version {name}/{version.version} registered by an earlier attempt is "
+                                f"still PENDING_REGISTRATION after {await_seconds:.0f}s; the next attempt waits again")
+        if version.status != failed:
+            return str(version.version)
+    return None
+
+
+def log_metric_once(run_id: str, key: str, value: float, step: int) -> None:
+    """Log a metric unless the run already has it at this step (a retried publish re-logs nothing)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if any(metric.step == step for metric in client.get_metric_history(run_id, key)):
+        return
+    client.log_metric(run_id, key, value, step=step)
 
 
 class MetricsBuffer:

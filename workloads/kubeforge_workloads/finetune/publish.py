@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -9,6 +11,9 @@ from kubeforge.api.finetune import FineTuneSpec, Method
 from kubeforge.api.workload import WorkloadContext
 from kubeforge_workloads.common.storage import WorkloadStorage
 
+CHAOS_PUBLISH_DELAY_ENV = "KUBEFORGE_CHAOS_PUBLISH_DELAY_SECONDS"
+"""Seconds to sleep after the adapter is registered and before the merged model is: widens the window in which
+a kill interrupts publishing, for tests."""
 PROBE_PROMPT = "### Question\nWhat does Kubeforge do?\n### Answer\n"
 """A fixed prompt whose logits go to outputs/probe.json, so a loaded adapter can be checked against them."""
 
@@ -36,28 +41,45 @@ def probe_logits(model, tokenizer) -> dict:
 
 def publish(context: WorkloadContext, spec: FineTuneSpec, storage: WorkloadStorage, trainer, tokenizer, cache: Path,
             run_id: Optional[str], eval_before: Optional[dict], eval_after: Optional[float]) -> dict:
-    import mlflow
+    """Publish the trained model once per resource generation, however many attempts get here: a retry reuses
+    what an earlier attempt of the same uid and generation already published (all of it when its result.json
+    is there; else the registered versions, found by their tags) and repeats only idempotent writes (same S3
+    keys, same artifact paths)."""
+    from mlflow.tracking import MlflowClient
 
-    from kubeforge_workloads.common.tracking import register
+    from kubeforge_workloads.common.tracking import log_metric_once, publication_tags, register
 
+    published = storage.get_json("result.json")
+    if published and (published.get("resourceUid"), published.get("generation")) == (context.uid, context.generation):
+        print(f"kubeforge: reusing what an earlier attempt of generation {context.generation} published", flush=True)
+        return published
+
+    client = MlflowClient()
+    identity = publication_tags(context)
+    registered_by = {"kubeforge.attempt": str(context.attempt)}
     model = trainer.model
     name = spec.output.registered_model_name
     result: dict = {"registeredModelName": name, "mlflowRunId": run_id, "steps": trainer.state.global_step,
-                    "evalLossBefore": (eval_before or {}).get("evalLoss"), "evalLossAfter": eval_after}
+                    "evalLossBefore": (eval_before or {}).get("evalLoss"), "evalLossAfter": eval_after,
+                    "resourceUid": context.uid, "generation": context.generation}
     if eval_after is not None:
-        mlflow.log_metric("eval_loss_after", eval_after, step=trainer.state.global_step)
+        log_metric_once(run_id, "eval_loss_after", eval_after, trainer.state.global_step)
     main_dir = cache / ("model" if spec.method == Method.FULL else "adapter") / "out"
     model.save_pretrained(main_dir)
     tokenizer.save_pretrained(main_dir)
     artifact = "model" if spec.method == Method.FULL else "adapter"
     # modelUri is the registry URI (what serving and status use); the S3 copies are adapterUri / fullModelUri.
     result["adapterUri" if artifact == "adapter" else "fullModelUri"] = storage.upload_dir(main_dir, artifact)
-    mlflow.log_artifacts(str(main_dir), artifact_path=artifact)
-    version = register(name, run_id, artifact, f"{context.namespace}/{context.name} ({spec.method.value})")
+    client.log_artifacts(run_id, str(main_dir), artifact_path=artifact)  # a retry overwrites the same files
+    version = register(name, run_id, artifact, identity, f"{context.namespace}/{context.name} ({spec.method.value})",
+                       extra_tags=registered_by)
     result["registeredModelVersion"] = version
     result["modelUri"] = f"models:/{name}/{version}"
     probe = probe_logits(model, tokenizer)
     storage.put_json(probe, "probe.json")
+    delay = float(os.environ.get(CHAOS_PUBLISH_DELAY_ENV) or 0)
+    if delay:  # the adapter is registered, the merged model is not: a kill now interrupts publishing
+        time.sleep(delay)
 
     if spec.output.merge and spec.method != Method.FULL:
         merged = model.merge_and_unload()
@@ -65,9 +87,11 @@ def publish(context: WorkloadContext, spec: FineTuneSpec, storage: WorkloadStora
         merged.save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
         result["mergedUri"] = storage.upload_dir(merged_dir, "merged")
-        mlflow.log_artifacts(str(merged_dir), artifact_path="merged")
+        client.log_artifacts(run_id, str(merged_dir), artifact_path="merged")
         result["mergedModelName"] = f"{name}-merged"
-        result["mergedModelVersion"] = register(f"{name}-merged", run_id, "merged",
-                                                f"{context.namespace}/{context.name} merged for serving")
-    mlflow.log_dict(result, "result.json")
+        result["mergedModelVersion"] = register(f"{name}-merged", run_id, "merged", identity,
+                                                f"{context.namespace}/{context.name} merged for serving",
+                                                extra_tags=registered_by)
+    client.log_dict(run_id, result, "result.json")
     return result
+
