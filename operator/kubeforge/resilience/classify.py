@@ -27,6 +27,12 @@ _MESSAGE_PATTERNS: tuple[tuple[FailureReason, re.Pattern], ...] = (
         r"NodeLost|node .* (died|was lost|removed)|Evicted|preempt|NodeDied|RayletDied|ActorDiedError|"
         r"WorkerCrashedError|RaySystemError|GcsUnavailable|connection (reset|refused)|head pod .*(lost|deleted)|"
         r"NCCL (error|timeout)|ECONNRESET|DeadlineExceeded|Pod .* (failed|deleted)", re.I)),
+    # What Ray and KubeRay write when the processes under a job vanish (node gone, SIGKILL): the job's supervisor
+    # actor or driver died without a Python error of its own.
+    (FailureReason.INFRASTRUCTURE, re.compile(
+        r"Job supervisor actor died|The actor died unexpectedly|Worker exit type: (SYSTEM_ERROR|UNEXPECTED_SYSTEM_EXIT)|"
+        r"Job entrypoint command failed with exit code -9\b|Ray head pod not found|"
+        r"Ray job not found in RayCluster", re.I)),
     (FailureReason.USER_ERROR, re.compile(
         r"ModuleNotFoundError|No module named|ImportError|SyntaxError|NameError|TypeError: .*argument|"
         r"KeyError|FileNotFoundError|No such file|invalid spec|ValidationError", re.I)),
