@@ -127,7 +127,8 @@ def test_server_side_table_with_printer_columns(server, custom):
                 accept="application/json;as=Table;v=v1;g=meta.k8s.io,application/json").json()
     assert table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
     columns = [(c["name"], c["priority"]) for c in table["columnDefinitions"]]
-    assert columns == [("Name", 0), ("Color", 0), ("Ready", 0), ("First", 1), ("Age", 0)]
+    assert columns == [("Name", 0), ("Color", 0), ("Ready", 0), ("First", 1), ("Team", 1), ("Last", 1), ("Tags", 1),
+                       ("Size", 1), ("Locked", 1), ("Failing", 1), ("Age", 0)]
     cells = table["rows"][0]["cells"]
-    assert cells[:4] == ["tabled", "red", "True", "first"] and cells[4].endswith("s")
+    assert cells[:4] == ["tabled", "red", "True", "first"] and cells[-1].endswith("s")
     assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"

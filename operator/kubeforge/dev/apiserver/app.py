@@ -56,7 +56,7 @@ def _matcher(request: web.Request, rtype: ResourceType):
         allowed, custom = BUILTIN_FIELDS.get(rtype.key, set()), False
     try:
         labels = label_matcher(request.query.get("labelSelector"))
-        fields = field_matcher(request.query.get("fieldSelector"), allowed, custom)
+        fields = field_matcher(request.query.get("fieldSelector"), allowed, custom, rtype.key)
     except SelectorError as error:
         raise ApiError(400, str(error))
     return lambda obj: labels(obj["metadata"].get("labels") or {}) and fields(obj)

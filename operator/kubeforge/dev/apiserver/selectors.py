@@ -70,18 +70,27 @@ def label_matcher(selector: Optional[str]) -> Callable[[dict], bool]:
     return lambda labels: all(test(labels) for test in tests)
 
 
+# Field labels whose Go field is a plain bool: an unset field reads as its zero value, "false".
+_BOOLEAN_FIELDS = {("", "pods"): {"spec.hostNetwork"}}
+
+
 def field_value(obj: dict, path: str) -> Optional[str]:
+    """The field's value as the real server's field sets hold it: strconv.FormatBool for booleans
+    ("true", not Python's "True"), FormatInt for integers."""
     current = obj
     for part in path.split("."):
         if not isinstance(current, dict) or part not in current:
             return None
         current = current[part]
+    if isinstance(current, bool):
+        return "true" if current else "false"
     return None if isinstance(current, (dict, list)) else str(current)
 
 
 def field_matcher(selector: Optional[str], allowed: Optional[set[str]] = None,
-                  custom: bool = False) -> Callable[[dict], bool]:
-    """`allowed`: the field labels the resource supports besides metadata.name/namespace (None: anything)."""
+                  custom: bool = False, resource: tuple[str, str] = ("", "")) -> Callable[[dict], bool]:
+    """`allowed`: the field labels the resource supports besides metadata.name/namespace (None: anything);
+    `resource`: (group, plural) of a built-in, for fields that read as a zero value when unset."""
     if not selector:
         return lambda obj: True
     tests = []
@@ -95,8 +104,9 @@ def field_matcher(selector: Optional[str], allowed: Optional[set[str]] = None,
                 known = ", ".join(f'"{f}"' for f in ["metadata.name", "metadata.namespace", *sorted(allowed)])
                 raise SelectorError(f'"{path}" is not a known field selector: only {known}')
             raise SelectorError(f'field label not supported: {path}')
+        unset = "false" if path in _BOOLEAN_FIELDS.get(resource, ()) else ""
         if op in ("=", "=="):
-            tests.append((lambda p, v: lambda o: (field_value(o, p) or "") == v)(path, value))
+            tests.append((lambda p, v, u: lambda o: (field_value(o, p) or u) == v)(path, value, unset))
         else:
-            tests.append((lambda p, v: lambda o: (field_value(o, p) or "") != v)(path, value))
+            tests.append((lambda p, v, u: lambda o: (field_value(o, p) or u) != v)(path, value, unset))
     return lambda obj: all(test(obj) for test in tests)

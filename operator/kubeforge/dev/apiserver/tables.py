@@ -2,44 +2,85 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
-from typing import Any
+from functools import lru_cache
+from typing import Any, Optional
+
+from jsonpath_ng.ext import parse as parse_jsonpath
 
 from kubeforge.dev.apiserver.types import ResourceType
 
-_FILTER = re.compile(r'^\[\?\(@\.([\w.]+)\s*==\s*["\']([^"\']*)["\']\)\]')
-_INDEX = re.compile(r"^\[(\d+)\]")
-_FIELD = re.compile(r"^\.([\w-]+)")
+_PLAIN_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _to_jsonpath_ng(path: str) -> str:
+    """Kubernetes JSONPath (client-go: `.a.b`, `\\.`-escaped dots in field names, brackets, `..`) in
+    jsonpath-ng's ext syntax: rooted at `$`, field names that are not identifiers quoted."""
+    path = path.strip()
+    if path.startswith("{") and path.endswith("}"):
+        path = path[1:-1].strip()
+    if path.startswith("$"):
+        path = path[1:]
+    out, i = ["$"], 0
+    while i < len(path):
+        char = path[i]
+        if char == "[":  # indices, slices, wildcards, filters and quoted names mean the same in both dialects
+            depth, j, quote = 0, i, ""
+            while j < len(path):
+                c = path[j]
+                if quote:
+                    quote = "" if c == quote else quote
+                elif c in "'\"":
+                    quote = c
+                elif c == "[":
+                    depth += 1
+                elif c == "]":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            out.append(path[i:j + 1])
+            i = j + 1
+        elif char == ".":
+            descend = path[i + 1:i + 2] == "."
+            i += 2 if descend else 1
+            out.append(".." if descend else ".")
+            name = ""
+            while i < len(path) and path[i] not in ".[":
+                if path[i] == "\\" and i + 1 < len(path):
+                    i += 1
+                name += path[i]
+                i += 1
+            if not name:
+                if descend:
+                    out.append("*")  # `..[0]`: jsonpath-ng needs a field after `..`
+                    continue
+                raise ValueError(f"empty field name in JSONPath {path!r}")
+            out.append(name if name == "*" or _PLAIN_FIELD.match(name) else json.dumps(name))
+        else:
+            raise ValueError(f"unexpected {char!r} in JSONPath {path!r}")
+    return "".join(out)
+
+
+@lru_cache(maxsize=512)
+def _compiled(path: str):
+    return parse_jsonpath(_to_jsonpath_ng(path))
+
+
+def jsonpath_results(obj: Any, path: str) -> list:
+    """Every value `path` selects in `obj` (jsonpath-ng), in document order."""
+    return [match.value for match in _compiled(path).find(obj)]
 
 
 def jsonpath(obj: Any, path: str) -> Any:
-    """The subset of JSONPath printer columns use: .a.b, .a[0].b, .a[?(@.type=="Ready")].status."""
-    path = path.strip()
-    if path.startswith("{") and path.endswith("}"):
-        path = path[1:-1]
-    current = [obj]
-    while path:
-        if match := _FIELD.match(path):
-            current = [c.get(match.group(1)) for c in current if isinstance(c, dict)]
-        elif match := _INDEX.match(path):
-            i = int(match.group(1))
-            current = [c[i] for c in current if isinstance(c, list) and len(c) > i]
-        elif match := _FILTER.match(path):
-            key, value = match.groups()
-            current = [item for c in current if isinstance(c, list) for item in c
-                       if isinstance(item, dict) and str(_dig(item, key)) == value]
-        else:
-            return None
-        path = path[match.end():]
-        current = [c for c in current if c is not None]
-    return current[0] if len(current) == 1 else (current or None)
-
-
-def _dig(obj: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = obj.get(part) if isinstance(obj, dict) else None
-    return obj
+    """The first value `path` selects, or None: a printer column shows only its first result."""
+    try:
+        found = jsonpath_results(obj, path)
+    except Exception:  # a path the parser refuses yields an empty cell, as on the real server
+        return None
+    return found[0] if found else None
 
 
 def age(timestamp: str | None) -> str:
@@ -74,16 +115,41 @@ def human_duration(seconds: int) -> str:
     return f"{hours // (24 * 365)}y"
 
 
-def _cell(value: Any, column_type: str) -> Any:
+def _go_text(value: Any) -> Optional[str]:
+    """What client-go's JSONPath PrintResults writes for one value: maps and lists as compact JSON, the rest
+    as Go's fmt prints them (true/false, integral floats without a fraction)."""
     if value is None:
         return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    return str(value)
+
+
+def _cell(value: Any, column_type: str) -> Any:
+    """apiextensions' cellForJSONValue: a value of the wrong type for its column is an empty cell."""
+    if value is None:
+        return None
+    if column_type == "string":
+        return _go_text(value)
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if column_type == "integer":
+        return int(value) if numeric else None
+    if column_type == "number":
+        return float(value) if numeric else None
+    if column_type == "boolean":
+        return value if isinstance(value, bool) else None
     if column_type == "date":
-        return age(value)
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, (dict,)):
-        return str(value)
-    return value
+        if not isinstance(value, str):
+            return None
+        try:
+            return age(value)
+        except ValueError:
+            return "<invalid>"
+    return None
 
 
 def _event_object(obj: dict) -> str:
