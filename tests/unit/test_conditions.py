@@ -42,6 +42,9 @@ def test_conditions_are_replaced_by_type_and_kept_in_kstatus_order():
     result = set_condition(conditions, "Reconciling", True, "Running", "", 1, T1)
     assert [c["type"] for c in result] == ["Ready", "Reconciling", "Stalled", "Custom"]
     assert len(set_condition(result, "Ready", True, "Succeeded", "", 1, T1)) == 4
+    reversed_order = [{"type": "Stalled", "status": "False"}, {"type": "Reconciling", "status": "True"}]
+    assert [c["type"] for c in set_condition(reversed_order, "Ready", False, "Running", "", 1, T1)] == \
+        ["Ready", "Reconciling", "Stalled"]
 
 
 def test_set_kstatus_keeps_messages_on_true_conditions_and_ready_only():
@@ -63,3 +66,4 @@ def test_condition_status_reads_one_type():
     assert condition_status({}, "Ready") is None
     assert condition_status(None, "Ready") is None
     assert condition_status({"status": None}, "Ready") is None
+    assert condition_status({"status": {"conditions": None}}, "Ready") is None

@@ -65,6 +65,7 @@ def test_resource_prefix_keys_and_uris():
 def test_parse_s3_uri():
     assert parse_s3_uri("s3://bucket/a/b.jsonl") == ("bucket", "a/b.jsonl")
     assert parse_s3_uri("s3://bucket") == ("bucket", "")
-    for bad in ("http://bucket/a", "bucket/a", "s3:///a"):
-        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+    for bad, problem in (("http://bucket/a", "not an s3:// URI"), ("bucket/a", "not an s3:// URI"),
+                         ("s3:///a", "s3 URI without a bucket")):
+        with pytest.raises(ValueError, match=f"^{re.escape(problem)}: {re.escape(repr(bad))}$"):
             parse_s3_uri(bad)

@@ -46,7 +46,14 @@ def test_exhausted_retries_name_the_limit_and_the_last_reason():
 
 def test_user_errors_fail_at_once_even_with_restarts_left():
     decision = decide(policy(maxRestarts=5), FailureReason.USER_ERROR, ObservedFailure(exit_code=64), 0, 0)
-    assert not decision.retry and decision.summary == "not retried: reason UserError"
+    assert not decision.retry and decision.counted and decision.delay_seconds == 0 and decision.rule is None
+    assert decision.summary == "not retried: reason UserError"
+
+
+def test_exhausted_retries_keep_the_rule_that_matched():
+    p = policy(maxRestarts=1, rules=[{"onLogPattern": "flaky", "action": "Retry"}])
+    decision = decide(p, FailureReason.UNKNOWN, ObservedFailure(message="flaky"), 1, 1)
+    assert not decision.retry and decision.counted and decision.rule == 0
 
 
 def test_on_exit_codes_matches_a_code_found_only_in_the_rayjob_message():
@@ -83,6 +90,7 @@ def test_a_fail_rule_stops_a_retryable_failure_and_says_which_rule():
     p = policy(rules=[{"onReason": "Infrastructure", "action": "Fail"}])
     decision = decide(p, FailureReason.INFRASTRUCTURE, NODE_LOST, 0, 0)
     assert not decision.retry and decision.rule == 0 and decision.summary == "not retried: rule 0 (Fail)"
+    assert decision.counted and decision.delay_seconds == 0
 
 
 def test_a_retry_rule_overrides_the_user_error_verdict_but_still_counts():

@@ -24,6 +24,13 @@ from kubeforge.resilience.policy import backoff_delay, count_restarts
     (ObservedFailure(message="torch.OutOfMemoryError: CUDA out of memory"), FailureReason.OUT_OF_MEMORY),
     (ObservedFailure(log_tail="ModuleNotFoundError: No module named 'foo'"), FailureReason.USER_ERROR),
     (ObservedFailure(message="something odd"), FailureReason.UNKNOWN),
+    (ObservedFailure(exit_code=71), FailureReason.OUT_OF_MEMORY),
+    (ObservedFailure(exit_code=75), FailureReason.INFRASTRUCTURE),
+    (ObservedFailure(message="raylet: memory pressure, killing a worker"), FailureReason.OUT_OF_MEMORY),
+    (ObservedFailure(message="ray.exceptions.WorkerCrashedError: the worker died"), FailureReason.INFRASTRUCTURE),
+    (ObservedFailure(message="Pod kubeforge-head-x failed"), FailureReason.INFRASTRUCTURE),
+    (ObservedFailure(message="KeyError: 'instruction'"), FailureReason.USER_ERROR),
+    (ObservedFailure(message="pydantic_core.ValidationError: 1 validation error"), FailureReason.USER_ERROR),
     (ObservedFailure(report_reason="NotAReason", message="NodeLost"), FailureReason.INFRASTRUCTURE),
 ])
 def test_classify(failure, reason):
