@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -94,39 +93,26 @@ def logs(state_dir: Path, component: str, follow: bool) -> None:
               show_default=True)
 @click.option("--timeout", default=900, show_default=True, help="Seconds to wait for the final state.")
 def demo(state_dir: Path, manifest: str, timeout: int) -> None:
-    """Bring the sandbox up if needed, apply a manifest and watch it to its final state."""
-    from kubeforge.dev import sandbox
+    """Bring the sandbox up if needed, apply a manifest and follow its resources to their final state."""
+    import yaml
+
+    from kubeforge.dev import progress_watch, sandbox
 
     state = sandbox.SandboxState.load(Path(state_dir).resolve())
     if state is None or not all(s.startswith("running") for s in sandbox.status(state_dir).values()):
         state = sandbox.up(state_dir)
     env = {**os.environ, **state.client_env()}
     subprocess.run(["kubectl", "apply", "-f", manifest], env=env, check=True)
-    watcher = subprocess.Popen(["kubectl", "get", "genai", "-w"], env=env)
-    try:
-        finished = _wait_final(env, timeout)
-    finally:
-        watcher.terminate()
+    refs = progress_watch.applied_refs(yaml.safe_load_all(Path(manifest).read_text()), sandbox.NAMESPACE)
+    board = progress_watch.follow(refs, str(state.kubeconfig), timeout, echo=click.echo)
     subprocess.run(["kubectl", "get", "genai", "-o", "wide"], env=env)
-    if not finished:
-        raise click.ClickException("not every resource reached a final state; see `kubectl describe` and "
-                                   "`kubeforge dev logs operator`")
+    if board.failures():
+        raise click.ClickException("; ".join(f"{ref} {why}" for ref, why in board.failures().items()) +
+                                   " (see `kubectl describe` and `kubeforge dev logs operator`)")
+    if not board.done:
+        raise click.ClickException(f"{', '.join(map(str, board.pending()))} not final after {timeout}s; see "
+                                   "`kubectl describe` and `kubeforge dev logs operator`")
     click.echo(f"\nAll done. In another shell: export KUBECONFIG={state.kubeconfig.resolve()}")
-
-
-def _wait_final(env: dict, timeout: int) -> bool:
-    import json
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(["kubectl", "get", "genai", "-o", "json"], env=env, capture_output=True, text=True)
-        if out.returncode == 0:
-            items = json.loads(out.stdout).get("items", [])
-            phases = [(i.get("status") or {}).get("phase") for i in items]
-            if items and all(p in ("Succeeded", "Failed", "Ready") for p in phases):
-                return all(p != "Failed" for p in phases)
-        time.sleep(3)
-    return False
 
 
 from kubeforge.dev.chaos import chaos_cli  # noqa: E402  (light: click only at import)
