@@ -197,8 +197,8 @@ def test_missing_secret_fails_without_crash_loop(cluster):
     assert status["reason"] == "SubmissionFailed" and '"nope" not found' in status["message"]
     bad = rayjob("badenv-job", "python -c 1", runtimeEnvYAML="- not\n- a mapping\n")
     cluster["api"].create_namespaced_custom_object(G, V, NS, P, bad)
-    status = wait_for(cluster, status_is(cluster, "badenv-job", "Failed"), "badenv-job Failed")
-    assert "runtimeEnvYAML" in status["message"]
+    status = wait_for(cluster, status_is(cluster, "badenv-job", "ValidationFailed"), "badenv-job ValidationFailed")
+    assert "failed to unmarshal RuntimeEnvYAML" in status["message"]
     assert cluster["proc"].poll() is None  # still running
 
 
@@ -253,17 +253,142 @@ def test_restart_adopts_running_job(cluster, jobs):
     assert [j.submission_id for j in jobs.list_jobs() if (j.submission_id or "").startswith("adopt-job")] == [job_id]
 
 
-def test_chaos_kill_reports_the_reason(cluster, jobs):
+def test_chaos_kill_status_comes_from_what_ray_saw(cluster, jobs):
+    """kill only SIGKILLs the job's processes; the Failed status and its message are Ray's account of the dead
+    driver, and the operator's classifier calls that Infrastructure."""
+    from kubeforge.api.shared import FailureReason
     from kubeforge.dev import chaos
+    from kubeforge.resilience.classify import ObservedFailure, classify
 
     cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob("kill-job", "python -c 'import time; time.sleep(300)'"))
     job_id = _running(cluster, "kill-job", jobs)
-    chaos.kill(cluster["api"], NS, "kill-job", "OOMKilled")
+    chaos.kill(cluster["api"], NS, "kill-job")
     status = wait_for(cluster, status_is(cluster, "kill-job", "Failed"), "kill-job Failed")
-    assert status["jobStatus"] == "FAILED" and status["reason"] == "AppFailed" and "OOMKilled" in status["message"]
-    wait_for(cluster, lambda: jobs.get_job_info(job_id).status.is_terminal(), "Ray job ended")
+    info = jobs.get_job_info(job_id)
+    assert info.status.value == "FAILED"
+    assert status["jobStatus"] == "FAILED" and status["reason"] == "AppFailed" and status["message"] == info.message
+    assert "NodeLost" not in status["message"]  # nothing of the injector's in the verdict
+    assert classify(ObservedFailure(message=status["message"])) == FailureReason.INFRASTRUCTURE, status["message"]
     annotations = get(cluster, "kill-job")["metadata"].get("annotations") or {}
-    assert "chaos.kubeforge.dev/action" not in annotations and "kill:OOMKilled" in annotations["chaos.kubeforge.dev/last"]
+    assert "chaos.kubeforge.dev/action" not in annotations and "kill:NodeLost" in annotations["chaos.kubeforge.dev/last"]
+
+
+def test_memory_limit_is_enforced_as_oomkilled(cluster, jobs):
+    """chaos oom makes the entrypoint allocate; the local KubeRay's memory monitor, not the chaos, kills it at the
+    head container's resources.limits.memory, and the status says OOMKilled / exit code 137 first."""
+    from kubeforge.api.shared import FailureReason
+    from kubeforge.dev import chaos
+    from kubeforge.resilience.classify import ObservedFailure, classify
+
+    loop = cluster["tmp"] / "oom_loop.py"
+    loop.write_text("import time\nfrom kubeforge_workloads.common.chaos import stall_point\n"
+                    "while True:\n    stall_point()\n    time.sleep(0.05)\n")
+    container = {"resources": {"limits": {"cpu": "1", "memory": "400Mi"}}}
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob("oom-job", f"python {loop}", container))
+    job_id = _running(cluster, "oom-job", jobs)
+    time.sleep(2)
+    assert get(cluster, "oom-job")["status"]["jobDeploymentStatus"] == "Running"  # under its limit
+    chaos.oom(cluster["api"], NS, "oom-job")
+    status = wait_for(cluster, status_is(cluster, "oom-job", "Failed"), "oom-job Failed", timeout=60)
+    assert status["reason"] == "AppFailed" and status["jobStatus"] == "FAILED"
+    assert status["message"].startswith("Ray head pod container ray-head terminated with exit code 137: OOMKilled\n")
+    assert jobs.get_job_info(job_id).message in status["message"]
+    assert classify(ObservedFailure(message=status["message"])) == FailureReason.OUT_OF_MEMORY
+    assert "OOMKilled" in [e.reason for e in events_about(cluster, "oom-job")]
+
+
+def events_about(cluster, name: str, namespace: str = NS) -> list:
+    return cluster["core"].list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("a" * 48, "RayJob name should be no more than 47 characters"),
+    ("7th-run", "RayJob name should be a valid DNS1035 label"),
+])
+def test_refused_name_is_validation_failed_with_an_event(cluster, jobs, name, needle):
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob(name, "python -c 1"))
+    status = wait_for(cluster, status_is(cluster, name, "ValidationFailed"), f"{name} ValidationFailed")
+    assert status["reason"] == "ValidationFailed" and status["message"].startswith("The RayJob metadata is invalid: ")
+    assert needle in status["message"] and "jobId" not in status
+    events = wait_for(cluster, lambda: events_about(cluster, name), "the Warning event")
+    assert [(e.type, e.reason, e.message) for e in events] == [
+        ("Warning", "InvalidRayJobMetadata", f"{NS}/{name}: {status['message']}")]
+    assert not [j for j in jobs.list_jobs() if (j.submission_id or "").startswith(name)]
+    cluster["api"].delete_namespaced_custom_object(G, V, NS, P, name)
+
+
+def test_unschedulable_gpu_job_stays_initializing(cluster, jobs):
+    worker = {"groupName": "gpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 1, "rayStartParams": {},
+              "template": {"spec": {"containers": [{"name": "ray-worker", "image": "ray", "resources": {
+                  "limits": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": 64}}}]}}}
+    body = rayjob("gpu-job", "python -c 1")
+    body["spec"]["rayClusterSpec"]["workerGroupSpecs"] = [worker]
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, body)
+    events = wait_for(cluster, lambda: events_about(cluster, "gpu-job"), "FailedScheduling")
+    assert events[0].reason == "FailedScheduling"
+    assert events[0].message.startswith("0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    time.sleep(3)
+    status = get(cluster, "gpu-job")["status"]
+    assert status["jobDeploymentStatus"] == "Initializing" and "jobStatus" not in status
+    assert not [j for j in jobs.list_jobs() if (j.submission_id or "").startswith("gpu-job")]
+    cluster["api"].delete_namespaced_custom_object(G, V, NS, P, "gpu-job")
+
+
+def test_namespace_annotation_holds_starts(cluster, jobs):
+    from kubernetes import client
+
+    cluster["core"].create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name="held", annotations={"kuberay.kubeforge.dev/hold-start-seconds": "6"})))
+    cluster["api"].create_namespaced_custom_object(G, V, "held", P, {**rayjob("held-job", "python -c 1"),
+                                                                     "metadata": {"name": "held-job"}})
+    created = time.monotonic()
+    seen = []
+    while time.monotonic() - created < 40:
+        state = (cluster["api"].get_namespaced_custom_object(G, V, "held", P, "held-job").get("status") or {}).get(
+            "jobDeploymentStatus")
+        if state and (not seen or seen[-1][0] != state):
+            seen.append((state, time.monotonic() - created))
+        if state == "Complete":
+            break
+        time.sleep(0.3)
+    assert [s for s, _ in seen][:1] == ["Initializing"] and seen[-1][0] == "Complete", seen
+    running_at = next(t for s, t in seen if s != "Initializing")
+    assert running_at >= 5, seen
+
+
+def test_chaos_stall_keeps_the_heartbeat_and_freezes_the_step(cluster, jobs):
+    """stall blocks the training loop at its chaos point while the process and its heartbeat thread go on: the
+    progress file's updatedAt advances, its step does not; resume lets the step advance again."""
+    import json
+
+    from kubeforge.dev import chaos
+
+    progress = cluster["tmp"] / "progress.json"
+    loop = cluster["tmp"] / "stall_loop.py"
+    loop.write_text(
+        "import json, sys, time\nfrom kubeforge_workloads.common.chaos import stall_point\n"
+        "from kubeforge_workloads.common.heartbeat import Heartbeat\n"
+        "def write(p):\n    open(sys.argv[1] + '.tmp', 'w').write(p.model_dump_json(by_alias=True))\n"
+        "    import os; os.replace(sys.argv[1] + '.tmp', sys.argv[1])\n"
+        "beat = Heartbeat(write, attempt=1, interval=0.3).start()\n"
+        "for step in range(1, 100000):\n    stall_point()\n    beat.update(step=step)\n    time.sleep(0.1)\n")
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob("stall-job", f"python {loop} {progress}"))
+    _running(cluster, "stall-job", jobs)
+
+    def read():
+        return json.loads(progress.read_text())
+
+    wait_for(cluster, lambda: progress.exists() and read()["step"] > 2, "steps", timeout=60)
+    chaos.stall(cluster["api"], NS, "stall-job", wait=True)
+    time.sleep(1)
+    before = read()
+    time.sleep(2.5)
+    after = read()
+    assert after["step"] == before["step"] and after["updatedAt"] > before["updatedAt"], (before, after)
+    assert get(cluster, "stall-job")["status"]["jobStatus"] == "RUNNING"
+    chaos.resume(cluster["api"], NS, "stall-job", wait=True)
+    wait_for(cluster, lambda: read()["step"] > after["step"], "steps after resume")
+    cluster["api"].delete_namespaced_custom_object(G, V, NS, P, "stall-job")
 
 
 def test_chaos_hang_and_resume(cluster, jobs):
@@ -308,7 +433,8 @@ def test_chaos_hang_and_resume(cluster, jobs):
 
 def test_suspend_and_resume(cluster, jobs):
     api = cluster["api"]
-    api.create_namespaced_custom_object(G, V, NS, P, rayjob("susp-job", "python -c 'import time; time.sleep(3)'"))
+    api.create_namespaced_custom_object(G, V, NS, P, rayjob("susp-job", "python -c 'import time; time.sleep(3)'",
+                                                            shutdownAfterJobFinishes=True))
     first = _running(cluster, "susp-job", jobs)
     api.patch_namespaced_custom_object(G, V, NS, P, "susp-job", {"spec": {"suspend": True}})
     status = wait_for(cluster, status_is(cluster, "susp-job", "Suspended"), "Suspended")
