@@ -4,6 +4,7 @@ metadata.managedFields (FieldsV1) bookkeeping and conflict detection between fie
 from __future__ import annotations
 
 import copy
+import json
 from datetime import datetime, timezone
 from typing import Any, Iterable, Optional
 
@@ -12,11 +13,6 @@ _MISSING = object()
 # Server-owned metadata that no manager owns.
 _UNOWNED_META = {"name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
                  "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink", "generateName"}
-# Strategic merge patch: merge keys of the built-in lists the emulator serves (others are replaced).
-_MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
-               "volumeMounts": "mountPath", "ports": "containerPort", "imagePullSecrets": "name"}
-
-
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -30,51 +26,110 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def strategic_merge_patch(target: Any, patch: Any, key: str = "") -> Any:
-    """A subset of strategic merge patch for built-in types: maps merge, `null` deletes, lists named in
-    _MERGE_KEYS merge by their key (with `$patch: delete` items), other lists are replaced; `$retainKeys`,
-    `$setElementOrder` and `$deleteFromPrimitiveList` directives are accepted and ignored."""
-    if isinstance(patch, list) and isinstance(target, list) and key in _MERGE_KEYS:
-        merge_key = _MERGE_KEYS[key]
-        result = copy.deepcopy(target)
-        for item in patch:
-            if not isinstance(item, dict) or merge_key not in item:
-                result.append(copy.deepcopy(item))
-                continue
-            index = next((i for i, cur in enumerate(result) if isinstance(cur, dict)
-                          and cur.get(merge_key) == item[merge_key]), None)
-            if item.get("$patch") == "delete":
-                if index is not None:
-                    result.pop(index)
-            elif index is None:
-                result.append(strategic_merge_patch({}, item))
-            else:
-                result[index] = strategic_merge_patch(result[index], item)
-        return result
+_DELETED = object()
+
+
+def strategic_merge_patch(target: Any, patch: Any, fields: Optional[dict] = None) -> Any:
+    """Strategic merge patch as apimachinery's strategicpatch applies it, with `fields` the strategy tree of
+    the patched type (strategies.STRATEGIES): maps merge and `null` deletes; lists with the `merge` strategy
+    merge by their merge key (`$patch: delete` items, a `$patch: replace` item), or, for lists of scalars,
+    as a set union; other lists are replaced; `$patch: replace|delete` maps, `$retainKeys`,
+    `$deleteFromPrimitiveList/<field>` and `$setElementOrder/<field>`. (Items not named in a
+    `$setElementOrder` list follow the named ones, where the real server interleaves them.)"""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    if patch.get("$patch") == "replace":
+    directive = patch.get("$patch")
+    if directive == "replace":
         return {k: copy.deepcopy(v) for k, v in patch.items() if not k.startswith("$")}
+    if directive == "delete":
+        return _DELETED
+    fields = fields or {}
     result = copy.deepcopy(target) if isinstance(target, dict) else {}
     for name, value in patch.items():
         if name.startswith("$"):
             continue
+        node = fields.get(name) or {}
         if value is None:
             result.pop(name, None)
+        elif isinstance(value, list) and "merge" in node.get("strategy", "").split(","):
+            result[name] = _merge_list(result.get(name), value, node)
+        elif isinstance(value, dict):
+            merged = strategic_merge_patch(result.get(name), value, node.get("fields"))
+            if merged is _DELETED:
+                result.pop(name, None)
+            else:
+                result[name] = merged
         else:
-            result[name] = strategic_merge_patch(result.get(name), value, name)
+            result[name] = copy.deepcopy(value)
+    for directive_name, value in patch.items():
+        name = directive_name.split("/", 1)[-1]
+        if directive_name.startswith("$deleteFromPrimitiveList/") and isinstance(result.get(name), list):
+            result[name] = [item for item in result[name] if item not in (value or [])]
+        elif directive_name.startswith("$setElementOrder/") and isinstance(result.get(name), list):
+            result[name] = _ordered(result[name], value or [], (fields.get(name) or {}).get("key"))
+    if isinstance(patch.get("$retainKeys"), list):
+        result = {k: v for k, v in result.items() if k in patch["$retainKeys"]}
     return result
 
 
-def apply_merge(target: Any, applied: Any) -> Any:
-    """Merge an applied configuration into the live object: maps merge, lists and scalars are replaced."""
+def _merge_list(current: Any, patch: list, node: dict) -> list:
+    merge_key = node.get("key")
+    if any(isinstance(item, dict) and item.get("$patch") == "replace" for item in patch):
+        return [strategic_merge_patch({}, item, node.get("fields")) if isinstance(item, dict) else copy.deepcopy(item)
+                for item in patch if not (isinstance(item, dict) and "$patch" in item)]
+    result = copy.deepcopy(current) if isinstance(current, list) else []
+    if merge_key is None:  # a list of scalars merges as a set: the union, each value once, in order
+        for item in patch:
+            if item not in result:
+                result.append(copy.deepcopy(item))
+        return result
+    for item in patch:
+        if not isinstance(item, dict) or merge_key not in item:
+            result.append(copy.deepcopy(item))
+            continue
+        index = next((i for i, cur in enumerate(result) if isinstance(cur, dict)
+                      and cur.get(merge_key) == item[merge_key]), None)
+        if item.get("$patch") == "delete":
+            if index is not None:
+                result.pop(index)
+        elif index is None:
+            result.append(strategic_merge_patch({}, item, node.get("fields")))
+        else:
+            result[index] = strategic_merge_patch(result[index], item, node.get("fields"))
+    return result
+
+
+def _ordered(items: list, order: list, merge_key: Optional[str]) -> list:
+    def identity(item: Any) -> Any:
+        return item.get(merge_key) if merge_key and isinstance(item, dict) else item
+
+    wanted = [identity(entry) for entry in order]
+    named = sorted((item for item in items if identity(item) in wanted), key=lambda item: wanted.index(identity(item)))
+    return named + [item for item in items if identity(item) not in wanted]
+
+
+# Lists that server-side apply treats as sets (x-kubernetes-list-type: set): each value is owned on its own
+# (FieldsV1 `v:<value>`), managers applying different values do not conflict, and applied values join the
+# live ones. Other lists are atomic here.
+SET_LISTS = {("metadata", "finalizers")}
+
+
+def apply_merge(target: Any, applied: Any, path: Path = ()) -> Any:
+    """Merge an applied configuration into the live object: maps merge, set lists (SET_LISTS) join, other
+    lists and scalars are replaced."""
+    if path in SET_LISTS and isinstance(applied, list) and isinstance(target, list):
+        return copy.deepcopy(target) + [copy.deepcopy(v) for v in applied if v not in target]
     if not isinstance(applied, dict) or not isinstance(target, dict):
         return copy.deepcopy(applied)
     result = copy.deepcopy(target)
     for key, value in applied.items():
         if value is not None:
-            result[key] = apply_merge(result.get(key), value)
+            result[key] = apply_merge(result.get(key), value, path + (key,))
     return result
+
+
+def _set_item(value: Any) -> str:
+    return "v:" + json.dumps(value, separators=(",", ":"))
 
 
 # ---- field sets ------------------------------------------------------------------------------------------------
@@ -99,6 +154,9 @@ def field_paths(obj: dict, subresource: Optional[str] = None, has_status: bool =
 
 
 def _walk(value: Any, prefix: Path, out: set[Path]) -> None:
+    if prefix in SET_LISTS and isinstance(value, list):  # an empty set owns nothing, so conflicts with nothing
+        out.update(prefix + (_set_item(item),) for item in value)
+        return
     if isinstance(value, dict) and value:
         for key, child in value.items():
             _walk(child, prefix + (key,), out)
@@ -107,6 +165,10 @@ def _walk(value: Any, prefix: Path, out: set[Path]) -> None:
 
 
 def value_at(obj: Any, path: Path) -> Any:
+    if path and path[-1].startswith("v:"):
+        items = value_at(obj, path[:-1])
+        item = json.loads(path[-1][2:])
+        return item if isinstance(items, list) and item in items else _MISSING
     for key in path:
         if not isinstance(obj, dict) or key not in obj:
             return _MISSING
@@ -115,6 +177,13 @@ def value_at(obj: Any, path: Path) -> Any:
 
 
 def remove_at(obj: dict, path: Path) -> None:
+    if path and path[-1].startswith("v:"):
+        items = value_at(obj, path[:-1])
+        if isinstance(items, list):
+            items[:] = [item for item in items if item != json.loads(path[-1][2:])]
+            if not items:
+                remove_at(obj, path[:-1])
+        return
     parents = []
     for key in path[:-1]:
         if not isinstance(obj.get(key), dict):
@@ -130,18 +199,26 @@ def remove_at(obj: dict, path: Path) -> None:
 
 
 def to_fields_v1(paths: Iterable[Path]) -> dict:
-    """{("spec", "a")} -> {"f:spec": {"f:a": {}}}; a map owned as a whole is marked with ".": {}."""
+    """{("spec", "a")} -> {"f:spec": {"f:a": {}}}; a set list's items are `v:<value>` keys beside a ".": {}
+    that marks the list itself."""
     tree: dict = {}
     for path in sorted(paths):
         node = tree
         for key in path:
-            node = node.setdefault(f"f:{key}", {})
+            if key.startswith("v:"):
+                node.setdefault(".", {})
+                node = node.setdefault(key, {})
+            else:
+                node = node.setdefault(f"f:{key}", {})
     return tree
 
 
 def from_fields_v1(tree: Optional[dict], prefix: Path = ()) -> set[Path]:
     paths: set[Path] = set()
     for key, child in (tree or {}).items():
+        if key.startswith("v:"):
+            paths.add(prefix + (key,))
+            continue
         if key == "." or not key.startswith("f:"):
             continue
         path = prefix + (key[2:],)
@@ -222,7 +299,7 @@ def server_side_apply(current: Optional[dict], applied: dict, manager: str, api_
     meta = new.setdefault("metadata", {})
     for key, value in (applied.get("metadata") or {}).items():
         if key not in _UNOWNED_META and value is not None:
-            meta[key] = apply_merge(meta.get(key), value)
+            meta[key] = apply_merge(meta.get(key), value, ("metadata", key))
         elif key in ("name", "namespace", "generateName") and key not in meta:
             meta[key] = value
     if force and conflicts:

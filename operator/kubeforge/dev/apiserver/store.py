@@ -17,6 +17,7 @@ import yaml
 
 from kubeforge.dev.apiserver.errors import ApiError, already_exists, conflict, invalid, not_found
 from kubeforge.dev.apiserver.objectmeta import crd_name_rule, name_rule, validate_object_meta
+from kubeforge.dev.apiserver.strategies import STRATEGIES
 from kubeforge.dev.apiserver.types import ResourceType, builtin_types, from_crd
 from kubeforge.dev.apiserver.patch import (ApplyConflict, merge_patch, record_update, server_side_apply,
                                            strategic_merge_patch)
@@ -417,7 +418,7 @@ class Store:
                                     f"application/apply-patch+yaml", "UnsupportedMediaType")
             if not isinstance(patch, dict):
                 raise ApiError(400, "a strategic merge patch must be a JSON object")
-            new = strategic_merge_patch(current, patch)
+            new = strategic_merge_patch(current, patch, STRATEGIES.get(rtype.key, {}))
         else:
             raise ApiError(415, f"the body of the request was in an unknown format - accepted media types include: "
                                 f"application/json-patch+json, application/merge-patch+json, "
