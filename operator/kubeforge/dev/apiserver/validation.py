@@ -107,9 +107,37 @@ def prune(value: Any, schema: Optional[dict], path: str, unknown: list[str]) -> 
     return value
 
 
+_NOT_CHECKED = ('<nil>: Invalid value: "null": some validation rules were not checked because the object was '
+                'invalid; correct the existing errors to complete validation')
+
+
 def validate(value: Any, schema: Optional[dict], path: str = "", old: Any = _MISSING) -> list[str]:
-    """OpenAPI v3 validation of `value` with kube-apiserver's messages; CEL rules run where the value has no
-    schema errors (`old` is the previous value at this path for transition rules, or _MISSING)."""
+    """OpenAPI v3 validation of `value` with kube-apiserver's messages, then its CEL rules (`old`: the
+    previous value at this path for transition rules, or _MISSING on create). As on the real server, a type
+    error or an unsupported enum value anywhere skips every CEL rule and says so (hasBlockingErr)."""
+    errors = _structural(value, schema, path)
+    if not schema or not _has_rules(schema):
+        return errors
+    if any(_blocks_cel(error) for error in errors):
+        return errors + [_NOT_CHECKED]
+    return errors + _cel_tree(value, schema, path or "<root>", old)
+
+
+def _blocks_cel(error: str) -> bool:
+    detail = error.split(": ", 1)[-1]
+    return detail.startswith("Unsupported value") or " in body must be of type " in detail
+
+
+def _has_rules(schema: Any) -> bool:
+    if not isinstance(schema, dict):
+        return False
+    if schema.get("x-kubernetes-validations"):
+        return True
+    children = list((schema.get("properties") or {}).values()) + [schema.get("items"), schema.get("additionalProperties")]
+    return any(_has_rules(child) for child in children)
+
+
+def _structural(value: Any, schema: Optional[dict], path: str = "") -> list[str]:
     if not schema:
         return []
     errors: list[str] = []
@@ -151,7 +179,7 @@ def validate(value: Any, schema: Optional[dict], path: str = "", old: Any = _MIS
                           f"{schema['minItems']} items")
         if isinstance(schema.get("items"), dict):
             for index, item in enumerate(value):
-                errors += validate(item, schema["items"], f"{path}[{index}]")
+                errors += _structural(item, schema["items"], f"{path}[{index}]")
     if isinstance(value, dict):
         for name in schema.get("required") or []:
             if name not in value:
@@ -160,11 +188,33 @@ def validate(value: Any, schema: Optional[dict], path: str = "", old: Any = _MIS
         for key, item in value.items():
             child = f"{path}.{key}" if path else key
             if key in props:
-                errors += validate(item, props[key], child, _child(old, key))
+                errors += _structural(item, props[key], child)
             elif isinstance(schema.get("additionalProperties"), dict):
-                errors += validate(item, schema["additionalProperties"], child, _child(old, key))
-    if not errors:
-        errors += _cel(value, schema, where, old)
+                errors += _structural(item, schema["additionalProperties"], child)
+    return errors
+
+
+def _cel_tree(value: Any, schema: dict, where: str, old: Any) -> list[str]:
+    """The CEL validator's walk: a node's rules, then its children's, each child paired with its old value
+    where the real server correlates one (object properties and map values by key, items of
+    `x-kubernetes-list-type: map` lists by their keys; other list items have no old value)."""
+    errors = _cel(value, schema, where, old)
+    path = "" if where == "<root>" else where
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            child_schema = props.get(key, extra if key not in props else None)
+            if isinstance(child_schema, dict) and _has_rules(child_schema):
+                errors += _cel_tree(item, child_schema, f"{path}.{key}" if path else key, _child(old, key))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict) and _has_rules(schema["items"]):
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        for index, item in enumerate(value):
+            previous = _MISSING
+            if schema.get("x-kubernetes-list-type") == "map" and keys and isinstance(old, list) and isinstance(item, dict):
+                previous = next((o for o in old if isinstance(o, dict) and all(o.get(k) == item.get(k) for k in keys)),
+                                _MISSING)
+            errors += _cel_tree(item, schema["items"], f"{path}[{index}]", previous)
     return errors
 
 
@@ -172,12 +222,38 @@ def _child(old: Any, key: str) -> Any:
     return old[key] if isinstance(old, dict) and key in old else _MISSING
 
 
+class _Optional:
+    """CEL's optional type, as `oldSelf` is one for rules with optionalOldSelf: true (cel-python has none)."""
+
+    def __init__(self, value: Any = _MISSING):
+        self.value = value
+
+
+def _has_value(optional: Any) -> Any:
+    import celpy
+
+    return celpy.celtypes.BoolType(isinstance(optional, _Optional) and optional.value is not _MISSING)
+
+
+def _value(optional: Any) -> Any:
+    if not isinstance(optional, _Optional) or optional.value is _MISSING:
+        raise ValueError("optional.none() dereference")
+    return optional.value
+
+
+def _or_value(optional: Any, default: Any) -> Any:
+    return optional.value if isinstance(optional, _Optional) and optional.value is not _MISSING else default
+
+
+_OPTIONAL_FUNCTIONS = {"hasValue": _has_value, "value": _value, "orValue": _or_value}
+
+
 def _program(expression: str):
     import celpy
 
     if expression not in _PROGRAMS:
         env = celpy.Environment()
-        _PROGRAMS[expression] = env.program(env.compile(expression))
+        _PROGRAMS[expression] = env.program(env.compile(expression), functions=_OPTIONAL_FUNCTIONS)
     return _PROGRAMS[expression]
 
 
@@ -187,56 +263,72 @@ def _unsupported(expression: str, error: Any) -> None:
         log.warning("CEL rule not evaluated by the emulator (%s): %s", error, expression)
 
 
+def _message(rule: dict, activation: dict) -> str:
+    """ruleMessageOrDefault, or messageExpression's result; a messageExpression that fails, is not a string,
+    is blank or spans lines falls back to the message, as on the real server."""
+    fallback = (rule.get("message") or "").strip() or f"failed rule: {rule['rule'].strip()}"
+    if not rule.get("messageExpression"):
+        return fallback
+    try:
+        rendered = _program(rule["messageExpression"]).evaluate(activation)
+    except Exception as error:
+        _unsupported(rule["messageExpression"], error)
+        return fallback
+    if isinstance(rendered, Exception) or not isinstance(rendered, str):
+        return fallback
+    rendered = str(rendered).strip()
+    return rendered if rendered and "\n" not in rendered and "\r" not in rendered else fallback
+
+
 def _cel(value: Any, schema: dict, where: str, old: Any = _MISSING) -> list[str]:
-    """x-kubernetes-validations with cel-python. Transition rules (using oldSelf) run only on updates where
-    an old value exists, as on the real server. Expressions cel-python cannot compile or evaluate are logged
-    once and skipped, so they never reject a valid object; a missing key is an error as on the real server."""
+    """x-kubernetes-validations with cel-python, as apiextensions' CEL validator runs them. Transition rules
+    (those using oldSelf) run only on updates where the old value exists, unless optionalOldSelf: then they
+    also run on create and on a new value, with oldSelf an optional (hasValue(), value(), orValue()).
+    Errors show the schema's type ("object") as the value, at the rule's fieldPath, with its reason.
+    Expressions cel-python cannot compile or evaluate are logged once and skipped, so they never reject a
+    valid object; a missing key is an error as on the real server."""
     rules = schema.get("x-kubernetes-validations") or []
     if not rules:
         return []
     import celpy
 
+    shown = json.dumps(schema.get("type", ""))  # the real server shows the schema's type, not the value
     errors = []
     for rule in rules:
         expression = rule["rule"]
         activation = {"self": celpy.json_to_cel(value)}
         if "oldSelf" in expression:
-            if old is _MISSING and not rule.get("optionalOldSelf"):
+            if rule.get("optionalOldSelf"):
+                activation["oldSelf"] = _Optional(_MISSING if old is _MISSING else celpy.json_to_cel(old))
+            elif old is _MISSING:
                 continue
-            activation["oldSelf"] = celpy.json_to_cel(None if old is _MISSING else old)
+            else:
+                activation["oldSelf"] = celpy.json_to_cel(old)
         try:
             result = _program(expression).evaluate(activation)
         except Exception as error:  # compile errors and evaluator bugs: not this object's fault
             _unsupported(expression, error)
             continue
-        field = rule.get("fieldPath")
-        location = f"{where}{field}" if field else where
+        field = (rule.get("fieldPath") or "").strip()
+        location = f"{'' if where == '<root>' else where}{field}".lstrip(".") if field else where
         if isinstance(result, Exception):
             if "no such key" in str(result.args[0] if result.args else result):
-                errors.append(f"{location}: Invalid value: {json.dumps(_type_name(value))}: "
-                              f"{result.args[0]} evaluating rule: {expression}")
+                errors.append(f"{location}: Invalid value: {shown}: {result.args[0]} evaluating rule: {expression}")
             else:
                 _unsupported(expression, result)
             continue
         if bool(result):
             continue
-        message = rule.get("message") or f"failed rule: {expression}"
-        if rule.get("messageExpression"):
-            try:
-                rendered = _program(rule["messageExpression"]).evaluate(activation)
-                if isinstance(rendered, str) and rendered.strip() and not isinstance(rendered, Exception):
-                    message = str(rendered)
-            except Exception as error:
-                _unsupported(rule["messageExpression"], error)
+        message = _message(rule, activation)
         reason = rule.get("reason", "FieldValueInvalid")
         if reason == "FieldValueRequired":
             errors.append(f"{location}: Required value: {message}")
         elif reason == "FieldValueForbidden":
             errors.append(f"{location}: Forbidden: {message}")
         elif reason == "FieldValueDuplicate":
-            errors.append(f"{location}: Duplicate value: {json.dumps(_type_name(value))}")
+            errors.append(f"{location}: Duplicate value: {shown}")
         else:
-            errors.append(f"{location}: Invalid value: {json.dumps(_type_name(value))}: {message}")
+            errors.append(f"{location}: Invalid value: {shown}: {message}")
     return errors
 
 
