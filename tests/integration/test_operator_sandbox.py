@@ -95,19 +95,38 @@ def test_fifty_operator_only_invalid_specs_stall_and_the_operator_stays_up(sandb
     sandbox.kubectl("delete", "ft", *(f"bad-template-{i}" for i in range(50)), "--wait=false")
 
 
+def rayjob_status(sandbox, name: str) -> dict:
+    return sandbox.get("rayjob", name).get("status") or {}
+
+
 def test_operator_restart_adopts_the_running_rayjob(sandbox):
-    obj = finetune("adopt", maxSteps=40, checkpointEverySteps=10)
+    # Slow steps keep the job running well past the new operator's start (about a minute of training left).
+    obj = finetune("adopt", maxSteps=60, checkpointEverySteps=10)
+    obj["spec"]["ray"] = {"runtimeEnv": {"env_vars": {"KUBEFORGE_STEP_DELAY_SECONDS": "1.0"}}}
     assert apply(sandbox, obj).returncode == 0
 
-    def running():
-        current = sandbox.get("ft", "adopt")
-        progress = (current.get("status") or {}).get("progress") or {}
+    def training():
+        progress = ((sandbox.get("ft", "adopt").get("status") or {}).get("progress") or {})
         return progress.get("step", 0) >= 2
 
-    sandbox.wait_for(running, "adopt to report training steps", timeout=300)
+    sandbox.wait_for(training, "adopt to report training steps", timeout=300)
+    (child,) = rayjobs_of(sandbox, "adopt")
     sandbox.restart_operator()
+    # The old operator is dead and the new one is still starting: whatever status changes now, the new one wrote.
+    step_at_restart = sandbox.get("ft", "adopt")["status"]["progress"]["step"]
+    assert rayjob_status(sandbox, child).get("jobStatus") == "RUNNING"
+
+    def new_operator_observed_progress():
+        status = sandbox.get("ft", "adopt")["status"]
+        return status["progress"]["step"] > step_at_restart and status
+
+    seen = sandbox.wait_for(new_operator_observed_progress, "the restarted operator to observe progress", timeout=120)
+    assert seen["phase"] == "Running" and seen["progress"]["step"] < 60
+    assert rayjob_status(sandbox, child).get("jobStatus") == "RUNNING"  # adopted while running, not after
+    assert rayjobs_of(sandbox, "adopt") == [child]
+
     sandbox.kubectl("wait", "--for=condition=Ready", "finetune/adopt", "--timeout=600s", timeout=660)
     current = sandbox.get("ft", "adopt")
     assert current["status"]["phase"] == "Succeeded"
-    assert len(current["status"]["attempts"]) == 1
-    assert rayjobs_of(sandbox, "adopt") == ["adopt-1"]
+    assert [a["rayJob"] for a in current["status"]["attempts"]] == [child]
+    assert rayjobs_of(sandbox, "adopt") == [child]
