@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up, start the local sandbox (API emulator, local KubeRay + Ray, S3, MLflow, operator),
-# apply examples/quickstart.yaml and watch it to its final state.
+# apply examples/quickstart.yaml (or the manifest given) and print each resource's phase and progress as they
+# change, until every one is final; exits non-zero if one Failed. The sandbox stays up: `kubeforge dev down`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

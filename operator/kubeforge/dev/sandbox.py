@@ -61,7 +61,8 @@ class Ports:
 
         roles = {self.apiserver: "Kubernetes API emulator", self.s3: "S3 endpoint", self.mlflow: "MLflow",
                  self.ray_gcs: "Ray GCS", self.ray_dashboard: "Ray dashboard", self.serve: "Ray Serve"}
-        roles.update({port: f"Ray {name}" for name, port in ray_head.pinned_ports(self.ray_gcs).items()})
+        roles.update({port: "Ray " + name.replace("-", " ").removeprefix("ray ")
+                      for name, port in ray_head.pinned_ports(self.ray_gcs).items()})
         roles.update({port: "Ray worker" for port in ray_head.worker_ports(self.ray_gcs)})
         return roles
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kubeforge.dev import ray_head, sandbox
@@ -39,11 +40,20 @@ def test_default_block_is_clear_of_rays_default_ranges():
         assert port not in (6379, 8265, 10001, 52365, 8000)
 
 
-@pytest.mark.parametrize("offset", [0, 5, 16, 99])
-def test_a_listener_on_any_port_of_the_block_is_refused_by_name(offset):
+def _node_address() -> str:
+    """A non-loopback IPv4 address of this machine: Ray's client server listens there, not on 127.0.0.1."""
+    addresses = [a.address for entries in psutil.net_if_addrs().values() for a in entries
+                 if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    if not addresses:
+        pytest.skip("no non-loopback IPv4 address")
+    return addresses[0]
+
+
+@pytest.mark.parametrize("offset,address", [(0, "127.0.0.1"), (5, "0.0.0.0"), (16, "node"), (99, "127.0.0.1")])
+def test_a_listener_on_any_port_of_the_block_is_refused_by_name(offset, address):
     base = free_port_block()
     squatter = socket.socket()
-    squatter.bind(("0.0.0.0" if offset % 2 else "127.0.0.1", base + offset))
+    squatter.bind((_node_address() if address == "node" else address, base + offset))
     squatter.listen()
     try:
         with pytest.raises(RuntimeError) as refused:
