@@ -53,6 +53,12 @@ def test_a_value_without_an_old_value_skips_the_rule(custom):
     assert added["spec"]["model"] == "m1"
 
 
+def test_a_root_rule_reports_the_nil_field_path(custom):
+    custom.create_namespaced_custom_object(G, V, NS, P, oneshot("t-root", note="n"))
+    message = refusal(custom.patch_namespaced_custom_object, G, V, NS, P, "t-root", {"spec": None})
+    assert message == '<nil>: Invalid value: "object": spec cannot be removed'
+
+
 def test_field_path_and_reason(custom):
     custom.create_namespaced_custom_object(G, V, NS, P, oneshot("t-owner", owner="team-a"))
     message = refusal(custom.patch_namespaced_custom_object, G, V, NS, P, "t-owner", {"spec": {"owner": None}})

@@ -153,7 +153,7 @@ class Store:
         errors = validate_object_meta(obj["metadata"], name_rule(rtype.key),
                                       crd_name_rule(obj) if rtype.key == CRD_KEY else None)
         if rtype.schema is not None:
-            checked, schema_errors, pruned = check_custom_resource(obj, rtype.schema, old)
+            checked, schema_errors, pruned = check_custom_resource(obj, rtype.schema, old, errors)
             obj.clear()
             obj.update(checked)
             errors += schema_errors

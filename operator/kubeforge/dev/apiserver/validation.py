@@ -111,21 +111,28 @@ _NOT_CHECKED = ('<nil>: Invalid value: "null": some validation rules were not ch
                 'invalid; correct the existing errors to complete validation')
 
 
-def validate(value: Any, schema: Optional[dict], path: str = "", old: Any = _MISSING) -> list[str]:
+def validate(value: Any, schema: Optional[dict], path: str = "", old: Any = _MISSING,
+             earlier: Optional[list[str]] = None) -> list[str]:
     """OpenAPI v3 validation of `value` with kube-apiserver's messages, then its CEL rules (`old`: the
-    previous value at this path for transition rules, or _MISSING on create). As on the real server, a type
-    error or an unsupported enum value anywhere skips every CEL rule and says so (hasBlockingErr)."""
+    previous value at this path for transition rules, or _MISSING on create). As on the real server
+    (hasBlockingErr), a type error, unsupported enum value, missing required field, Too long or Too many
+    anywhere (here or in `earlier` errors of the same object, e.g. its metadata) skips every CEL rule and
+    says so."""
     errors = _structural(value, schema, path)
     if not schema or not _has_rules(schema):
         return errors
-    if any(_blocks_cel(error) for error in errors):
+    if any(_blocks_cel(error) for error in errors + (earlier or [])):
         return errors + [_NOT_CHECKED]
-    return errors + _cel_tree(value, schema, path or "<root>", old)
+    return errors + _cel_tree(value, schema, path or _CEL_ROOT, old)
+
+
+_CEL_ROOT = "<nil>"  # the CEL validator's root field path is nil, which Go prints as <nil>
 
 
 def _blocks_cel(error: str) -> bool:
     detail = error.split(": ", 1)[-1]
-    return detail.startswith("Unsupported value") or " in body must be of type " in detail
+    return detail.startswith(("Unsupported value", "Required value", "Too long", "Too many")) or \
+        " in body must be of type " in detail
 
 
 def _has_rules(schema: Any) -> bool:
@@ -199,7 +206,7 @@ def _cel_tree(value: Any, schema: dict, where: str, old: Any) -> list[str]:
     where the real server correlates one (object properties and map values by key, items of
     `x-kubernetes-list-type: map` lists by their keys; other list items have no old value)."""
     errors = _cel(value, schema, where, old)
-    path = "" if where == "<root>" else where
+    path = "" if where == _CEL_ROOT else where
     if isinstance(value, dict):
         props = schema.get("properties") or {}
         extra = schema.get("additionalProperties")
@@ -310,7 +317,7 @@ def _cel(value: Any, schema: dict, where: str, old: Any = _MISSING) -> list[str]
             _unsupported(expression, error)
             continue
         field = (rule.get("fieldPath") or "").strip()
-        location = f"{'' if where == '<root>' else where}{field}".lstrip(".") if field else where
+        location = f"{'' if where == _CEL_ROOT else where}{field}".lstrip(".") if field else where
         if isinstance(result, Exception):
             if "no such key" in str(result.args[0] if result.args else result):
                 errors.append(f"{location}: Invalid value: {shown}: {result.args[0]} evaluating rule: {expression}")
@@ -340,8 +347,10 @@ def unknown_metadata(meta: dict) -> list[str]:
     return unknown
 
 
-def check_custom_resource(obj: dict, schema: Optional[dict], old: Optional[dict] = None) -> tuple[dict, list[str], list[str]]:
-    """Default, prune and validate one custom resource. Returns (object, errors, pruned field paths)."""
+def check_custom_resource(obj: dict, schema: Optional[dict], old: Optional[dict] = None,
+                          metadata_errors: Optional[list[str]] = None) -> tuple[dict, list[str], list[str]]:
+    """Default, prune and validate one custom resource (`metadata_errors`: found before, which may keep its
+    CEL rules from running). Returns (object, errors, pruned field paths)."""
     if not schema:
         return obj, [], []
     obj = apply_defaults(obj, schema)
@@ -351,4 +360,4 @@ def check_custom_resource(obj: dict, schema: Optional[dict], old: Optional[dict]
     obj.update(root)
     body_schema = {k: v for k, v in schema.items() if k != "properties"}
     body_schema["properties"] = {k: v for k, v in (schema.get("properties") or {}).items() if k != "metadata"}
-    return obj, validate(obj, body_schema, "", old if old is not None else _MISSING), unknown
+    return obj, validate(obj, body_schema, "", old if old is not None else _MISSING, metadata_errors), unknown
