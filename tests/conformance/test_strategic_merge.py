@@ -56,6 +56,9 @@ def test_finalizers_are_a_set_union_in_strategic_merge_patch(server, core, kubec
     assert core.read_namespaced_config_map("smp-fin", NS).metadata.finalizers == ["example.com/b", "example.com/c"]
     replaced = raw(server, "PATCH", path, {"metadata": {"finalizers": ["example.com/d"]}}, MERGE).json()
     assert replaced["metadata"]["finalizers"] == ["example.com/d"]  # JSON merge patch replaces lists
+    put = core.replace_namespaced_config_map("smp-fin", NS, {"metadata": {"name": "smp-fin",
+                                                                         "finalizers": ["example.com/e"]}})
+    assert put.metadata.finalizers == ["example.com/e"]  # so does an update
     raw(server, "PATCH", path, {"metadata": {"finalizers": None}}, MERGE)
 
 
