@@ -231,7 +231,7 @@ def test_active_deadline_and_delete_self(cluster, jobs):
     wait_for(cluster, lambda: jobs.get_job_info(status["jobId"]).status.value == "STOPPED", "deadline job stopped")
     cluster["api"].create_namespaced_custom_object(G, V, NS, P, rayjob(
         "ttl-job", "python -c 1", shutdownAfterJobFinishes=True, ttlSecondsAfterFinished=1,
-        deletionStrategy={"onSuccess": {"policy": "DeleteSelf"}, "onFailure": {"policy": "DeleteNone"}}))
+        deletionStrategy={"onSuccess": {"policy": "DeleteSelf"}, "onFailure": {"policy": "DeleteCluster"}}))
 
     def gone():
         try:
