@@ -321,3 +321,40 @@ def test_chaos_stall_resume_and_oom_write_the_files_the_workload_watches(tmp_pat
     kuberay.sync(api.obj)
     # head limit 1Gi (HEAD) + 1Gi: just over what the monitor allows
     assert int((tmp_path / f"{job_id}.memory").read_text()) == 2 * 2**30
+
+
+def test_chaos_evict_records_the_kubelets_event_and_kills(monkeypatch):
+    from kubeforge.dev.kuberay import processes
+
+    signals, core = [], FakeCore()
+    monkeypatch.setattr(processes, "job_pids", lambda *a: {101})
+    monkeypatch.setattr(processes, "signal_all", lambda pids, sig: signals.append((set(pids), sig)) or len(pids))
+    kuberay, api, jobs = controller(rayjob(), core=core)
+    running(api.obj, kuberay, api)
+    api.obj["metadata"]["annotations"] = {"chaos.kubeforge.dev/action": "kill:Evicted"}
+    kuberay.sync(api.obj)
+    assert signals == [({101}, processes.KILL)] and api.obj["status"]["jobDeploymentStatus"] == "Running"
+    (event,) = core.events
+    assert (event.type, event.reason, event.source.component) == ("Warning", "Evicted", "kubelet")
+
+
+def test_refused_rayservice_is_not_deployed_and_not_ready():
+    svc = {"apiVersion": "ray.io/v1", "kind": "RayService",
+           "metadata": {"name": "s" * 48, "namespace": "ns", "uid": "u", "generation": 1, "resourceVersion": "1"},
+           "spec": {"serveConfigV2": "applications:\n- name: a\n  import_path: m:app\n",
+                    "rayClusterConfig": cluster_spec()}}
+    core = FakeCore()
+    kuberay, api, jobs = controller(svc, core=core)
+    deployed = []
+    kuberay._serve_request = lambda method, body=None: deployed.append((method, body)) or {"applications": {}}
+    kuberay.ensure_serve_service = lambda *a: None
+    kuberay.api.list_cluster_custom_object = lambda *a: {"items": [api.obj]}
+    kuberay.sync_services()
+    kuberay.sync_services()
+    assert [m for m, _ in deployed if m == "PUT"] == []
+    ready = {c["type"]: c for c in api.obj["status"]["conditions"]}["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "ValidationFailed"
+    assert ready["message"] == ("The RayService metadata is invalid: RayService name should be no more than 47 "
+                                "characters")
+    assert [(e.reason, e.message) for e in core.events] == [("InvalidRayServiceMetadata", f"ns/{'s' * 48}: "
+                                                             f"{ready['message']}")]
