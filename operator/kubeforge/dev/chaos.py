@@ -95,7 +95,9 @@ def wait_for_checkpoint(api, namespace: str, rayjob: str, min_step: int | None =
 
 
 def _plural(kind: str) -> str:
-    return kind.lower() + "s"  # Kubeforge kinds are regular nouns: FineTune -> finetunes
+    from kubeforge.api import KINDS
+
+    return next((info.plural for info in KINDS if info.kind == kind), kind.lower() + "s")
 
 
 def hang(api, namespace: str, rayjob: str, wait: bool = False, timeout: float = 30) -> None:
