@@ -493,3 +493,42 @@ def test_rayservice_deploys_to_serve(cluster):
         except Exception:  # noqa: BLE001 (404 or proxy gone)
             return True
     wait_for(cluster, undeployed, "Serve application removed", timeout=60, interval=1)
+
+
+def test_kill_after_checkpoint_waits_for_the_owners_checkpoint(cluster, jobs):
+    """`chaos kill --after-checkpoint 8` kills only once the owning FineTune's status reports a checkpoint at
+    step >= 8 (status written here as the operator writes it)."""
+    ft = yaml.safe_load((REPO_ROOT / "examples" / "quickstart.yaml").read_text())
+    ft["metadata"] = {"name": "ckpt-owner", "namespace": NS}
+    owner = cluster["api"].create_namespaced_custom_object("kubeforge.dev", "v1alpha1", NS, "finetunes", ft)
+    body = rayjob("ckpt-job", "python -c 'import time; time.sleep(300)'")
+    body["metadata"]["ownerReferences"] = [{"apiVersion": "kubeforge.dev/v1alpha1", "kind": "FineTune",
+                                            "name": "ckpt-owner", "uid": owner["metadata"]["uid"],
+                                            "controller": True}]
+    cluster["api"].create_namespaced_custom_object(G, V, NS, P, body)
+    _running(cluster, "ckpt-job", jobs)
+
+    def report(step):
+        cluster["api"].patch_namespaced_custom_object_status(
+            "kubeforge.dev", "v1alpha1", NS, "finetunes", "ckpt-owner",
+            {"status": {"progress": {"lastCheckpoint": f"s3://kubeforge/ns/ckpt-owner/checkpoints/step-{step}/"}}})
+
+    env = {**os.environ, "KUBECONFIG": str(cluster["tmp"] / "kubeconfig"),
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)])}
+    killer = subprocess.Popen([sys.executable, "-m", "kubeforge", "dev", "chaos", "kill", "ckpt-job",
+                               "--after-checkpoint", "8", "--checkpoint-timeout", "60"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        report(4)
+        time.sleep(3)
+        assert killer.poll() is None and get(cluster, "ckpt-job")["status"]["jobStatus"] == "RUNNING"
+        report(8)
+        output, _ = killer.communicate(timeout=60)
+    finally:
+        if killer.poll() is None:
+            killer.kill()
+            killer.wait()
+    assert killer.returncode == 0, output
+    assert "checkpoints/step-8/ reported" in output and "kill (NodeLost) done" in output
+    status = wait_for(cluster, status_is(cluster, "ckpt-job", "Failed"), "ckpt-job Failed")
+    assert status["jobStatus"] == "FAILED"
