@@ -7,6 +7,14 @@ status, so the operator sees exactly what it would see on a cluster with KubeRay
 A level-triggered loop lists RayJobs and RayServices in all namespaces every `--interval` seconds.
 
 RayJob (kuberay `rayjob_types.go`):
+  - Validated on every pass as KubeRay's validateRayJob (validation.py: name <= 47 chars and a DNS-1035 label, the
+    spec rules of ValidateRayJobSpec): refused -> jobDeploymentStatus ValidationFailed, reason ValidationFailed,
+    message in KubeRay's words, and a Warning event (InvalidRayJobMetadata / InvalidRayJobSpec, "<ns>/<name>: ...").
+  - Stays Initializing, not submitted, while its pods would be Pending (scheduling.py: a pod's requests exceed this
+    machine, e.g. nvidia.com/gpu, or its nodeSelector does not match; Warning FailedScheduling event with the
+    scheduler's "0/1 nodes are available: 1 Insufficient ..." message) or while its Namespace's annotation
+    kuberay.kubeforge.dev/hold-start-seconds has not elapsed since status.startTime; preRunningDeadlineSeconds
+    and activeDeadlineSeconds still apply.
   - New -> status {jobId (spec.jobId or `<name>-<uid[:8]>`), rayClusterName (`<name>-raycluster`, or the
     clusterSelector's `ray.io/cluster`), dashboardURL, jobDeploymentStatus Initializing, startTime} is written
     BEFORE submitting; a restarted controller adopts the Ray job with that submission id instead of resubmitting.
@@ -22,7 +30,12 @@ RayJob (kuberay `rayjob_types.go`):
   - shutdownAfterJobFinishes/ttlSecondsAfterFinished only delete the (here: shared, kept) cluster, as KubeRay;
     deletionStrategy onSuccess/onFailure/deletionRules with policy DeleteSelf deletes the RayJob after the ttl.
   - finalizer ray.io/rayjob-finalizer: deleting the RayJob stops its Ray job (even a SIGSTOPped one).
-  - chaos: annotation chaos.kubeforge.dev/action = kill:NodeLost|kill:OOMKilled|kill:Evicted|hang|resume
+  - Memory limits: a container (the driver's process tree = head, each Ray worker process = a worker pod) whose
+    RSS exceeds its resources.limits.memory is SIGKILLed; once Ray reports the job FAILED the message starts with
+    "Ray <group> pod container <name> terminated with exit code 137: OOMKilled" (kubelet event OOMKilled too).
+  - chaos: annotation chaos.kubeforge.dev/action = kill:NodeLost|kill:Evicted (SIGKILL), kill:OOMKilled|oom
+    (the workload allocates; the monitor kills), stall|resume (the stall file named by KUBEFORGE_CHAOS_STALL_FILE in
+    every job's env), hang|resume (SIGSTOP/SIGCONT). The chaos never writes the RayJob's status
     (see kubeforge.dev.chaos).
 
 RayService (kuberay `rayservice_types.go`): every RayService's serveConfigV2 applications (head container env
