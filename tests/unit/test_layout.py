@@ -34,14 +34,14 @@ def test_committed_steps_ignore_torn_checkpoints_other_resources_and_other_files
     prefix = ResourcePrefix.for_resource("bucket", "team-a", "FineTune", "docs")
     other = ResourcePrefix.for_resource("bucket", "team-a", "FineTune", "docs-2")
     keys = [
-        prefix.manifest_key(5),
-        prefix.manifest_key(5),                                      # listed twice: counted once
         prefix.checkpoint_key(20) + "model.safetensors",             # torn: files up, manifest not
         prefix.checkpoint_key(30) + "nested/" + MANIFEST_FILE,       # a manifest below a checkpoint's root
         prefix.checkpoints_key + "step-x/" + MANIFEST_FILE,          # not a step number
         prefix.key("outputs", "step-40", MANIFEST_FILE),             # outside checkpoints/
         prefix.checkpoint_key(50) + MANIFEST_FILE + ".tmp",          # not the manifest itself
         *_manifests(other, 60),                                       # another resource
+        prefix.manifest_key(5),                                      # after all of those: still found
+        prefix.manifest_key(5),                                      # listed twice: counted once
     ]
     assert committed_steps(prefix, keys) == [5]
     assert committed_steps(prefix, []) == []
@@ -58,8 +58,10 @@ def test_resource_prefix_keys_and_uris():
     assert prefix.output_key("adapter", "x.bin") == "team-a/FineTune/docs/outputs/adapter/x.bin"
     assert prefix.uri("outputs") == "s3://bucket/team-a/FineTune/docs/outputs"
     assert prefix.key("/a/", "", "b/") == "team-a/FineTune/docs/a/b"
+    assert prefix.output_key("XL-adapter/", "weights.X") == "team-a/FineTune/docs/outputs/XL-adapter/weights.X"
     override = ResourcePrefix.for_resource("bucket", "team-a", "FineTune", "docs", override="/custom/place/")
     assert override.prefix == "custom/place" and override.bucket == "bucket"
+    assert ResourcePrefix.for_resource("b", "ns", "FineTune", "x", override="XL/runs-X/").prefix == "XL/runs-X"
 
 
 def test_parse_s3_uri():

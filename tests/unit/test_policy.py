@@ -40,13 +40,13 @@ def test_a_retry_says_when_and_why():
 
 def test_exhausted_retries_name_the_limit_and_the_last_reason():
     decision = decide(policy(maxRestarts=1), FailureReason.HANG, ObservedFailure(hang=True), 1, 1)
-    assert not decision.retry and decision.delay_seconds == 0
+    assert decision.retry is False and decision.delay_seconds == 0
     assert decision.summary == "maxRestarts (1) exhausted; last failure: Hang"
 
 
 def test_user_errors_fail_at_once_even_with_restarts_left():
     decision = decide(policy(maxRestarts=5), FailureReason.USER_ERROR, ObservedFailure(exit_code=64), 0, 0)
-    assert not decision.retry and decision.counted and decision.delay_seconds == 0 and decision.rule is None
+    assert decision.retry is False and decision.counted and decision.delay_seconds == 0 and decision.rule is None
     assert decision.summary == "not retried: reason UserError"
 
 

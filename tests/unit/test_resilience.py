@@ -91,7 +91,7 @@ def test_parse_duration(text, seconds):
 
 @pytest.mark.parametrize("text", ["", "10", "5x", "m10"])
 def test_parse_duration_rejects(text):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"^invalid duration {text!r}: use forms like 90s, 10m or 1h30m$"):
         parse_duration(text)
 
 
