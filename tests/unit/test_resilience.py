@@ -5,7 +5,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from kubeforge.api.shared import FailurePolicy, FailureReason
-from kubeforge.resilience import Activity, ObservedFailure, Stuck, activity_of, classify, decide, parse_duration, watch
+from kubeforge.resilience import (Activity, ObservedFailure, Stuck, Watch, activity_of, classify, decide,
+                                  parse_duration, watch)
 from kubeforge.resilience.policy import backoff_delay, count_restarts
 
 
@@ -190,3 +191,27 @@ def test_summarize_keeps_first_and_last_lines():
 
     text = "failed with exit code 1, logs:\n" + "\n".join(f"line {i}" for i in range(50))
     assert summarize(text) == "failed with exit code 1, logs: | ... | line 47 | line 48 | line 49"
+
+
+def test_watchdog_memory_in_the_attempt_record_follows_what_the_job_does():
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    hang, limit, attempt = timedelta(seconds=30), timedelta(minutes=5), {"number": 1}
+    waiting = watch(attempt, Activity.STARTING, None, start, hang, limit)
+    assert attempt == {"number": 1, "waitingSince": "2026-01-01T00:00:00Z"}
+    assert waiting.since == "2026-01-01T00:00:00Z" and waiting.recheck_after == 300
+
+    running = watch(attempt, Activity.RUNNING, None, start + timedelta(seconds=10), hang, limit)
+    assert attempt == {"number": 1, "progressMark": "none", "progressTime": "2026-01-01T00:00:10Z"}
+    assert running.since == "2026-01-01T00:00:10Z" and running.recheck_after == 30
+    hung = watch(attempt, Activity.RUNNING, None, start + timedelta(seconds=41), hang, limit)
+    assert hung.stuck == Stuck.HANG and hung.recheck_after == 0
+
+    watch(attempt, Activity.STARTING, None, start + timedelta(seconds=50), hang, limit)  # e.g. the job restarted
+    assert attempt == {"number": 1, "waitingSince": "2026-01-01T00:00:50Z"}
+    late = watch(attempt, Activity.STARTING, None, start + timedelta(seconds=351), hang, limit)
+    assert late.stuck == Stuck.START_TIMEOUT and late.since == "2026-01-01T00:00:50Z" and late.recheck_after == 0
+
+    watch(attempt, Activity.RUNNING, "Training step 3", start + timedelta(seconds=360), hang, limit)
+    assert watch(attempt, Activity.SUSPENDED, None, start + timedelta(seconds=999), hang, limit) == \
+        Watch(None, None, None)
+    assert attempt == {"number": 1}
