@@ -46,6 +46,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "s3EndpointUrl": "http://minio.minio.svc:9000",
             "mlflowTrackingUri": "http://mlflow.mlflow.svc:5000",
             "reconcilePeriodSeconds": 2.5,
+            "tickSeconds": 0.5,
             "watchNamespace": "ml",
             "workloadEnvSecret": "ml-workload-env",
             "rayVersion": "2.60.0",
@@ -216,6 +217,7 @@ def test_default_values_match_settings_defaults(chart):
     assert values["rayVersion"] == defaults.ray_version
     assert values["rayjobTtlSeconds"] == defaults.rayjob_ttl_seconds
     assert values["reconcilePeriodSeconds"] == defaults.reconcile_period_seconds
+    assert values["tickSeconds"] == defaults.tick_seconds
     assert chart.metadata["appVersion"] == "0.1.0"
     assert defaults.workload_image.endswith(":" + chart.metadata["appVersion"])
 
@@ -255,6 +257,7 @@ def test_settings_read_from_the_deployment_env(chart, monkeypatch):
     assert s.s3_endpoint_url == want["s3EndpointUrl"]
     assert s.mlflow_tracking_uri == want["mlflowTrackingUri"]
     assert s.reconcile_period_seconds == want["reconcilePeriodSeconds"]
+    assert s.tick_seconds == want["tickSeconds"]
     assert s.namespace == want["watchNamespace"]
     assert s.workload_env_secret == want["workloadEnvSecret"]
     assert s.ray_version == want["rayVersion"]

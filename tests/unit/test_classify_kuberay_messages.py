@@ -36,3 +36,17 @@ OOM_KILLED = "Ray head pod container ray-head terminated with exit code 137: OOM
 ])
 def test_ray_and_kuberay_messages(message, reason):
     assert classify(ObservedFailure(message=message)) == reason
+
+
+def test_a_worker_oomkilled_under_a_driver_that_reports_unknown_is_out_of_memory():
+    """The driver only saw its Ray Train worker group fail; the RayJob saw the container's termination."""
+    failure = ObservedFailure(
+        message="Training failed: WorkerGroupError: a worker died unexpectedly", exit_code=1, report_reason="Unknown",
+        log_tail="RayJob: Ray worker pod container ray-worker terminated with exit code 137: OOMKilled")
+    assert classify(failure) == FailureReason.OUT_OF_MEMORY
+
+
+def test_a_known_report_reason_still_wins_over_the_rayjob_message():
+    failure = ObservedFailure(message="train.jsonl line 3: missing field", exit_code=65, report_reason="UserError",
+                              log_tail="RayJob: Job supervisor actor died: node lost")
+    assert classify(failure) == FailureReason.USER_ERROR

@@ -20,6 +20,7 @@ from kubeforge.storage.objectstore import S3ObjectStore
 
 log = logging.getLogger(__name__)
 NAME_TAKEN_RETRY_SECONDS = 2.0
+CHILD_DELETION_POLL_SECONDS = 2.0
 
 
 def utcnow() -> datetime:
@@ -94,8 +95,14 @@ def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients
     def cleanup(body, spec, **_):
         cluster, store = clients()
         meta = body["metadata"]
-        for name in cluster.rayjobs_of(meta["namespace"], meta["uid"]):
+        children = cluster.rayjobs_of(meta["namespace"], meta["uid"])
+        for name in children:
             cluster.delete_rayjob(meta["namespace"], name)
+        if children:
+            # KubeRay's finalizer stops the Ray job before the RayJob goes; until then the workload may still
+            # write checkpoints and progress, so the prefix is removed only once no child is left.
+            raise kopf.TemporaryError(f"waiting for RayJobs {', '.join(sorted(children))} to be deleted",
+                                      delay=CHILD_DELETION_POLL_SECONDS)
         if spec.get("deletionPolicy") == "Delete":
             try:
                 parsed = kind.info.spec_model.model_validate(dict(spec))

@@ -72,7 +72,9 @@ def classify(failure: ObservedFailure) -> FailureReason:
         return FailureReason.HANG
     if failure.start_timeout:
         return FailureReason.START_TIMEOUT
-    if failure.report_reason:
+    # The workload's own verdict wins, unless it could not tell: a driver that saw its worker die reports
+    # Unknown, while the RayJob says why the worker died (its container was OOMKilled, its node was lost).
+    if failure.report_reason and failure.report_reason != FailureReason.UNKNOWN.value:
         try:
             return FailureReason(failure.report_reason)
         except ValueError:
