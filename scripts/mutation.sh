@@ -35,6 +35,7 @@ cp -r "${root}/operator/kubeforge" "${work}/src/kubeforge"
 find "${work}/src" -name __pycache__ -prune -exec rm -rf {} +
 cp "${root}/tests/__init__.py" "${root}/tests/conftest.py" "${work}/tests/"
 cp "${root}/tests/unit/__init__.py" "${root}/tests/unit/schemas.py" "${work}/tests/unit/"
+cp -r "${root}/tests/unit/golden" "${work}/tests/unit/"
 cp -r "${root}/crds" "${root}/examples" "${root}/charts" "${work}/"
 
 tests=()
@@ -65,7 +66,7 @@ only_mutate = [${only_mutate}]
 do_not_mutate = ["*/__init__.py"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
 pytest_add_cli_args_test_selection = [${test_list}]
-also_copy = ["crds", "examples", "charts"]
+also_copy = ["crds", "examples", "charts", "tests/unit/golden"]
 use_git_change_detection = false
 EOF
 
