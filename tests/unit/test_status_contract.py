@@ -246,3 +246,70 @@ def test_the_rayjob_of_a_gpu_attempt_matches_its_golden_output():
     built = build_rayjob(obj, spec, workload_context(obj, spec, 2, SETTINGS), KIND.info.workload, SETTINGS)
     built["spec"].pop("runtimeEnvYAML")  # checked by the context tests
     assert built == json.loads((GOLDEN / "rayjob-finetune-gpu.json").read_text())
+
+
+def test_the_workload_context_carries_generation_tracking_and_the_module():
+    obj = copy.deepcopy(OBJ)
+    obj["metadata"]["generation"] = 7
+    settings = SETTINGS.model_copy(update={"mlflow_tracking_uri": "http://mlflow:5000"})
+    spec = KIND.info.spec_model.model_validate(obj["spec"])
+    context = workload_context(obj, spec, 3, settings)
+    assert (context.generation, context.attempt, context.mlflow.tracking_uri) == (7, 3, "http://mlflow:5000")
+    del obj["metadata"]["generation"]
+    assert workload_context(obj, spec, 1, settings).generation == 1
+    built = build_rayjob(obj, spec, context, KIND.info.workload, settings)
+    env = __import__("yaml").safe_load(built["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert env["HF_HUB_OFFLINE"] == "1" and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert built["spec"]["entrypoint"] == "python -m kubeforge_workloads.finetune"
+    head = built["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+
+
+def test_schema_errors_name_each_field_and_root_errors_stand_alone():
+    obj = copy.deepcopy(OBJ)
+    obj["spec"]["training"] = {"epochs": -1, "learningRate": -1}
+    message = run(obj).status["message"]
+    assert "spec.training.epochs: " in message and "; spec.training.learningRate: " in message
+    obj["spec"] = {"baseModel": {"uri": "s3://b/m"}, "dataset": {"trainUri": "s3://b/t"}, "output": {},
+                   "bogus": 1, "other": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6}
+    message = run(obj).status["message"]
+    assert message.count("spec.") <= 5 + 1  # at most five problems, then the advice
+
+
+def test_a_refusal_without_a_message_uses_the_reason_or_says_so():
+    for status, text in (({"reason": "ValidationFailed"}, "ValidationFailed"), ({}, "invalid RayJob")):
+        plan = run(launched(), Observed(rayjobs={"ft-1": rayjob("ft-1", jobDeploymentStatus="ValidationFailed",
+                                                                **status)}))
+        assert plan.status["attempts"][0]["message"] == f"KubeRay refused RayJob ft-1: {text}"
+
+
+def test_only_this_attempts_heartbeat_counts_as_its_progress():
+    state = launched(spec_with(hangTimeout="60s"))
+    running = {"ft-1": rayjob("ft-1", jobDeploymentStatus="Running", jobStatus="RUNNING")}
+    older = Progress(attempt=0, phase="Training", step=50, updated_at="2026-11-24T12:00:00Z")
+    plan = run(state, Observed(rayjobs=running, progress=older))
+    assert plan.status["attempts"][0]["progressMark"] == "none"
+    assert plan.status["message"] == "attempt 1 running (RayJob ft-1)"
+
+
+def test_a_start_timeout_names_the_rayjob_state():
+    state = launched(spec_with(startTimeout="60s"))
+    initializing = {"ft-1": rayjob("ft-1", jobDeploymentStatus="Initializing")}
+    state = with_status(run(state, Observed(rayjobs=initializing), NOW), state)
+    late = run(state, Observed(rayjobs=initializing), NOW + timedelta(seconds=61))
+    assert "(RayJob ft-1 Initializing since" in late.status["attempts"][0]["message"]
+
+
+def test_a_failure_report_reaches_the_classification_with_its_traceback():
+    report = FailureReport(attempt=1, exit_code=1, reason="Unknown", message="worker group failed",
+                           traceback_tail="Traceback: NCCL timeout")
+    plan = failed(launched(), message="Job entrypoint command failed", report=report)
+    assert plan.status["attempts"][0]["reason"] == "Infrastructure"  # found in the traceback tail
+    report = FailureReport(attempt=1, exit_code=1, reason="NodeCheckFailed", message="no GPU visible")
+    assert failed(launched(), report=report).status["attempts"][0]["reason"] == "NodeCheckFailed"
+
+
+def test_a_second_attempt_without_a_pending_decision_counts():
+    state = with_status(failed(launched()))
+    del state["status"]["pendingRetryCounted"]
+    assert run(state, now=NOW + timedelta(seconds=10)).status["attempts"][1]["counted"] is True
