@@ -199,3 +199,10 @@ def test_an_edited_finished_resource_has_its_new_generation_observed():
     assert {c["observedGeneration"] for c in plan.status["conditions"]} == {2}
     assert plan.status["phase"] == "Succeeded" and plan.create == [] and plan.events == []
     assert plan.status["attempts"][0]["generation"] == 1
+
+
+def test_an_ended_attempt_keeps_no_watchdog_clocks():
+    state = launched(spec_with(hangTimeout="60s"))
+    plan, _ = passes(state, Observed(rayjobs=RUNNING), range(0, 70, 5))
+    assert plan.status["attempts"][0]["reason"] == "Hang"
+    assert not {"waitingSince", "progressMark", "progressTime"} & set(plan.status["attempts"][0])

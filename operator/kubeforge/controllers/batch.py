@@ -33,6 +33,7 @@ __all__ = ["BatchKind", "Event", "Observed", "Plan", "parse_time", "reconcile", 
 
 FAILED_JOB_STATUS = {"FAILED", "STOPPED"}
 REFUSED_BY_KUBERAY = "ValidationFailed"
+WATCHDOG_KEYS = ("waitingSince", "progressMark", "progressTime")
 KOPF_STATUS_KEYS = ("kopf",)
 
 
@@ -321,8 +322,15 @@ def _failure_of(job_status: dict, report: Optional[FailureReport]) -> ObservedFa
                            log_tail=f"{report.traceback_tail or ''}\nRayJob: {job_message}")
 
 
+def _end(current: dict, **outcome) -> None:
+    """Close an attempt's record; the watchdog's clocks mean nothing once it ended."""
+    current.update(outcome)
+    for key in WATCHDOG_KEYS:
+        current.pop(key, None)
+
+
 def _succeeded(run: _Pass, kind: BatchKind, current: dict, observed: Observed) -> Plan:
-    current.update(outcome="Succeeded", endTime=run.now_text)
+    _end(current, outcome="Succeeded", endTime=run.now_text)
     if observed.result is not None:
         run.status["output"] = kind.output(observed.result)
     run.set_phase(Phase.SUCCEEDED, ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
@@ -336,8 +344,7 @@ def _failed(run: _Pass, spec: CommonSpec, current: dict, failure: ObservedFailur
     counted_so_far = count_restarts([a.get("counted") for a in attempts])
     decision = decide(spec.failure_policy, reason, failure, counted_restarts=counted_so_far,
                       total_retries=len(attempts) - 1)
-    current.update(outcome="Failed", endTime=run.now_text, reason=reason.value,
-                   message=failure.message[:1024])
+    _end(current, outcome="Failed", endTime=run.now_text, reason=reason.value, message=failure.message[:1024])
     if failure.effective_exit_code() is not None:
         current["exitCode"] = failure.effective_exit_code()
     number = current["number"]
