@@ -8,6 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional
 
+from kubeforge.timefmt import parse_time
+from kubeforge.timefmt import rfc3339 as format_time
+
 # JobDeploymentStatus
 NEW, INITIALIZING, RUNNING, COMPLETE, FAILED = "", "Initializing", "Running", "Complete", "Failed"
 SUSPENDING, SUSPENDED = "Suspending", "Suspended"
@@ -19,16 +22,6 @@ TERMINAL_JOB = {STOPPED, SUCCEEDED, JOB_FAILED}
 # JobFailedReason
 APP_FAILED, DEADLINE_EXCEEDED, SUBMISSION_FAILED = "AppFailed", "DeadlineExceeded", "SubmissionFailed"
 CHAOS_REASONS = ("NodeLost", "OOMKilled", "Evicted")
-
-
-def format_time(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: Optional[str]) -> Optional[datetime]:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _ms(value: Any) -> Optional[str]:
@@ -97,33 +90,27 @@ def rayjob_status(ray_job_info: Any, rayjob: Mapping, now: datetime) -> dict:
 
 def deadline_exceeded(rayjob: Mapping, now: datetime) -> Optional[dict]:
     """The Failed/DeadlineExceeded status if spec.activeDeadlineSeconds has passed since status.startTime."""
-    deadline = (rayjob.get("spec") or {}).get("activeDeadlineSeconds")
-    status = dict(rayjob.get("status") or {})
-    started = parse_time(status.get("startTime"))
-    if not deadline or started is None or status.get("jobDeploymentStatus") in TERMINAL_DEPLOYMENT:
-        return None
-    if (now - started).total_seconds() < deadline:
-        return None
-    status.update(jobDeploymentStatus=FAILED, reason=DEADLINE_EXCEEDED, endTime=format_time(now),
-                  failed=(status.get("failed") or 0) + 1,
-                  message=f"The RayJob has passed the activeDeadlineSeconds. StartTime: {status.get('startTime')}. "
-                          f"ActiveDeadlineSeconds: {deadline}")
-    return status
+    return _past_deadline(rayjob, now, "activeDeadlineSeconds", "ActiveDeadlineSeconds", DEADLINE_EXCEEDED)
 
 
 def pre_running_deadline_exceeded(rayjob: Mapping, now: datetime) -> Optional[dict]:
     """The Failed/PreRunningDeadlineExceeded status if spec.preRunningDeadlineSeconds passed before Running."""
-    deadline = (rayjob.get("spec") or {}).get("preRunningDeadlineSeconds")
+    return _past_deadline(rayjob, now, "preRunningDeadlineSeconds", "PreRunningDeadlineSeconds",
+                          "PreRunningDeadlineExceeded")
+
+
+def _past_deadline(rayjob: Mapping, now: datetime, field: str, label: str, reason: str) -> Optional[dict]:
+    deadline = (rayjob.get("spec") or {}).get(field)
     status = dict(rayjob.get("status") or {})
     started = parse_time(status.get("startTime"))
     if not deadline or started is None or status.get("jobDeploymentStatus") in TERMINAL_DEPLOYMENT:
         return None
     if (now - started).total_seconds() < deadline:
         return None
-    status.update(jobDeploymentStatus=FAILED, reason="PreRunningDeadlineExceeded", endTime=format_time(now),
+    status.update(jobDeploymentStatus=FAILED, reason=reason, endTime=format_time(now),
                   failed=(status.get("failed") or 0) + 1,
-                  message=f"The RayJob has passed the preRunningDeadlineSeconds. StartTime: {status.get('startTime')}. "
-                          f"PreRunningDeadlineSeconds: {deadline}")
+                  message=f"The RayJob has passed the {field}. StartTime: {status.get('startTime')}. "
+                          f"{label}: {deadline}")
     return status
 
 
