@@ -9,6 +9,7 @@ from kubernetes.client.exceptions import ApiException
 from kubeforge.cluster import ChildNameTaken, Cluster
 from kubeforge.controllers.finetune import FineTuneKind
 from kubeforge.controllers.observe import latest_status_patch, observe
+from kubeforge.dev.apiserver.patch import merge_patch
 from kubeforge.settings import Settings
 from kubeforge.storage.layout import ResourcePrefix
 from tests.unit.test_batch_reconcile import OBJ
@@ -74,19 +75,6 @@ def test_nested_keys_the_reconcile_dropped_are_removed_on_the_server():
     assert latest_status_patch({"progress": {"step": 1}}, {"progress": {"step": 1}}) is None
 
 
-def merge(target, patch):
-    """RFC 7386, as the API server applies a merge patch."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge(result.get(key), value)
-    return result
-
-
 @pytest.mark.parametrize("old,new", [
     ({"a": {"b": {"c": 1, "d": 2}}, "e": [1]}, {"a": {"b": {"c": 1}}, "e": [2]}),
     ({"a": {"b": 1}}, {"a": {}}),
@@ -94,7 +82,7 @@ def merge(target, patch):
     ({"a": 1, "b": {"c": 2}}, {"b": 3}),
 ])
 def test_applying_the_patch_gives_exactly_the_computed_status(old, new):
-    assert merge(old, latest_status_patch(old, new) or {}) == new
+    assert merge_patch(old, latest_status_patch(old, new) or {}) == new  # as the API server applies it
 
 
 class FakeApi:

@@ -8,8 +8,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
-from kubeforge.controllers.batch import Observed, summarize, workload_context
+from kubeforge.controllers.batch import Observed, reconcile, summarize, workload_context
 from kubeforge.controllers.finetune import FineTuneKind
 from kubeforge.launch.rayjob import build_rayjob
 from kubeforge.storage.progress import FailureReport, Progress
@@ -30,6 +31,10 @@ def kstatus(ready, reconciling, stalled, reason):
             "Stalled": (stalled, reason, stalled == "True")}
 
 
+def reconcile_with(kind, obj, observed):
+    return reconcile(kind, obj, observed, NOW, SETTINGS)
+
+
 class WithDependency(FineTuneKind):
     def dependencies(self, spec):
         return [("VectorIndex", "docs")]
@@ -37,17 +42,11 @@ class WithDependency(FineTuneKind):
 
 def test_waiting_for_a_dependency():
     index = {"status": {"conditions": [{"type": "Ready", "status": "False"}]}}
-    plan = __import__("kubeforge.controllers.batch", fromlist=["reconcile"]).reconcile(
-        WithDependency(), OBJ, Observed(dependencies={("VectorIndex", "docs"): index}), NOW, SETTINGS)
+    plan = reconcile_with(WithDependency(), OBJ, Observed(dependencies={("VectorIndex", "docs"): index}))
     assert contract(plan) == ("Waiting", kstatus("False", "True", "False", "WaitingForDependency"),
                               [("Normal", "WaitingForDependency")], 2)
     assert plan.status["message"] == "waiting for VectorIndex docs to become Ready"
     assert "attempts" not in plan.status and plan.create == []
-
-
-def reconcile_with(kind, obj, observed):
-    from kubeforge.controllers.batch import reconcile
-    return reconcile(kind, obj, observed, NOW, SETTINGS)
 
 
 def test_a_ready_dependency_lets_the_attempt_start_and_a_later_unready_one_does_not_stop_it():
@@ -258,7 +257,7 @@ def test_the_workload_context_carries_generation_tracking_and_the_module():
     del obj["metadata"]["generation"]
     assert workload_context(obj, spec, 1, settings).generation == 1
     built = build_rayjob(obj, spec, context, KIND.info.workload, settings)
-    env = __import__("yaml").safe_load(built["spec"]["runtimeEnvYAML"])["env_vars"]
+    env = yaml.safe_load(built["spec"]["runtimeEnvYAML"])["env_vars"]
     assert env["HF_HUB_OFFLINE"] == "1" and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert built["spec"]["entrypoint"] == "python -m kubeforge_workloads.finetune"
     head = built["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]

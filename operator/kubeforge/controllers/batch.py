@@ -28,9 +28,6 @@ from kubeforge.storage.layout import ResourcePrefix, checkpoint_step_of
 from kubeforge.storage.progress import FailureReport, Progress
 from kubeforge.timefmt import parse_time, rfc3339
 
-__all__ = ["BatchKind", "Event", "Observed", "Plan", "parse_time", "reconcile", "resource_prefix", "rfc3339",
-           "workload_context"]
-
 FAILED_JOB_STATUS = {"FAILED", "STOPPED"}
 REFUSED_BY_KUBERAY = "ValidationFailed"
 WATCHDOG_KEYS = ("waitingSince", "progressMark", "progressTime")
