@@ -1,4 +1,5 @@
-"""A FineTune's object store for workload unit tests: moto's in-process S3 with the bucket created."""
+"""Workload unit-test fixtures: a FineTune's object store (moto's in-process S3 with the bucket created) and a
+fresh MLflow store."""
 
 from __future__ import annotations
 
@@ -26,3 +27,21 @@ def object_store(monkeypatch):
         client = boto3.client("s3")
         client.create_bucket(Bucket=BUCKET)
         yield S3ObjectStore(client)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store, and none of the process-wide MLflow state earlier tests may have left behind."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(leftover, raising=False)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous)

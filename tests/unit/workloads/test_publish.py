@@ -54,19 +54,10 @@ def base_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def tracking_uri(tmp_path, monkeypatch):
-    """A fresh sqlite store with local artifacts, and none of the process-wide MLflow state other tests left."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(leftover, raising=False)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
+def tracking_uri(tracking_uri, tmp_path):
+    """The shared fresh store, with the resource's experiment keeping artifacts locally."""
     MlflowClient().create_experiment("ns/FineTune", artifact_location=(tmp_path / "artifacts").as_uri())
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(previous)
+    return tracking_uri
 
 
 def attempt(ctx: WorkloadContext, the_spec: FineTuneSpec, storage: WorkloadStorage, base_model: Path, tmp: Path,

@@ -12,22 +12,6 @@ from kubeforge.api.workload import WorkloadContext  # noqa: E402
 from kubeforge_workloads.common.tracking import ensure_experiment, start_run  # noqa: E402
 
 
-@pytest.fixture
-def tracking_uri(tmp_path, monkeypatch):
-    """A fresh store, and none of the process-wide MLflow state earlier tests may have left behind."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(leftover, raising=False)
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(previous)
-
-
 def context(tracking_uri: str, attempt: int = 1, experiment: str = "team-a/FineTune") -> WorkloadContext:
     return WorkloadContext(kind="FineTune", namespace="team-a", name="docs", uid="uid-docs", generation=1,
                            attempt=attempt, spec={}, storage={"bucket": "b", "prefix": "team-a/FineTune/docs"},
