@@ -174,49 +174,22 @@ def kill_cmd(rayjob: str, reason: str, after_checkpoint: int | None, checkpoint_
     click.echo(f"rayjob {namespace}/{rayjob}: kill ({reason}) {'done' if wait else 'requested'}")
 
 
-@chaos_cli.command("oom")
-@click.argument("rayjob")
-@_namespace
-@_kubeconfig
-@_wait
-@_timeout
-def oom_cmd(rayjob: str, namespace: str, kubeconfig: str, wait: bool, timeout: float) -> None:
-    """Make the training loop allocate memory until its container's memory limit is enforced."""
-    _run(oom, rayjob, namespace, kubeconfig, wait, timeout)
-    click.echo(f"rayjob {namespace}/{rayjob}: oom {'done' if wait else 'requested'}")
+def _simple_command(name: str, action, summary: str) -> None:
+    """`kubeforge dev chaos <name> RAYJOB`: ask the local KubeRay for `action` and report it."""
+
+    @chaos_cli.command(name, help=summary)
+    @click.argument("rayjob")
+    @_namespace
+    @_kubeconfig
+    @_wait
+    @_timeout
+    def command(rayjob: str, namespace: str, kubeconfig: str, wait: bool, timeout: float) -> None:
+        _run(action, rayjob, namespace, kubeconfig, wait, timeout)
+        click.echo(f"rayjob {namespace}/{rayjob}: {name} {'done' if wait else 'requested'}")
 
 
-@chaos_cli.command("stall")
-@click.argument("rayjob")
-@_namespace
-@_kubeconfig
-@_wait
-@_timeout
-def stall_cmd(rayjob: str, namespace: str, kubeconfig: str, wait: bool, timeout: float) -> None:
-    """Block the training loop at its next step while the process and its heartbeat keep running (`resume` ends it)."""
-    _run(stall, rayjob, namespace, kubeconfig, wait, timeout)
-    click.echo(f"rayjob {namespace}/{rayjob}: stall {'done' if wait else 'requested'}")
-
-
-@chaos_cli.command("hang")
-@click.argument("rayjob")
-@_namespace
-@_kubeconfig
-@_wait
-@_timeout
-def hang_cmd(rayjob: str, namespace: str, kubeconfig: str, wait: bool, timeout: float) -> None:
-    """SIGSTOP the job's driver and worker processes."""
-    _run(hang, rayjob, namespace, kubeconfig, wait, timeout)
-    click.echo(f"rayjob {namespace}/{rayjob}: hang {'done' if wait else 'requested'}")
-
-
-@chaos_cli.command("resume")
-@click.argument("rayjob")
-@_namespace
-@_kubeconfig
-@_wait
-@_timeout
-def resume_cmd(rayjob: str, namespace: str, kubeconfig: str, wait: bool, timeout: float) -> None:
-    """SIGCONT the job's processes and end a stall."""
-    _run(resume, rayjob, namespace, kubeconfig, wait, timeout)
-    click.echo(f"rayjob {namespace}/{rayjob}: resume {'done' if wait else 'requested'}")
+_simple_command("oom", oom, "Make the training loop allocate memory until its container's memory limit is enforced.")
+_simple_command("stall", stall, "Block the training loop at its next step while the process and its heartbeat keep "
+                                "running (`resume` ends it).")
+_simple_command("hang", hang, "SIGSTOP the job's driver and worker processes.")
+_simple_command("resume", resume, "SIGCONT the job's processes and end a stall.")
