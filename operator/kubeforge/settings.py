@@ -24,7 +24,15 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: Optional[str] = None
     """Passed to workloads when the workload Secret does not set MLFLOW_TRACKING_URI."""
     reconcile_period_seconds: float = Field(default=10.0, gt=0)
-    """How often each resource is re-observed (child status, progress heartbeat, hang check)."""
+    """Longest a resource goes without a pass when nothing wakes it: a safety resync. Child and dependency
+    changes wake their owner at once (watched, not polled); watchdog deadlines and backoffs schedule their own."""
+    heartbeat_poll_seconds: float = Field(default=30.0, gt=0)
+    """How often a running attempt's progress heartbeat is read from the object store (one GET)."""
+    progress_write_seconds: float = Field(default=30.0, ge=0)
+    """Least time between two status writes that carry only progress (step, loss, throughput); phase,
+    condition and attempt changes are written at once."""
+    startup_jitter_seconds: float = Field(default=5.0, ge=0)
+    """A restarted operator spreads the first passes of the resources it finds over this many seconds."""
     tick_seconds: float = Field(default=1.0, gt=0)
     """Resolution of scheduled passes: a pass due (after a backoff, right after recording an attempt) runs
     within this many seconds of its time."""
