@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -10,7 +11,25 @@ import click
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose named subcommands are imported on first use, so that `kubeforge operator` (the
+    container's command) never loads the sandbox."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands  # command name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            module_name, attribute = self.lazy_commands[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module_name), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy_commands={"dev": "kubeforge.dev.cli:dev"})
 def main() -> None:
     """Kubeforge: the generative-AI lifecycle as Kubernetes resources on KubeRay."""
 
@@ -49,7 +68,3 @@ def crds_check(directory: Path) -> None:
         click.echo(f"stale: {path} (run `kubeforge crds generate`)", err=True)
     sys.exit(1 if stale else 0)
 
-
-from kubeforge.dev.cli import dev  # noqa: E402  (light: click only; heavy imports happen per command)
-
-main.add_command(dev)
