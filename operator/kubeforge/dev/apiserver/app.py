@@ -13,6 +13,8 @@ from aiohttp import web
 
 from kubeforge.dev.apiserver import discovery, protobuf
 from kubeforge.dev.apiserver.errors import ApiError
+from kubeforge.dev.apiserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kubeforge.dev.apiserver.metrics import RequestLabels, RequestMetrics, client_of, reported_verb
 from kubeforge.dev.apiserver.selectors import BUILTIN_FIELDS, SelectorError, field_matcher, label_matcher
 from kubeforge.dev.apiserver.store import Store, WriteOptions
 from kubeforge.dev.apiserver.tables import table
@@ -20,6 +22,7 @@ from kubeforge.dev.apiserver.types import ResourceType
 
 log = logging.getLogger(__name__)
 BOOKMARK_INTERVAL = 10.0
+METRICS_LABELS_KEY = web.RequestKey("request_labels", RequestLabels)
 
 
 def _json(body: dict, status: int = 200, warnings: list[str] = ()) -> web.Response:
@@ -91,20 +94,38 @@ class Route:
 class ApiApp:
     def __init__(self, store: Store):
         self.store = store
+        self.metrics = RequestMetrics()
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
 
     # ---- routing -----------------------------------------------------------------------------------------------
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
-            return await self._dispatch(request)
+            response = await self._dispatch(request)
         except ApiError as error:
-            return _json(error.status(), error.code)
+            response = _json(error.status(), error.code)
         except (ConnectionResetError, asyncio.CancelledError):
+            if METRICS_LABELS_KEY in request:
+                self.metrics.abandoned(request[METRICS_LABELS_KEY])
             raise
         except Exception as error:  # a bug must answer 500, not kill the server
             log.exception("internal error on %s %s", request.method, request.path)
-            return _json(ApiError(500, f"internal error: {error}").status(), 500)
+            response = _json(ApiError(500, f"internal error: {error}").status(), 500)
+        if METRICS_LABELS_KEY in request:
+            self.metrics.finished(request[METRICS_LABELS_KEY], response.status)
+        return response
+
+    def _start_accounting(self, request: web.Request, route: Route) -> None:
+        rtype = route.rtype
+        scope = "resource" if route.name else "namespace" if route.namespace else "cluster"
+        labels = RequestLabels(
+            verb=reported_verb(request.method, bool(route.name), request.query.get("watch") in ("true", "1"),
+                               request.headers.get("Content-Type", "")),
+            group=rtype.group, version=rtype.version, resource=rtype.plural, subresource=route.sub or "",
+            scope=scope, namespace=route.namespace or "", client=client_of(request.headers.get("User-Agent", "")),
+            dry_run="All" if request.query.get("dryRun") else "")
+        request[METRICS_LABELS_KEY] = labels
+        self.metrics.started(labels)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
@@ -113,6 +134,8 @@ class ApiApp:
             return web.Response(text="ok")
         if request.path == "/version":
             return _json(discovery.SERVER_VERSION)
+        if request.path == "/metrics":
+            return web.Response(body=self.metrics.render().encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
         if request.path == "/api":
             return _json(discovery.api_versions())
         if request.path == "/apis":
@@ -156,6 +179,7 @@ class ApiApp:
 
     # ---- verbs -------------------------------------------------------------------------------------------------
     async def _resource(self, request: web.Request, route: Route) -> web.StreamResponse:
+        self._start_accounting(request, route)
         store, rtype, method = self.store, route.rtype, request.method
         dry_run = bool(request.query.get("dryRun"))
         if route.sub not in (None, "status") and not (route.sub == "finalize" and rtype.plural == "namespaces"):
