@@ -71,3 +71,17 @@ def test_parse_s3_uri():
                          ("s3:///a", "s3 URI without a bucket")):
         with pytest.raises(ValueError, match=f"^{re.escape(problem)}: {re.escape(repr(bad))}$"):
             parse_s3_uri(bad)
+
+
+def test_index_versions_count_only_with_their_manifest_in_numeric_order():
+    from kubeforge.storage.layout import INDEX_CHUNKS_FILE, committed_index_versions, index_versions_present
+
+    prefix = ResourcePrefix.for_resource("bucket", "team-a", "VectorIndex", "docs")
+    assert prefix.index_version_key(3) == "team-a/VectorIndex/docs/outputs/index/v-3/"
+    assert prefix.index_manifest_key(3) == "team-a/VectorIndex/docs/outputs/index/v-3/" + MANIFEST_FILE
+    keys = [prefix.index_manifest_key(10), prefix.index_manifest_key(9), prefix.index_version_key(9) + INDEX_CHUNKS_FILE,
+            prefix.index_version_key(11) + INDEX_CHUNKS_FILE,  # being written: no manifest yet
+            prefix.index_version_key(2) + "nested/" + MANIFEST_FILE,  # not a version's own manifest
+            ResourcePrefix.for_resource("bucket", "team-a", "VectorIndex", "docs-2").index_manifest_key(12)]
+    assert committed_index_versions(prefix, keys) == [9, 10]
+    assert index_versions_present(prefix, keys) == [2, 9, 10, 11]

@@ -5,7 +5,9 @@
         checkpoints/step-<n>/...           checkpoint files
         checkpoints/step-<n>/MANIFEST.json written last: the checkpoint counts only once it exists
         attempts/<n>/failure.json          what the workload knew when attempt n failed
-        outputs/...                        adapters, merged models, index versions, eval tables
+        outputs/...                        adapters, merged models, eval tables
+        outputs/index/v-<n>/...            VectorIndex version n: chunk table, document table, index file
+        outputs/index/v-<n>/MANIFEST.json  written last: the version exists only once it does
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ MANIFEST_FILE = "MANIFEST.json"
 FAILURE_FILE = "failure.json"
 _STEP_DIR = re.compile(r"checkpoints/step-(\d+)/$")
 _STEP_AT_END = re.compile(r"step-(\d+)/?$")
+INDEX_CHUNKS_FILE = "chunks.parquet"
+INDEX_DOCUMENTS_FILE = "documents.parquet"
+INDEX_VECTORS_FILE = "index.faiss"
+_INDEX_VERSION_DIR = re.compile(r"outputs/index/v-(\d+)/$")
+_INDEX_VERSION_AT_START = re.compile(r"v-(\d+)/")
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,16 @@ class ResourcePrefix:
     def output_key(self, *parts: str) -> str:
         return self.key("outputs", *parts)
 
+    @property
+    def index_versions_key(self) -> str:
+        return self.output_key("index") + "/"
+
+    def index_version_key(self, version: int) -> str:
+        return self.output_key("index", f"v-{version}") + "/"
+
+    def index_manifest_key(self, version: int) -> str:
+        return self.index_version_key(version) + MANIFEST_FILE
+
 
 def committed_steps(prefix: ResourcePrefix, keys: Iterable[str]) -> list[int]:
     """Steps whose manifest exists, ascending. Torn checkpoints (no manifest) never count."""
@@ -69,6 +86,32 @@ def committed_steps(prefix: ResourcePrefix, keys: Iterable[str]) -> list[int]:
         if match:
             steps.append(int(match.group(1)))
     return sorted(set(steps))
+
+
+def committed_index_versions(prefix: ResourcePrefix, keys: Iterable[str]) -> list[int]:
+    """VectorIndex versions whose manifest exists, ascending; a version still being written (no manifest) never
+    counts."""
+    versions = []
+    base = prefix.index_versions_key
+    for key in keys:
+        if not key.startswith(base) or not key.endswith("/" + MANIFEST_FILE):
+            continue
+        match = _INDEX_VERSION_DIR.search(key[: -len(MANIFEST_FILE)])
+        if match:
+            versions.append(int(match.group(1)))
+    return sorted(set(versions))
+
+
+def index_versions_present(prefix: ResourcePrefix, keys: Iterable[str]) -> list[int]:
+    """Every version with any object under it, committed or not (what garbage collection looks at)."""
+    base = prefix.index_versions_key
+    found = set()
+    for key in keys:
+        if key.startswith(base):
+            match = _INDEX_VERSION_AT_START.match(key[len(base):])
+            if match:
+                found.add(int(match.group(1)))
+    return sorted(found)
 
 
 def checkpoint_step_of(uri: Optional[str]) -> Optional[int]:
