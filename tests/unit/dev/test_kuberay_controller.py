@@ -358,3 +358,32 @@ def test_refused_rayservice_is_not_deployed_and_not_ready():
                                 "characters")
     assert [(e.reason, e.message) for e in core.events] == [("InvalidRayServiceMetadata", f"ns/{'s' * 48}: "
                                                              f"{ready['message']}")]
+
+
+def status_only_controller(obj, core=None):
+    api = FakeApi(obj)
+    return LocalKubeRay(api, core or FakeCore(), None, "", clock=lambda: datetime(2026, 1, 1, tzinfo=timezone.utc),
+                        node=NODE, chaos_dir="/nonexistent/chaos", status_only=True), api
+
+
+def test_status_only_reports_a_valid_rayjob_running_as_kuberay_and_then_writes_nothing():
+    kuberay, api = status_only_controller(rayjob())
+    kuberay.sync(api.obj)
+    assert [w["jobDeploymentStatus"] for w in api.status_writes] == ["Initializing", "Running"]
+    status = api.obj["status"]
+    assert (status["jobStatus"], status["jobId"], status["rayClusterName"]) == ("RUNNING", "j-01234567", "j-raycluster")
+    assert status["startTime"] == status["rayJobInfo"]["startTime"] == "2026-01-01T00:00:00Z"
+    assert FINALIZER in api.obj["metadata"]["finalizers"]
+    kuberay.sync(api.obj)
+    assert len(api.status_writes) == 2
+
+
+def test_status_only_refuses_what_kuberay_refuses_and_keeps_an_end_written_by_others():
+    refused, api = status_only_controller(rayjob(name="x" * 48))
+    refused.sync(api.obj)
+    assert api.obj["status"]["jobDeploymentStatus"] == "ValidationFailed"
+    kuberay, api = status_only_controller(rayjob())
+    kuberay.sync(api.obj)
+    api.obj["status"].update(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    kuberay.sync(api.obj)
+    assert api.obj["status"]["jobDeploymentStatus"] == "Complete" and len(api.status_writes) == 2

@@ -6,6 +6,10 @@ status, so the operator sees exactly what it would see on a cluster with KubeRay
 
 A level-triggered loop lists RayJobs and RayServices in all namespaces every `--interval` seconds.
 
+`--status-only` (benchmarks of the operator at scale only, never the sandbox): no Ray head, no Ray job. Each
+RayJob is validated and recorded as below, then reported Running (jobStatus RUNNING, rayJobInfo.startTime) until
+something else writes its end; deletion and suspension stop nothing, chaos is ignored, RayServices are left alone.
+
 RayJob (kuberay `rayjob_types.go`):
   - Validated on every pass as KubeRay's validateRayJob (validation.py: name <= 47 chars and a DNS-1035 label, the
     spec rules of ValidateRayJobSpec): refused -> jobDeploymentStatus ValidationFailed, reason ValidationFailed,

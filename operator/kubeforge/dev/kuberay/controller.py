@@ -24,7 +24,7 @@ import yaml
 
 from kubeforge.dev.kuberay import processes, scheduling
 from kubeforge.dev.kuberay.env import EnvError, container_env, head_container
-from kubeforge.dev.kuberay.status import (FAILED, INITIALIZING, RUNNING, SUBMISSION_FAILED,
+from kubeforge.dev.kuberay.status import (FAILED, INITIALIZING, JOB_RUNNING, RUNNING, SUBMISSION_FAILED,
                                           SUSPENDED, TERMINAL_DEPLOYMENT, TERMINAL_JOB, VALIDATION_FAILED,
                                           deadline_exceeded, deletion_due, format_time, parse_time,
                                           pre_running_deadline_exceeded, rayjob_status, rayservice_status)
@@ -73,10 +73,16 @@ def _is_not_found(error: Exception) -> bool:
 
 
 class LocalKubeRay:
+    """With `status_only` (benchmarks of the operator at scale, never the sandbox) no Ray job runs: each RayJob is
+    validated, scheduled and recorded exactly as otherwise, then reported Running (jobStatus RUNNING) until
+    something else writes its end; deletion and suspension stop nothing, chaos is ignored, RayServices are left
+    alone."""
+
     def __init__(self, api, core, jobs, dashboard_url: str, serve_port: int = 8000,
                  clock: Callable[[], datetime] = utcnow, auth_header: Optional[str] = None,
-                 node: Optional[scheduling.Node] = None, chaos_dir: Optional[Path] = None):
+                 node: Optional[scheduling.Node] = None, chaos_dir: Optional[Path] = None, status_only: bool = False):
         self.api, self.core, self.jobs, self.dashboard_url = api, core, jobs, dashboard_url.rstrip("/")
+        self.status_only = status_only
         self.serve_port, self.clock, self.auth_header = serve_port, clock, auth_header
         self.node = node or scheduling.Node.local()
         self._oom_killed: dict[str, str] = {}  # submission id -> the container the memory monitor killed
@@ -151,6 +157,8 @@ class LocalKubeRay:
                 log.exception("sync of RayJob %s/%s failed", rayjob["metadata"].get("namespace"),
                               rayjob["metadata"].get("name"))
                 self._fail_unexpected(rayjob, error)
+        if self.status_only:
+            return  # Serve applications need a Ray head
         try:
             self.sync_services()
         except Exception:
@@ -219,12 +227,16 @@ class LocalKubeRay:
             # Record the ids before submitting, so a restart never submits twice.
             job_id = self._fresh_job_id(rayjob, resumed=deployment == SUSPENDED)
             self._patch_status(rayjob, {**status, "jobId": job_id, "rayClusterName": self.cluster_name(rayjob),
-                                        "dashboardURL": self.dashboard_url.split("://", 1)[-1],
+                                        "dashboardURL": self.dashboard_url.split("://", 1)[-1] or None,
                                         "jobDeploymentStatus": INITIALIZING, "startTime": self._now(),
                                         "observedGeneration": meta.get("generation")})
             status = rayjob["status"]
             deployment = INITIALIZING
         action = (meta.get("annotations") or {}).get(CHAOS_ANNOTATION)
+        if action and self.status_only:
+            self._patch_meta(rayjob, {"annotations": {
+                CHAOS_ANNOTATION: None, CHAOS_LAST_ANNOTATION: "ignored: status-only local KubeRay runs no Ray job"}})
+            return
         if action and deployment != INITIALIZING:
             self._chaos(rayjob, status, job_id, action)
             return
@@ -325,6 +337,12 @@ class LocalKubeRay:
         return f"{base}-{int(time.time())}"
 
     def _submit(self, rayjob: dict, status: dict, job_id: str) -> None:
+        if self.status_only:
+            # What KubeRay reports once the Ray job runs, without running one (KubeRay passes PENDING first).
+            self._patch_status(rayjob, {**{k: v for k, v in status.items() if k != "message"},
+                                        "jobDeploymentStatus": RUNNING, "jobStatus": JOB_RUNNING,
+                                        "rayJobInfo": {"startTime": self._now()}})
+            return
         try:
             existing = self._job_info(job_id)
             if existing is None:
@@ -362,6 +380,8 @@ class LocalKubeRay:
                                     "jobDeploymentStatus": RUNNING, "jobStatus": "PENDING"})
 
     def _job_info(self, job_id: str):
+        if self.status_only:
+            return None
         try:
             return self.jobs.get_job_info(job_id)
         except Exception as error:
@@ -375,6 +395,8 @@ class LocalKubeRay:
             self._stop(job_id)
             self._patch_status(rayjob, expired)
             return
+        if self.status_only:
+            return  # Running until something else writes its end
         self._enforce_memory_limits(rayjob, job_id)
         observed = rayjob_status(self._job_info(job_id), rayjob, self.clock())
         killed = self._oom_killed.get(job_id)
@@ -419,6 +441,8 @@ class LocalKubeRay:
         # DeleteCluster / DeleteWorkers: the local head is shared and stays; nothing to delete.
 
     def _stop(self, job_id: str) -> None:
+        if self.status_only:
+            return
         # A hung (SIGSTOPped) job must be able to die.
         processes.signal_all(processes.job_pids(job_id, self.jobs, self.dashboard_url), processes.CONT)
         try:
@@ -627,8 +651,11 @@ def _local_env(env: dict) -> dict:
     return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.environ.get('PATH', ''))}"}
 
 
-def run(kubeconfig: str, ray_address: str, interval: float = 1.0, serve_port: int = 8000,
-        token_file: Optional[str] = None, chaos_dir: Optional[str] = None) -> None:
+def run(kubeconfig: str, ray_address: Optional[str], interval: float = 1.0, serve_port: int = 8000,
+        token_file: Optional[str] = None, chaos_dir: Optional[str] = None, status_only: bool = False) -> None:
+    if status_only:
+        run_status_only(kubeconfig, interval)
+        return
     from kubeforge.dev import ray_head
 
     token = token_file or os.environ.get("RAY_AUTH_TOKEN_PATH") or ray_head.find_token_for(ray_address)
@@ -652,6 +679,21 @@ def run(kubeconfig: str, ray_address: str, interval: float = 1.0, serve_port: in
                               serve_port=serve_port, auth_header=auth_header,
                               chaos_dir=chaos_dir or Path(kubeconfig).resolve().parent / "chaos")
     log.info("local KubeRay watching RayJobs and RayServices in all namespaces, running them on %s", ray_address)
+    _loop(controller, interval)
+
+
+def run_status_only(kubeconfig: str, interval: float = 1.0) -> None:
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(kubeconfig)
+    controller = LocalKubeRay(client.CustomObjectsApi(api_client), client.CoreV1Api(api_client), None, "",
+                              status_only=True)
+    log.warning("STATUS-ONLY local KubeRay (for benchmarks): RayJobs are validated and reported Running, but no Ray "
+                "job runs; RayServices are ignored")
+    _loop(controller, interval)
+
+
+def _loop(controller: LocalKubeRay, interval: float) -> None:
     while True:
         started = time.monotonic()
         try:
