@@ -90,7 +90,8 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text).total_seconds() == seconds
 
 
-@pytest.mark.parametrize("text", ["", "10", "5x", "m10"])
+# "0" and "1d" are Go durations the CRD pattern refuses: the operator must refuse them too.
+@pytest.mark.parametrize("text", ["", "10", "5x", "m10", "0", "1d", "-5s"])
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match=f"^invalid duration {text!r}: use forms like 90s, 10m or 1h30m$"):
         parse_duration(text)

@@ -18,19 +18,23 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Optional
 
+import durationpy
+
+from kubeforge.api.shared import DURATION_PATTERN
 from kubeforge.timefmt import parse_time, rfc3339
 
-_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 SUSPENDED_DEPLOYMENTS = frozenset({"Suspended", "Suspending"})
 
 
 def parse_duration(text: str) -> timedelta:
     """Parse Go-style durations as the CRD pattern admits them: 90s, 10m, 1h30m, 500ms."""
-    parts = _PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r}: use forms like 90s, 10m or 1h30m")
-    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+    # durationpy also takes days, weeks and a bare "0", which the CRD refuses: the pattern decides what is valid.
+    try:
+        if re.fullmatch(DURATION_PATTERN, text):
+            return durationpy.from_str(text)
+    except durationpy.DurationError:
+        pass
+    raise ValueError(f"invalid duration {text!r}: use forms like 90s, 10m or 1h30m")
 
 
 class Activity(str, Enum):
