@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from grimp import ImportGraph
 from importlinter.contracts.forbidden import ForbiddenContract
 from importlinter.domain import fields
 from importlinter.domain.contract import ContractCheck, InvalidContractOptions
@@ -35,7 +34,7 @@ class ForbiddenExceptContract(ForbiddenContract):
             raise InvalidContractOptions({"as_packages": "forbidden_except needs as_packages = false "
                                                           "(list packages' contents with `.**`)."})
 
-    def check(self, graph: ImportGraph, verbose: bool) -> ContractCheck:
+    def check(self, graph, verbose: bool) -> ContractCheck:
         patterns = self.exempt_modules or set()
         sources = module_expressions_to_modules(graph, self.source_modules)
         expressions = self.source_modules
