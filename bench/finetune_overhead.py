@@ -191,6 +191,7 @@ def main() -> None:
 
     # Checkpoint commit (manifest last) vs a raw upload of the same bytes.
     from kubeforge.api.workload import StorageContext, WorkloadContext
+    from kubeforge_workloads.common.checkpoint import Checkpointer, local_files
 
     checkpoint = max((work / "plain-0").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     files = [p for p in checkpoint.rglob("*") if p.is_file()]
@@ -205,8 +206,10 @@ def main() -> None:
         for path in files:
             s3.upload_file(str(path), "bench", f"raw/{repeat}/{path.relative_to(checkpoint)}")
 
+    checkpointer = Checkpointer(storage)
+
     def commit(repeat: int) -> None:
-        storage.commit_checkpoint(1000 + repeat, 1.0, checkpoint)
+        checkpointer.save(1000 + repeat, {0: local_files(checkpoint)}, checkpoint, 1.0)
 
     # Tens of milliseconds each on a shared machine: many repeats, order swapped every other one.
     for repeat in range(21):

@@ -19,7 +19,7 @@ class EvalTarget(ApiModel):
     endpoint_ref: Optional[str] = Field(default=None, pattern=NAME_PATTERN)
     """ServingEndpoint (same namespace) to evaluate."""
     model_uri: Optional[str] = Field(default=None, pattern=MODEL_URI_PATTERN)
-    """Model to load and evaluate directly: s3://, mlflow://models/<name>/<version> or hf://."""
+    """Model to load and evaluate directly: s3://, models:/<name>/<version> (MLflow registry) or hf://."""
 
 
 class JudgeSpec(ApiModel):

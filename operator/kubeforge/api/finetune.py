@@ -10,7 +10,9 @@ from pydantic import Field
 from kubeforge.api.meta import DEFAULT_EMPTY_OBJECT, ApiModel
 from kubeforge.api.shared import CommonSpec, cel
 
-MODEL_URI_PATTERN = r"^(s3://[^/]+/.+|mlflow://models/[^/]+/[^/]+|hf://[^/]+/[^/]+)$"
+MODEL_URI_PATTERN = r"^(s3://[^/]+/.+|models:/[^/]+/[^/]+|hf://[^/]+/[^/]+)$"
+"""s3://bucket/dir, models:/<name>/<version> (MLflow's registry URI, what FineTune publishes as modelUri) or
+hf://org/name."""
 DATA_URI_PATTERN = r"^s3://[^/]+/.+$"
 
 
@@ -43,7 +45,7 @@ class BaseModelRef(ApiModel):
     """The model to fine-tune."""
 
     uri: str = Field(pattern=MODEL_URI_PATTERN, max_length=1024)
-    """s3://bucket/dir (Hugging Face format directory), mlflow://models/<name>/<version>, or hf://org/name where a hub is reachable."""
+    """s3://bucket/dir (Hugging Face format directory), models:/<name>/<version> (MLflow registry), or hf://org/name where a hub is reachable."""
 
 
 class LoraConfig(ApiModel):

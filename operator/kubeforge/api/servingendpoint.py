@@ -23,7 +23,7 @@ class ModelSource(ApiModel):
     model_config = cel(("has(self.uri) != has(self.fineTuneRef)", "set exactly one of model.uri or model.fineTuneRef"))
 
     uri: Optional[str] = Field(default=None, pattern=MODEL_URI_PATTERN)
-    """s3://bucket/dir, mlflow://models/<name>/<version> or hf://org/name of the model to serve."""
+    """s3://bucket/dir, models:/<name>/<version> (MLflow registry) or hf://org/name of the model to serve."""
     fine_tune_ref: Optional[str] = Field(default=None, pattern=NAME_PATTERN)
     """Serve the merged model of this FineTune (same namespace)."""
 

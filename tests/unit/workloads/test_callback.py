@@ -10,30 +10,17 @@ import pytest
 
 from kubeforge_workloads.common.storage import WorkloadStorage
 from tests.unit.workloads.conftest import finetune_context
+from tests.unit.workloads.test_checkpoint import GatedCheckpointer
 
 pytest.importorskip("transformers")
 
 from kubeforge_workloads.finetune.callback import make_callback  # noqa: E402
 
 
-class GatedStorage(WorkloadStorage):
-    """Real storage whose commits wait for the test to open a gate: the upload is observably in flight."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.gate = threading.Event()
-        self.fail_with: Exception | None = None
-
-    def commit_checkpoint(self, *args, **kwargs):
-        assert self.gate.wait(10)
-        if self.fail_with:
-            raise self.fail_with
-        return super().commit_checkpoint(*args, **kwargs)
-
-
 @pytest.fixture
 def storage(object_store):
-    return GatedStorage(finetune_context(attempt=1), object_store)
+    """A real Checkpointer whose commits wait for the test to open its gate."""
+    return GatedCheckpointer(WorkloadStorage(finetune_context(attempt=1), object_store))
 
 
 def save(callback, tmp_path, step: int) -> None:
@@ -49,10 +36,10 @@ def test_commit_runs_in_the_background_and_train_end_waits_for_it(storage, tmp_p
                              before_commit=lambda: flushed.append(True))
     save(callback, tmp_path, 4)
     assert flushed == [True]  # metrics are flushed before the commit starts
-    assert storage.latest_committed_checkpoint() is None  # on_save returned; the commit is still in flight
+    assert storage.latest() is None  # on_save returned; the commit is still in flight
     storage.gate.set()
     callback.on_train_end(None, None, None)
-    assert storage.latest_committed_checkpoint() == 4
+    assert storage.latest() == 4
 
 
 def test_the_next_save_waits_for_the_previous_commit(storage, tmp_path):
@@ -61,9 +48,9 @@ def test_the_next_save_waits_for_the_previous_commit(storage, tmp_path):
     opener = threading.Timer(0.3, storage.gate.set)
     opener.start()
     save(callback, tmp_path, 8)  # blocks until step 4 is committed
-    assert storage.latest_committed_checkpoint() == 4
+    assert storage.latest() == 4
     callback.on_train_end(None, None, None)
-    assert storage.latest_committed_checkpoint() == 8
+    assert storage.latest() == 8
 
 
 def test_an_upload_failure_is_raised_in_the_training_thread(storage, tmp_path):
@@ -73,4 +60,4 @@ def test_an_upload_failure_is_raised_in_the_training_thread(storage, tmp_path):
     storage.gate.set()
     with pytest.raises(IOError, match="S3 said no"):
         callback.on_train_end(None, None, None)
-    assert storage.latest_committed_checkpoint() is None
+    assert storage.latest() is None

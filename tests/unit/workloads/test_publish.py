@@ -184,3 +184,59 @@ def test_a_version_that_failed_registration_does_not_count(tracking_uri):
     set_status(tracking_uri, MODEL, "1", "FAILED_REGISTRATION")
     assert register_adapter(run_id, 2) == "2"
     assert register_adapter(run_id, 3) == "2"
+
+
+def crd_model_uri_pattern(kind_plural: str) -> str:
+    """The pattern the API server enforces on a model URI field, read from the committed CRD."""
+    crd = yaml.safe_load((REPO_ROOT / "crds" / f"kubeforge.dev_{kind_plural}.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    return schema["baseModel"]["properties"]["uri"]["pattern"]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_what_finetune_publishes_is_a_model_uri_every_kind_accepts_and_the_loader_loads(
+        object_store, tracking_uri, base_model, tmp_path, method):
+    """One scheme end to end: the models:/<name>/<version> FineTune publishes (full: modelUri; lora: the merged
+    model) passes the CRD's pattern and the API model, and the workloads' loader turns it into a model directory
+    that transformers loads."""
+    import re
+
+    from transformers import AutoModelForCausalLM
+
+    from kubeforge.api.finetune import BaseModelRef
+    from kubeforge_workloads.common.models import load_model_dir, registry_uri
+
+    the_spec = spec(merge=method == "lora")
+    the_spec.method = publish_module.Method(method)
+    result = attempt(context(tracking_uri, 1), the_spec, WorkloadStorage(context(tracking_uri, 1), object_store),
+                     base_model, tmp_path)
+    published = [result["modelUri"]]
+    if method == "lora":
+        published.append(registry_uri(result["mergedModelName"], result["mergedModelVersion"]))
+    pattern = crd_model_uri_pattern("finetunes")
+    for uri in published:
+        assert uri.startswith("models:/")
+        assert re.fullmatch(pattern, uri), (uri, pattern)
+        assert BaseModelRef(uri=uri).uri == uri
+    loadable = published[-1]  # the full model, or the merged one (modelUri of lora is an adapter)
+    model_dir = load_model_dir(loadable, tmp_path / "loaded", store=None)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert model.config.model_type == "llama"
+
+
+@pytest.mark.parametrize("uri", ["mlflow://models/m/1", "models:/m", "models:/", "s3://bucket", "hf://org"])
+def test_model_uris_outside_the_scheme_are_refused_by_schema_and_loader(uri, tmp_path):
+    import re
+
+    from pydantic import ValidationError
+
+    from kubeforge.api.finetune import BaseModelRef
+    from kubeforge_workloads.common.errors import UserError
+    from kubeforge_workloads.common.models import load_model_dir
+
+    assert not re.fullmatch(crd_model_uri_pattern("finetunes"), uri)
+    with pytest.raises(ValidationError):
+        BaseModelRef(uri=uri)
+    if uri.startswith("mlflow://"):
+        with pytest.raises(UserError, match="unknown scheme; use s3://bucket/dir, models:/<name>/<version>"):
+            load_model_dir(uri, tmp_path, store=None, field="spec.target.modelUri")

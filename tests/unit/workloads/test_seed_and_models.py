@@ -1,4 +1,5 @@
-"""Seed artifacts are deterministic and valid training data; base models load from mlflow:// URIs."""
+"""Seed artifacts are deterministic and valid training data; models load from models:/ (MLflow registry) URIs, and
+the loader's messages name the field its caller passes."""
 
 import hashlib
 import json
@@ -50,7 +51,7 @@ def test_base_model_from_the_mlflow_registry(tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from kubeforge_workloads.finetune.model import load_model_dir
+    from kubeforge_workloads.common.models import load_model_dir
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
@@ -63,21 +64,21 @@ def test_base_model_from_the_mlflow_registry(tmp_path, monkeypatch):
     client = MlflowClient()
     client.create_registered_model("base")
     client.create_model_version("base", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-    path = load_model_dir("mlflow://models/base/1", tmp_path / "cache", store=None)
+    path = load_model_dir("models:/base/1", tmp_path / "cache", store=None)
     assert json.loads((path / "config.json").read_text()) == {"model_type": "llama"}
-    with pytest.raises(UserError, match="no config.json"):
+    with pytest.raises(UserError, match="^spec.model.uri models:/empty/1 .*no config.json"):
         client.create_registered_model("empty")
         with mlflow.start_run(experiment_id=experiment) as other:
             mlflow.log_text("x", "model/README.md")
         client.create_model_version("empty", source=f"{other.info.artifact_uri}/model", run_id=other.info.run_id)
-        load_model_dir("mlflow://models/empty/1", tmp_path / "cache2", store=None)
+        load_model_dir("models:/empty/1", tmp_path / "cache2", store=None, field="spec.model.uri")
 
 
-def test_unknown_registered_base_model_is_a_user_error(tmp_path):
+def test_unknown_registered_base_model_is_a_user_error_naming_finetunes_field(tmp_path):
     import mlflow
 
-    from kubeforge_workloads.finetune.model import load_model_dir
+    from kubeforge_workloads.finetune.model import load_base_model_dir
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    with pytest.raises(UserError, match="no such registered model version"):
-        load_model_dir("mlflow://models/nothing/3", tmp_path / "cache", store=None)
+    with pytest.raises(UserError, match="^spec.baseModel.uri models:/nothing/3: no such registered model version"):
+        load_base_model_dir("models:/nothing/3", tmp_path / "cache", store=None)

@@ -1,46 +1,57 @@
-"""Object-store access for workloads: the resource prefix, progress, checkpoints with manifests, outputs."""
+"""Object-store access for workloads: the resource prefix, progress, failure reports, outputs, and parallel
+transfers (checkpoints are common/checkpoint.py's)."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 from kubeforge.api.workload import WorkloadContext
-from kubeforge.storage.layout import MANIFEST_FILE, ResourcePrefix, committed_steps, parse_s3_uri
+from kubeforge.storage.layout import ResourcePrefix, parse_s3_uri
 from kubeforge.storage.objectstore import S3ObjectStore
-from kubeforge.storage.progress import CheckpointManifest, FailureReport, Progress
+from kubeforge.storage.progress import FailureReport, Progress
 
 
-CHAOS_MANIFEST_DELAY_ENV = "KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS"  # widens the torn-checkpoint window for tests
-TRANSFER_THREADS = 8  # checkpoints are a handful of files: send them side by side, not one after another
+TRANSFER_CONCURRENCY = 8
+"""Files in flight at once (and parts of one large file): checkpoints are a handful of files, sent side by side."""
 
 
-def in_parallel(function, items: list) -> None:
-    """Apply function to every item on a small thread pool (boto3 clients are thread-safe); re-raise the first
-    error only after every transfer finished, so nothing is left running behind a failure."""
-    if len(items) <= 1:
-        for item in items:
-            function(item)
-        return
-    with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items))) as pool:
-        futures = [pool.submit(function, item) for item in items]
+def transfer_manager(client):
+    """boto3's transfer manager: parallel, multipart, retried transfers; use it as a context manager."""
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+    return create_transfer_manager(client, TransferConfig(max_concurrency=TRANSFER_CONCURRENCY,
+                                                          use_threads=True))
+
+
+def upload_files(client, bucket: str, files: dict[str, Path]) -> None:
+    """Upload key -> local path, side by side; the first error is raised once every transfer has ended, so
+    nothing keeps writing behind a failure."""
+    with transfer_manager(client) as manager:
+        futures = [manager.upload(str(path), bucket, key) for key, path in sorted(files.items())]
     for future in futures:
         future.result()
 
 
-def upload_tree(client, local_dir: Path, bucket: str, key_prefix: str, names: Optional[list[str]] = None) -> int:
-    """Upload every file under local_dir (or only those whose relative path is in `names`) to key_prefix +
-    relative path, side by side; returns how many."""
-    paths = [p for p in sorted(local_dir.rglob("*")) if p.is_file()
-             and (names is None or p.relative_to(local_dir).as_posix() in names)]
-    in_parallel(lambda path: client.upload_file(str(path), bucket, key_prefix + path.relative_to(local_dir).as_posix()),
-                paths)
-    return len(paths)
+def download_files(client, bucket: str, files: dict[str, Path]) -> None:
+    """Download key -> local path (parent folders created), side by side; errors as upload_files."""
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with transfer_manager(client) as manager:
+        futures = [manager.download(bucket, key, str(path)) for key, path in sorted(files.items())]
+    for future in futures:
+        future.result()
+
+
+def upload_tree(client, local_dir: Path, bucket: str, key_prefix: str) -> int:
+    """Upload every file under local_dir to key_prefix + its relative path; returns how many."""
+    files = {key_prefix + path.relative_to(local_dir).as_posix(): path
+             for path in sorted(local_dir.rglob("*")) if path.is_file()}
+    upload_files(client, bucket, files)
+    return len(files)
 
 
 def utcnow() -> str:
@@ -67,63 +78,10 @@ class WorkloadStorage:
         self.store.put(self.prefix.bucket, self.prefix.failure_key(self.context.attempt),
                        report.model_dump_json(by_alias=True).encode())
 
-    # checkpoints
-    def latest_committed_checkpoint(self) -> Optional[int]:
-        """The highest step whose MANIFEST.json exists; torn checkpoints (no manifest) are ignored."""
-        steps = committed_steps(self.prefix, self.store.list(self.prefix.bucket, self.prefix.checkpoints_key))
-        return steps[-1] if steps else None
-
-    latest_checkpoint = latest_committed_checkpoint
-
-    def clear_checkpoint(self, step: int) -> None:
-        """Remove what an earlier, interrupted attempt left under step-<n>/ before writing it again."""
-        self.store.delete_prefix(self.prefix.bucket, self.prefix.checkpoint_key(step))
-
-    def upload_checkpoint_files(self, step: int, local_dir: Path, names: Optional[list[str]] = None) -> None:
-        """Upload files of a checkpoint without committing it (other ranks' RNG states, for instance)."""
-        upload_tree(self.store.client, local_dir, self.prefix.bucket, self.prefix.checkpoint_key(step), names)
-
-    def commit_checkpoint(self, step: int, epoch: float, local_dir: Path, uploaded_by_others: tuple[str, ...] = ()
-                          ) -> str:
-        """Upload every file, then the manifest: a reader never sees a checkpoint without all its files.
-
-        `uploaded_by_others` names the files other ranks uploaded before (upload_checkpoint_files); they must all
-        be there, and the manifest lists them too."""
-        base = self.prefix.checkpoint_key(step)
-        self.upload_checkpoint_files(step, local_dir)
-        files = {path.relative_to(local_dir).as_posix(): path.stat().st_size
-                 for path in local_dir.rglob("*") if path.is_file()}
-        if uploaded_by_others:
-            remote = {}
-            for page in self.store.client.get_paginator("list_objects_v2").paginate(Bucket=self.prefix.bucket,
-                                                                                     Prefix=base):
-                remote.update({item["Key"][len(base):]: int(item["Size"]) for item in page.get("Contents", [])})
-            missing = sorted(set(uploaded_by_others) - set(remote))
-            if missing:
-                raise IOError(f"checkpoint step-{step} lacks files other ranks should have uploaded: {missing}")
-            files.update({name: remote[name] for name in uploaded_by_others})
-        delay = float(os.environ.get(CHAOS_MANIFEST_DELAY_ENV) or 0)
-        if delay:  # every file is up, the manifest is not: a kill now leaves a torn checkpoint
-            time.sleep(delay)
-        manifest = CheckpointManifest(step=step, epoch=epoch, attempt=self.context.attempt, files=files,
-                                      created_at=utcnow())
-        self.store.put(self.prefix.bucket, base + MANIFEST_FILE, manifest.model_dump_json(by_alias=True).encode())
-        return f"s3://{self.prefix.bucket}/{base}"
-
-    def download_checkpoint(self, step: int, local_dir: Path) -> str:
-        base = self.prefix.checkpoint_key(step)
-        manifest = CheckpointManifest.model_validate_json(self.store.get(self.prefix.bucket, base + MANIFEST_FILE))
-
-        def download(item: tuple[str, int]) -> None:
-            relative, size = item
-            target = local_dir / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.store.client.download_file(self.prefix.bucket, base + relative, str(target))
-            if target.stat().st_size != size:
-                raise IOError(f"checkpoint file {relative} has {target.stat().st_size} bytes, manifest says {size}")
-
-        in_parallel(download, sorted(manifest.files.items()))
-        return f"s3://{self.prefix.bucket}/{base}"
+    def read_failure(self) -> Optional[FailureReport]:
+        """This attempt's failure report, if one was written."""
+        raw = self.store.get(self.prefix.bucket, self.prefix.failure_key(self.context.attempt))
+        return FailureReport.model_validate_json(raw) if raw else None
 
     # outputs
     def upload_dir(self, local_dir: Path, *parts: str) -> str:
@@ -165,8 +123,5 @@ def download_uri(store: S3ObjectStore, uri: str, local_dir: Path) -> Path:
     keys = [k for k in store.list(bucket, root) if not k.endswith("/")]
     if not keys:
         raise UserError(f"{uri} does not exist in the object store")
-    for item in keys:
-        target = local_dir / item[len(root):]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        store.client.download_file(bucket, item, str(target))
+    download_files(store.client, bucket, {item: local_dir / item[len(root):] for item in keys})
     return local_dir

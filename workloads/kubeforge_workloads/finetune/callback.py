@@ -1,22 +1,22 @@
 """The TrainerCallback that connects the Trainer to Kubeforge: heartbeat fields, MLflow metrics, and checkpoints
-committed to the object store (every rank's files first, the manifest last, by rank 0)."""
+committed to the object store through the Checkpointer (every rank's files first, the manifest last, by rank 0,
+in the background)."""
 
 from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
 from kubeforge_workloads.common import chaos
+from kubeforge_workloads.common.checkpoint import Checkpointer, local_files
 from kubeforge_workloads.common.heartbeat import Heartbeat
-from kubeforge_workloads.common.storage import WorkloadStorage
 
 STEP_DELAY_ENV = "KUBEFORGE_STEP_DELAY_SECONDS"  # slows steps down for chaos tests and demos
 
 
-def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank: int, tokens_per_step: float,
+def make_callback(checkpointer: Checkpointer, heartbeat: Optional[Heartbeat], rank: int, tokens_per_step: float,
                   on_metrics, before_commit: Optional[Callable[[], None]] = None):
     from transformers import TrainerCallback
 
@@ -25,19 +25,8 @@ def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank
             self.last_time = time.monotonic()
             self.last_tokens = 0
             self.delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
-            # Rank 0 commits each checkpoint on a background thread while training goes on, one at a time:
-            # a large upload costs the steps it overlaps, not a stall.
-            self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeforge-commit")
-            self.in_flight: Optional[Future] = None
 
-        def wait_for_commit(self) -> None:
-            """Block until the checkpoint in flight is committed; its upload error, if any, is raised here."""
-            if self.in_flight is not None:
-                in_flight, self.in_flight = self.in_flight, None
-                in_flight.result()
-
-        def commit(self, step: int, epoch: float, local: Path, others: tuple[str, ...]) -> None:
-            uri = storage.commit_checkpoint(step, epoch, local, uploaded_by_others=others)
+        def committed(self, uri: str) -> None:
             if heartbeat:
                 heartbeat.update(last_checkpoint=uri)
 
@@ -81,23 +70,25 @@ def make_callback(storage: WorkloadStorage, heartbeat: Optional[Heartbeat], rank
             if heartbeat:
                 heartbeat.update(phase="Checkpointing")
             if rank == 0:
-                self.wait_for_commit()
-                storage.clear_checkpoint(step)
+                checkpointer.wait()  # one commit at a time; the previous one's upload error is raised here
+                checkpointer.clear(step)
             if distributed:
                 dist.barrier()
                 if rank > 0:
-                    storage.upload_checkpoint_files(step, local, names=[f"rng_state_{rank}.pth"])
+                    checkpointer.contribute(step, local, [f"rng_state_{rank}.pth"])
                 dist.barrier()
             if rank == 0:
                 if before_commit:
                     before_commit()
-                others = tuple(f"rng_state_{r}.pth" for r in range(1, dist.get_world_size())) if distributed else ()
-                self.in_flight = self.committer.submit(self.commit, step, state.epoch or 0.0, local, others)
+                files_by_rank = {0: local_files(local)}
+                if distributed:
+                    files_by_rank.update({r: [f"rng_state_{r}.pth"] for r in range(1, dist.get_world_size())})
+                checkpointer.save_in_background(step, files_by_rank, local, state.epoch or 0.0,
+                                                on_committed=self.committed)
             if heartbeat:
                 heartbeat.update(phase="Training")
 
         def on_train_end(self, args, state, control, **kwargs):
-            self.wait_for_commit()  # the last checkpoint is durable before the run reports Done
-            self.committer.shutdown()
+            checkpointer.close()  # the last checkpoint is durable before the run reports Done
 
     return KubeforgeCallback()

@@ -1,43 +1,20 @@
-"""The base model: fetched from s3://, mlflow://models/<name>/<version> or hf://, then wrapped for the method."""
+"""The base model: fetched from s3://, models:/<name>/<version> or hf:// (common/models.py), then wrapped for the
+method."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from kubeforge.api.finetune import FineTuneSpec, Method, Precision
 from kubeforge_workloads.common.errors import UserError
-from kubeforge_workloads.common.storage import download_uri
+from kubeforge_workloads.common.models import load_model_dir
 
 
-def load_model_dir(uri: str, cache: Path, store) -> Path:
-    if uri.startswith("s3://"):
-        path = download_uri(store, uri, cache / "model")
-    elif uri.startswith("mlflow://models/"):
-        import mlflow
+BASE_MODEL_FIELD = "spec.baseModel.uri"
 
-        from mlflow.exceptions import MlflowException
 
-        name, version = uri[len("mlflow://models/"):].split("/", 1)
-        try:
-            path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(cache / "model")))
-        except MlflowException as error:
-            if "RESOURCE_DOES_NOT_EXIST" in str(error) or "not found" in str(error).lower() \
-                    or getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                raise UserError(f"spec.baseModel.uri {uri}: no such registered model version") from error
-            raise
-    else:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise UserError(f"spec.baseModel.uri {uri}: no model hub is reachable (HF_HUB_OFFLINE=1); use s3://")
-        from huggingface_hub import snapshot_download
-
-        try:
-            path = Path(snapshot_download(uri[len("hf://"):], cache_dir=str(cache / "hf")))
-        except Exception as error:  # not found / gated / no network: the spec points at something unusable
-            raise UserError(f"spec.baseModel.uri {uri}: could not download from the model hub: {error}") from error
-    if not (path / "config.json").exists():
-        raise UserError(f"spec.baseModel.uri {uri} is not a Hugging Face model directory (no config.json)")
-    return path
+def load_base_model_dir(uri: str, cache: Path, store) -> Path:
+    return load_model_dir(uri, cache, store, field=BASE_MODEL_FIELD)
 
 
 def build_model(spec: FineTuneSpec, model_dir: Path):

@@ -9,6 +9,7 @@ from typing import Optional
 
 from kubeforge.api.finetune import FineTuneSpec, Method
 from kubeforge.api.workload import WorkloadContext
+from kubeforge_workloads.common.models import registry_uri
 from kubeforge_workloads.common.storage import WorkloadStorage
 
 CHAOS_PUBLISH_DELAY_ENV = "KUBEFORGE_CHAOS_PUBLISH_DELAY_SECONDS"
@@ -74,7 +75,7 @@ def publish(context: WorkloadContext, spec: FineTuneSpec, storage: WorkloadStora
     version = register(name, run_id, artifact, identity, f"{context.namespace}/{context.name} ({spec.method.value})",
                        extra_tags=registered_by)
     result["registeredModelVersion"] = version
-    result["modelUri"] = f"models:/{name}/{version}"
+    result["modelUri"] = registry_uri(name, version)
     probe = probe_logits(model, tokenizer)
     storage.put_json(probe, "probe.json")
     delay = float(os.environ.get(CHAOS_PUBLISH_DELAY_ENV) or 0)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from pathlib import Path
 
 from kubeforge.api.finetune import FineTuneSpec, Precision
-from kubeforge.api.workload import WorkloadContext
+from kubeforge_workloads.common.checkpoint import Checkpointer
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.nodecheck import node_check
+from kubeforge_workloads.common.raytrain import (resumed_inside_attempt, setup_worker,
+                                                 unrecoverable_failures_end_the_attempt)
 from kubeforge_workloads.common.storage import WorkloadStorage
 from kubeforge_workloads.finetune.callback import make_callback
 from kubeforge_workloads.finetune.data import ListDataset, PadCollator, load_examples, tokenize
-from kubeforge_workloads.finetune.model import build_model, load_model_dir
+from kubeforge_workloads.finetune.model import build_model, load_base_model_dir
 
 
 def training_arguments(spec: FineTuneSpec, output_dir: Path, use_gpu: bool, has_eval: bool):
@@ -39,19 +40,13 @@ def training_arguments(spec: FineTuneSpec, output_dir: Path, use_gpu: bool, has_
 
 
 def train_loop(config: dict) -> None:
-    """Runs in every Ray Train worker."""
-    import ray.train
-
-    # KUBEFORGE_* settings of the driver (node-check override, step delay) reach the workers in a RayJob
-    # through the runtime env; pass them explicitly too so a local run behaves the same.
-    os.environ.update(config.get("env") or {})
-    context = WorkloadContext.model_validate(config["context"])
+    """Runs in every Ray Train worker; again in a new worker group when Ray Train restarts one in the attempt."""
+    context, rank = setup_worker(config)
     spec = FineTuneSpec.model_validate(context.spec)
-    if context.mlflow.tracking_uri:  # before anything reads mlflow:// base models
+    if context.mlflow.tracking_uri:  # before anything reads models:/ base models
         import mlflow
 
         mlflow.set_tracking_uri(context.mlflow.tracking_uri)
-    rank = ray.train.get_context().get_world_rank()
     storage = WorkloadStorage(context)
     use_gpu = spec.resources.gpus_per_worker > 0
     # The heartbeat runs where the training steps run (rank 0): a stopped or stuck worker stops beating.
@@ -59,10 +54,11 @@ def train_loop(config: dict) -> None:
     heartbeat = None
     if rank == 0:
         heartbeat = Heartbeat(storage.write_progress, context.attempt)
-        heartbeat.update(phase="NodeCheck")
+        heartbeat.update(phase="NodeCheck", message=resumed_inside_attempt(storage))
         heartbeat.start()
     try:
-        _train(context, spec, storage, rank, use_gpu, heartbeat)
+        with unrecoverable_failures_end_the_attempt(storage):
+            _train(context, spec, storage, rank, use_gpu, heartbeat)
     except BaseException as error:
         if rank == 0:
             _record_failure(heartbeat, error)
@@ -92,7 +88,7 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
     import mlflow
     from transformers import AutoTokenizer, Trainer, set_seed
 
-    from kubeforge_workloads.finetune.evaluate import evaluate_loss
+    from kubeforge_workloads.common.evaluation import evaluate_loss
     from kubeforge_workloads.finetune.publish import publish, training_params
 
     if heartbeat:
@@ -101,7 +97,7 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
     cache = Path(tempfile.mkdtemp(prefix=f"kubeforge-{context.name}-{context.attempt}-{rank}-"))
     if heartbeat:
         heartbeat.update(phase="Loading")
-    model_dir = load_model_dir(spec.base_model.uri, cache, storage.store)
+    model_dir = load_base_model_dir(spec.base_model.uri, cache, storage.store)
     train_examples, eval_examples = load_examples(spec, cache, storage.store)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
@@ -132,22 +128,23 @@ def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:
                        * spec.resources.workers)
     output_dir = cache / "checkpoints"
     collator = PadCollator(tokenizer.pad_token_id)
+    checkpointer = Checkpointer(storage, rank=rank)
     trainer = Trainer(model=model, args=training_arguments(spec, output_dir, use_gpu, bool(eval_rows)),
                       train_dataset=ListDataset(train_rows), eval_dataset=ListDataset(eval_rows) if eval_rows else None,
                       data_collator=collator,
-                      callbacks=[make_callback(storage, heartbeat, rank, tokens_per_step, on_metrics,
+                      callbacks=[make_callback(checkpointer, heartbeat, rank, tokens_per_step, on_metrics,
                                                before_commit=metrics.flush if metrics else None)])
 
     resume_dir = None
-    latest = storage.latest_committed_checkpoint()
+    latest = checkpointer.latest()
     if latest is not None:
         resume_dir = output_dir / f"checkpoint-{latest}"
-        resumed_from = storage.download_checkpoint(latest, resume_dir)
+        resumed_from = checkpointer.load(latest, resume_dir)
         print(f"kubeforge: resuming from {resumed_from}", flush=True)
         if heartbeat:
             heartbeat.update(resumed_from=resumed_from, last_checkpoint=resumed_from, step=latest)
     # Evaluation is collective under DDP: every rank calls it, rank 0 records the result. Not Trainer.evaluate():
-    # see finetune/evaluate.py for why (it breaks bit-exact resume under DDP).
+    # see common/evaluation.py for why (it breaks bit-exact resume under DDP).
     eval_before = storage.get_json("eval_before.json") if rank == 0 else None
     if eval_rows and latest is None:
         if heartbeat:

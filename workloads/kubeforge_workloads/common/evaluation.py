@@ -1,15 +1,17 @@
-"""Eval loss outside the Trainer: token-weighted mean cross-entropy on the answer tokens, sharded across ranks.
+"""Evaluation loss outside any Trainer: token-weighted mean cross-entropy over the labelled tokens (label != -100),
+rows sharded across ranks.
 
 Trainer.evaluate() before train() under DDP changes the later training trajectory in a way no checkpoint
-captures (measured: per-step losses of a resumed 2-worker run then differ from the uninterrupted one), so the
-workload evaluates with a plain no-grad loop instead, before and after training.
+captures (measured: per-step losses of a resumed 2-worker run then differ from the uninterrupted one), so
+workloads evaluate with this plain no-grad loop instead, before and after training.
 """
 
 from __future__ import annotations
 
 
 def evaluate_loss(model, rows: list[dict], collator, batch_size: int) -> float:
-    """Mean loss per answer token over all rows; every rank must call it (one all_reduce under DDP)."""
+    """Mean loss per labelled token over all rows (dicts the collator batches); every rank must call it (one
+    all_reduce under DDP)."""
     import torch
     import torch.distributed as dist
 

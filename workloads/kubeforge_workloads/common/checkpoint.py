@@ -1,0 +1,197 @@
+"""Checkpoints in the object store (DESIGN.md §3.4): every rank contributes its files, one rank writes the
+manifest last, so a step counts as committed only once its MANIFEST.json exists.
+
+    checkpoints/step-<n>/<files of every rank>
+    checkpoints/step-<n>/MANIFEST.json   CheckpointManifest (what the operator reads) plus filesByRank
+
+Retention (`keep_latest`) acts in the object store after each commit. Commits can run on a background thread,
+one at a time, so a large upload costs the steps it overlaps instead of stalling them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional
+
+from kubeforge.storage.layout import MANIFEST_FILE, committed_steps
+from kubeforge.storage.progress import CheckpointManifest
+from kubeforge_workloads.common.storage import WorkloadStorage, download_files, upload_files, utcnow
+
+CHAOS_MANIFEST_DELAY_ENV = "KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS"
+"""Seconds between the last file and the manifest: widens the torn-checkpoint window for tests."""
+FILES_BY_RANK = "filesByRank"
+"""Manifest key beside CheckpointManifest's own fields (the operator's model ignores it): rank -> its files."""
+_STEP_DIR = re.compile(r"step-(\d+)/")
+
+
+def local_files(local_dir: Path) -> list[str]:
+    """Every file under local_dir, as the relative paths a manifest lists."""
+    return sorted(path.relative_to(local_dir).as_posix() for path in local_dir.rglob("*") if path.is_file())
+
+
+class Checkpointer:
+    """latest() / load(step) / save(step, files_by_rank) over a resource's prefix.
+
+    `rank` is the rank of this process: in save(), its files are uploaded from the local directory, while every
+    other rank's files must already have been contributed (contribute()) by that rank."""
+
+    def __init__(self, storage: WorkloadStorage, rank: int = 0, keep_latest: Optional[int] = None):
+        if keep_latest is not None and keep_latest < 1:
+            raise ValueError(f"keep_latest must be at least 1 (the newest committed checkpoint), got {keep_latest}")
+        self.storage, self.rank, self.keep_latest = storage, rank, keep_latest
+        self.prefix, self.client = storage.prefix, storage.store.client
+        self._committer: Optional[ThreadPoolExecutor] = None
+        self._in_flight: Optional[Future] = None
+
+    # reading
+    def committed(self) -> list[int]:
+        """Committed steps, ascending; torn ones (files without a manifest) never count."""
+        return committed_steps(self.prefix, self.storage.store.list(self.prefix.bucket, self.prefix.checkpoints_key))
+
+    def latest(self) -> Optional[int]:
+        steps = self.committed()
+        return steps[-1] if steps else None
+
+    def uri(self, step: int) -> str:
+        return f"s3://{self.prefix.bucket}/{self.prefix.checkpoint_key(step)}"
+
+    def manifest(self, step: int) -> dict:
+        """The manifest as written: CheckpointManifest's fields (camelCase) and filesByRank."""
+        raw = self.storage.store.get(self.prefix.bucket, self.prefix.manifest_key(step))
+        if raw is None:
+            raise FileNotFoundError(f"checkpoint step-{step} is not committed (no {MANIFEST_FILE})")
+        return json.loads(raw)
+
+    def load(self, step: int, local_dir: Path, ranks: Optional[Iterable[int]] = None) -> str:
+        """Download a committed checkpoint (only the files of `ranks`, if given) into local_dir; every file is
+        checked against the size the manifest recorded. Returns the checkpoint's URI."""
+        manifest = self.manifest(step)
+        sizes: dict[str, int] = CheckpointManifest.model_validate(manifest).files
+        if ranks is not None:
+            by_rank = manifest.get(FILES_BY_RANK) or {}
+            wanted = {name for rank in ranks for name in by_rank.get(str(rank), [])}
+            sizes = {name: size for name, size in sizes.items() if name in wanted}
+        base = self.prefix.checkpoint_key(step)
+        download_files(self.client, self.prefix.bucket, {base + name: local_dir / name for name in sizes})
+        for name, size in sorted(sizes.items()):
+            actual = (local_dir / name).stat().st_size
+            if actual != size:
+                raise IOError(f"checkpoint file {self.uri(step)}{name} has {actual} bytes, the manifest says {size}")
+        return self.uri(step)
+
+    # writing
+    def clear(self, step: int) -> None:
+        """Remove what an interrupted writer left under step-<n>/ before writing it again."""
+        self.storage.store.delete_prefix(self.prefix.bucket, self.prefix.checkpoint_key(step))
+
+    def contribute(self, step: int, local_dir: Path, names: Iterable[str]) -> None:
+        """Upload this rank's files of a checkpoint without committing it (the committing rank lists them)."""
+        base = self.prefix.checkpoint_key(step)
+        upload_files(self.client, self.prefix.bucket, {base + name: local_dir / name for name in names})
+
+    def save(self, step: int, files_by_rank: Mapping[int, Iterable[str]], local_dir: Path, epoch: float = 0.0
+             ) -> str:
+        """Commit step: upload this rank's files from local_dir, check every other rank's contribution is there,
+        write the manifest last, then apply retention. Returns the checkpoint's URI."""
+        files_by_rank = {int(rank): sorted(names) for rank, names in files_by_rank.items()}
+        base = self.prefix.checkpoint_key(step)
+        own = files_by_rank.get(self.rank, [])
+        upload_files(self.client, self.prefix.bucket, {base + name: local_dir / name for name in own})
+        sizes = {name: (local_dir / name).stat().st_size for name in own}
+        others = {name for rank, names in files_by_rank.items() if rank != self.rank for name in names}
+        if others:
+            remote = self._remote_sizes(base)
+            missing = sorted(others - set(remote))
+            if missing:
+                raise IOError(f"checkpoint step-{step} lacks files other ranks should have contributed: {missing}")
+            sizes.update({name: remote[name] for name in others})
+        delay = float(os.environ.get(CHAOS_MANIFEST_DELAY_ENV) or 0)
+        if delay:  # every file is up, the manifest is not: a kill now leaves a torn checkpoint
+            time.sleep(delay)
+        manifest = CheckpointManifest(step=step, epoch=epoch, attempt=self.storage.context.attempt, files=sizes,
+                                      created_at=utcnow()).model_dump(by_alias=True)
+        manifest[FILES_BY_RANK] = {str(rank): names for rank, names in sorted(files_by_rank.items())}
+        self.storage.store.put(self.prefix.bucket, base + MANIFEST_FILE, json.dumps(manifest).encode())
+        self.prune()
+        return self.uri(step)
+
+    def prune(self) -> list[int]:
+        """Keep the newest `keep_latest` committed checkpoints in the object store; delete every step directory
+        (committed or torn) below the oldest one kept. Steps above it are never touched: the newest committed
+        one, and any being written, are always above. Returns the steps deleted."""
+        if self.keep_latest is None:
+            return []
+        committed = self.committed()
+        if len(committed) <= self.keep_latest:
+            return []
+        oldest_kept = committed[-self.keep_latest]
+        present = {int(match.group(1)) for key in self.storage.store.list(self.prefix.bucket,
+                                                                            self.prefix.checkpoints_key)
+                   if (match := _STEP_DIR.match(key[len(self.prefix.checkpoints_key):]))}
+        doomed = sorted(step for step in present if step < oldest_kept)
+        for step in doomed:
+            # The manifest goes first: a reader never sees a committed checkpoint with files missing.
+            self.client.delete_object(Bucket=self.prefix.bucket, Key=self.prefix.manifest_key(step))
+            self.clear(step)
+        return doomed
+
+    def _remote_sizes(self, base: str) -> dict[str, int]:
+        sizes = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.prefix.bucket, Prefix=base):
+            sizes.update({item["Key"][len(base):]: int(item["Size"]) for item in page.get("Contents", [])})
+        return sizes
+
+    # background commits
+    def save_in_background(self, step: int, files_by_rank: Mapping[int, Iterable[str]], local_dir: Path,
+                           epoch: float = 0.0, on_committed: Optional[Callable[[str], None]] = None) -> None:
+        """save() on a background thread, after the previous background save ended (its error is raised here).
+        local_dir must stay intact until the commit ends (wait())."""
+        self.wait()
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeforge-commit")
+
+        def commit() -> str:
+            uri = self.save(step, files_by_rank, local_dir, epoch)
+            if on_committed:
+                on_committed(uri)
+            return uri
+
+        self._in_flight = self._committer.submit(commit)
+
+    def wait(self) -> Optional[str]:
+        """Block until the background save in flight is committed; returns its URI, or raises its error."""
+        in_flight, self._in_flight = self._in_flight, None
+        return in_flight.result() if in_flight is not None else None
+
+    def close(self) -> None:
+        """Wait for the commit in flight (the last checkpoint is durable before the run reports Done)."""
+        try:
+            self.wait()
+        finally:
+            if self._committer is not None:
+                self._committer.shutdown()
+                self._committer = None
+
+
+def save_sharded(state_dict: dict, local_dir: Path) -> list[str]:
+    """Write this rank's part of a sharded state dict (FSDP) with torch distributed checkpoint (DCP), every rank
+    calling it; returns the files this rank wrote (its shard files; rank 0 also the metadata), ready for
+    contribute() / save()."""
+    import torch.distributed.checkpoint as dcp
+
+    local_dir.mkdir(parents=True, exist_ok=True)
+    before = set(local_files(local_dir))
+    dcp.save(state_dict, storage_writer=dcp.FileSystemWriter(str(local_dir), single_file_per_rank=True))
+    return sorted(set(local_files(local_dir)) - before)
+
+
+def load_sharded(state_dict: dict, local_dir: Path) -> None:
+    """Fill a sharded state dict in place from a DCP checkpoint downloaded (all ranks' files) into local_dir."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.load(state_dict, storage_reader=dcp.FileSystemReader(str(local_dir)))
