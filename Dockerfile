@@ -64,8 +64,9 @@ LABEL org.opencontainers.image.title="kubeforge-workloads" \
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/home/ray/.cache/huggingface
-# Ray's images run as the non-root user `ray` (uid 1000, group users/100) owning its Python env.
-USER ray
+# Ray's images run as the non-root user `ray` (uid 1000, group users/100) owning its Python env. Numeric, so
+# that the kubelet can verify runAsNonRoot (the Ray pods' default securityContext, restricted Pod Security).
+USER 1000:100
 WORKDIR /home/ray/kubeforge
 COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 operator/ operator/

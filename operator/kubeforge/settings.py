@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +42,34 @@ class Settings(BaseSettings):
     """Watch only this namespace; None watches all."""
     liveness_endpoint: Optional[str] = None
     """kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz (the chart's health.enabled sets it)."""
+    workload_env_secret_required: bool = True
+    """The workload Secret must exist in a resource's namespace: Ray pods mount it without `optional`, and the
+    prerequisite check (kubeforge.prerequisites) holds the resource until it exists. False: mounted optional."""
+    # Every Ray pod (head and workers of every RayJob and RayService): the platform's defaults, merged under
+    # each resource's spec.ray.rayClusterSpec (kubeforge.launch.merge). JSON in the environment.
+    ray_head_cpus: float = Field(default=2, gt=0)
+    """CPU request and limit of the Ray head (it runs the driver and Ray's control plane, no training)."""
+    ray_head_memory: str = Field(default="8Gi", pattern=r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE])?$")
+    """Memory request and limit of the Ray head, a Kubernetes quantity."""
+    gpu_node_label: Optional[str] = None
+    """Node label that spec.resources.gpuType selects on, e.g. nvidia.com/gpu.product (GPU Feature Discovery
+    sets it); None: gpuType adds no node selector."""
+    ray_pod_labels: dict[str, str] = {}
+    ray_pod_annotations: dict[str, str] = {}
+    ray_service_account_name: Optional[str] = None
+    ray_priority_class_name: Optional[str] = None
+    ray_image_pull_secrets: list[dict[str, str]] = []
+    """LocalObjectReferences, e.g. [{"name": "regcred"}]."""
+    ray_node_selector: dict[str, str] = {}
+    ray_tolerations: list[dict[str, Any]] = []
+    ray_affinity: dict[str, Any] = {}
+    ray_pod_security_context: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    """Pod securityContext; the default and ray_container_security_context's pass the restricted Pod Security
+    Standard."""
+    ray_container_security_context: dict[str, Any] = {
+        "runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"}}
+    """securityContext of every container Kubeforge puts in a Ray pod."""
 
 
 @lru_cache(maxsize=1)

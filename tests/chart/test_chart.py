@@ -47,10 +47,33 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "mlflowTrackingUri": "http://mlflow.mlflow.svc:5000",
             "reconcilePeriodSeconds": 2.5,
             "tickSeconds": 0.5,
+            "heartbeatPollSeconds": 12,
+            "progressWriteSeconds": 0,
+            "startupJitterSeconds": 2.5,
             "watchNamespace": "ml",
             "workloadEnvSecret": "ml-workload-env",
             "rayVersion": "2.60.0",
             "rayjobTtlSeconds": 600,
+            "workloadEnvSecretRequired": False,
+        },
+        "rayPods": {
+            "head": {"cpus": 1.5, "memory": "6Gi"},
+            "gpuNodeLabel": "nvidia.com/gpu.product",
+            "labels": {"team": "ml"},
+            "annotations": {"cost-center": "42"},
+            "serviceAccountName": "ray-pods",
+            "priorityClassName": "ml-batch",
+            "imagePullSecrets": [{"name": "regcred"}],
+            "nodeSelector": {"pool": "ml"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "preference": {"matchExpressions": [{"key": "disk", "operator": "In",
+                                                                   "values": ["ssd"]}]}}]}},
+            "podSecurityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 100,
+                                   "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": False,
+                                "seccompProfile": {"type": "Localhost", "localhostProfile": "ray.json"}},
         },
         "credentials": {"existingSecret": "kubeforge-s3"},
         "extraEnv": [{"name": "AWS_DEFAULT_REGION", "value": "us-east-1"}],
@@ -204,6 +227,11 @@ def test_crds_validate_against_kubernetes_schemas(chart):
     {"settings": {"s3EndpointUrl": "minio:9000"}},
     {"replicaCount": 3},
     {"rbac": {"create": "yes"}},
+    {"rayPods": {"head": {"cpus": 2, "memory": "8 GB"}}},
+    {"rayPods": {"imagePullSecrets": ["regcred"]}},
+    {"rayPods": {"gpuNodeLabel": "not a label"}},
+    {"rayPods": {"nodeSelector": {"gpu": True}}},
+    {"settings": {"workloadEnvSecretRequired": "yes"}},
 ])
 def test_values_schema_rejects_bad_values(chart, bad):
     with pytest.raises(helm.HelmValuesError):
@@ -218,6 +246,14 @@ def test_default_values_match_settings_defaults(chart):
     assert values["rayjobTtlSeconds"] == defaults.rayjob_ttl_seconds
     assert values["reconcilePeriodSeconds"] == defaults.reconcile_period_seconds
     assert values["tickSeconds"] == defaults.tick_seconds
+    assert values["heartbeatPollSeconds"] == defaults.heartbeat_poll_seconds
+    assert values["progressWriteSeconds"] == defaults.progress_write_seconds
+    assert values["startupJitterSeconds"] == defaults.startup_jitter_seconds
+    assert values["workloadEnvSecretRequired"] == defaults.workload_env_secret_required
+    pods = chart.values["rayPods"]
+    assert (pods["head"]["cpus"], pods["head"]["memory"]) == (defaults.ray_head_cpus, defaults.ray_head_memory)
+    assert pods["podSecurityContext"] == defaults.ray_pod_security_context
+    assert pods["securityContext"] == defaults.ray_container_security_context
     assert chart.metadata["appVersion"] == "0.1.0"
     assert defaults.workload_image.endswith(":" + chart.metadata["appVersion"])
 
@@ -258,11 +294,23 @@ def test_settings_read_from_the_deployment_env(chart, monkeypatch):
     assert s.mlflow_tracking_uri == want["mlflowTrackingUri"]
     assert s.reconcile_period_seconds == want["reconcilePeriodSeconds"]
     assert s.tick_seconds == want["tickSeconds"]
+    assert (s.heartbeat_poll_seconds, s.progress_write_seconds, s.startup_jitter_seconds) == (12, 0, 2.5)
     assert s.namespace == want["watchNamespace"]
     assert s.workload_env_secret == want["workloadEnvSecret"]
     assert s.ray_version == want["rayVersion"]
     assert s.rayjob_ttl_seconds == want["rayjobTtlSeconds"]
     assert s.workload_image == "ghcr.io/kubeforge/kubeforge-workloads:0.1.0"
+    assert s.workload_env_secret_required is False
+    pods = values["rayPods"]
+    assert (s.ray_head_cpus, s.ray_head_memory) == (pods["head"]["cpus"], pods["head"]["memory"])
+    assert s.gpu_node_label == pods["gpuNodeLabel"]
+    assert (s.ray_pod_labels, s.ray_pod_annotations) == (pods["labels"], pods["annotations"])
+    assert (s.ray_service_account_name, s.ray_priority_class_name) == ("ray-pods", "ml-batch")
+    assert s.ray_image_pull_secrets == pods["imagePullSecrets"]
+    assert (s.ray_node_selector, s.ray_tolerations, s.ray_affinity) == (
+        pods["nodeSelector"], pods["tolerations"], pods["affinity"])
+    assert s.ray_pod_security_context == pods["podSecurityContext"]
+    assert s.ray_container_security_context == pods["securityContext"]
 
 
 def test_default_env_gives_default_settings_with_unset_optionals(chart, monkeypatch):
@@ -275,6 +323,35 @@ def test_default_env_gives_default_settings_with_unset_optionals(chart, monkeypa
     assert s.s3_endpoint_url is None and s.mlflow_tracking_uri is None and s.namespace is None
     assert s.bucket == "kubeforge" and s.reconcile_period_seconds == 10 and s.rayjob_ttl_seconds == 3600
     assert s.workload_image == "ghcr.io/kubeforge/kubeforge-workloads:0.1.0"
+    defaults = Settings.model_construct()  # the class defaults, no environment
+    for field in Settings.model_fields:
+        if field.startswith(("ray_", "gpu_")) or field == "workload_env_secret_required":
+            assert getattr(s, field) == getattr(defaults, field), field
+
+
+def test_ray_pods_from_the_default_values_pass_the_restricted_pod_security_standard(chart, monkeypatch):
+    """A namespace labelled pod-security.kubernetes.io/enforce=restricted admits the Ray pods of a default install."""
+    from kubeforge.api.kinds import kind_info
+    from kubeforge.controllers.batch import workload_context
+    from kubeforge.launch.rayjob import build_rayjob
+    from tests.unit.pod_security import violations
+
+    for name in [n for n in os.environ if n.startswith("KUBEFORGE_")]:
+        monkeypatch.delenv(name)
+    for name, value in plain_env(render(chart, "default")).items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    for path in sorted((REPO_ROOT / "examples").glob("*.yaml")):
+        for obj in yaml.safe_load_all(path.read_text()):
+            if not obj or obj.get("kind") != "FineTune":
+                continue
+            obj["metadata"].update(namespace="restricted", uid="0123456789abcdef", generation=1)
+            info = kind_info(obj["kind"])
+            spec = info.spec_model.model_validate(obj["spec"])
+            rayjob = build_rayjob(obj, spec, workload_context(obj, spec, 1, settings), info.workload, settings)
+            cluster = rayjob["spec"]["rayClusterSpec"]
+            for template in [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]:
+                assert violations(template["spec"]) == [], (path.name, obj["metadata"]["name"])
 
 
 def test_every_settings_field_has_a_helm_value(chart):

@@ -94,7 +94,7 @@ def test_workloads_target_installs_workloads_and_gpu_extras():
     extras = [c.value[0] for c in s if c.cmd == "ARG" and c.value[0].startswith("WORKLOAD_EXTRAS=")]
     assert extras == ["WORKLOAD_EXTRAS=workloads,gpu"]
     assert "ray[default,train,serve,data]==${RAY_VERSION}" in install
-    assert last(s, "USER").value[0] == "ray"
+    assert last(s, "USER").value[0] == "1000:100"  # numeric: runAsNonRoot is verifiable (Ray pods' default)
 
 
 def test_sources_copied_are_what_pyproject_packages():

@@ -14,6 +14,7 @@ from kubeforge.launch.names import attempt_name, child_annotations, child_labels
 from kubeforge.launch.rayjob import build_rayjob, deep_merge
 from kubeforge.settings import Settings
 from tests.conftest import KUBERAY_CRDS, REPO_ROOT
+from tests.unit.pod_security import violations
 from tests.unit.schemas import crd_schema, schema_errors
 
 SETTINGS = Settings()
@@ -27,11 +28,16 @@ def example_objects():
                 yield pytest.param(doc, id=f"{path.stem}-{doc['metadata']['name']}")
 
 
-def rayjob_for(obj, attempt=1, **spec_overrides):
+def rayjob_for(obj, attempt=1, settings=SETTINGS, **spec_overrides):
     info = next(i for i in KINDS if i.kind == obj["kind"])
     spec = info.spec_model.model_validate({**obj["spec"], **spec_overrides})
-    context = workload_context(obj, spec, attempt, SETTINGS)
-    return build_rayjob(obj, spec, context, info.workload, SETTINGS)
+    context = workload_context(obj, spec, attempt, settings)
+    return build_rayjob(obj, spec, context, info.workload, settings)
+
+
+def pod_templates(rayjob):
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    return [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
 
 
 @pytest.mark.parametrize("obj", list(example_objects()))
@@ -118,5 +124,118 @@ def test_owner_labels_are_valid_label_values_and_the_full_name_is_annotated(owne
     assert label_value(owner) == label_value(owner)
 
 
-def test_deep_merge():
+def test_runtime_env_deep_merge_replaces_lists():
     assert deep_merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2], "d": 3}}) == {"a": {"b": 1, "c": [2], "d": 3}}
+
+
+# A platform team's Helm values `rayPods` as the operator reads them (KUBEFORGE_RAY_* env).
+PLATFORM = SETTINGS.model_copy(update={
+    "ray_head_cpus": 1.5, "ray_head_memory": "6Gi", "gpu_node_label": "cloud.example.com/accelerator",
+    "ray_pod_labels": {"team": "ml"}, "ray_pod_annotations": {"cost-center": "42"},
+    "ray_service_account_name": "ray-pods", "ray_priority_class_name": "ml-batch",
+    "ray_image_pull_secrets": [{"name": "regcred"}],
+    "ray_node_selector": {"pool": "ml"},
+    "ray_tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+    "ray_affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+    "ray_pod_security_context": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 100,
+                                 "seccompProfile": {"type": "RuntimeDefault"}},
+})
+GPU = {"workers": 2, "gpusPerWorker": 1, "gpuType": "H100", "memory": "16Gi", "cpusPerWorker": 4}
+
+
+def test_platform_defaults_reach_every_ray_pod_and_validate_against_kuberay():
+    obj = next(iter(example_objects())).values[0]
+    rayjob = rayjob_for(obj, settings=PLATFORM, resources=GPU)
+    assert schema_errors(crd_schema(KUBERAY_CRDS / "ray.io_rayjobs.yaml", "v1"), rayjob) == []
+    head, worker = pod_templates(rayjob)
+    for template in (head, worker):
+        pod = template["spec"]
+        assert template["metadata"] == {"labels": {"team": "ml"}, "annotations": {"cost-center": "42"}}
+        assert pod["serviceAccountName"] == "ray-pods" and pod["priorityClassName"] == "ml-batch"
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert pod["tolerations"] == PLATFORM.ray_tolerations and pod["affinity"] == PLATFORM.ray_affinity
+        assert pod["securityContext"] == PLATFORM.ray_pod_security_context
+        assert pod["containers"][0]["securityContext"] == PLATFORM.ray_container_security_context
+    assert head["spec"]["nodeSelector"] == {"pool": "ml"}
+    assert worker["spec"]["nodeSelector"] == {"pool": "ml", "cloud.example.com/accelerator": "H100"}
+    limits = head["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "1.5", "memory": "6Gi"} == head["spec"]["containers"][0]["resources"]["requests"]
+
+
+def test_kubeforge_defaults_set_no_platform_fields_and_no_gpu_selector_without_its_label():
+    obj = next(iter(example_objects())).values[0]
+    head, worker = pod_templates(rayjob_for(obj, resources=GPU))
+    assert set(head) == set(worker) == {"spec"}
+    assert set(worker["spec"]) == {"containers", "securityContext"}  # gpuType alone selects no node
+    assert head["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+    assert worker["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "4", "memory": "16Gi",
+                                                                      "nvidia.com/gpu": 1}
+
+
+def test_a_resource_override_merges_with_the_defaults_instead_of_replacing_lists():
+    obj = next(iter(example_objects())).values[0]
+    override = {"headGroupSpec": {"template": {"spec": {
+        "imagePullSecrets": [{"name": "team-cred"}],
+        "containers": [{"name": "ray-head", "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
+                        "securityContext": {"readOnlyRootFilesystem": False}}]}}},
+        "workerGroupSpecs": [{"groupName": "workers", "template": {"spec": {
+            "nodeSelector": {"pool": None, "disk": "ssd"},
+            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+            "containers": [{"name": "ray-worker", "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}]}}}]}
+    rayjob = rayjob_for(obj, settings=PLATFORM, resources=GPU, ray={"rayClusterSpec": override})
+    assert schema_errors(crd_schema(KUBERAY_CRDS / "ray.io_rayjobs.yaml", "v1"), rayjob) == []
+    head, worker = pod_templates(rayjob)
+    assert head["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "team-cred"}]
+    (head_container,) = head["spec"]["containers"]
+    assert head_container["env"] == [{"name": "NCCL_DEBUG", "value": "INFO"}]
+    assert [p["name"] for p in head_container["ports"]] == ["gcs", "dashboard", "client"]
+    assert head_container["envFrom"][0]["secretRef"]["name"] == SETTINGS.workload_env_secret
+    assert head_container["securityContext"] == {**PLATFORM.ray_container_security_context,
+                                                 "readOnlyRootFilesystem": False}
+    (worker_container,) = worker["spec"]["containers"]
+    assert worker_container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker_container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert worker["spec"]["nodeSelector"] == {"cloud.example.com/accelerator": "H100", "disk": "ssd"}
+    assert worker["spec"]["tolerations"] == PLATFORM.ray_tolerations
+    assert len(rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]) == 1
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, PLATFORM], ids=["defaults", "platform"])
+@pytest.mark.parametrize("obj", list(example_objects()))
+def test_ray_pods_pass_the_restricted_pod_security_standard(obj, settings):
+    for template in pod_templates(rayjob_for(obj, settings=settings, resources=GPU)):
+        assert violations(template["spec"]) == []
+
+
+def test_the_restricted_check_refuses_ray_pods_without_the_security_contexts():
+    """What Ray pods looked like before: a namespace enforcing restricted refuses them."""
+    obj = next(iter(example_objects())).values[0]
+    bare = SETTINGS.model_copy(update={"ray_pod_security_context": {}, "ray_container_security_context": {}})
+    found = violations(pod_templates(rayjob_for(obj, settings=bare))[0]["spec"])
+    assert found == ["allowPrivilegeEscalation must be false: container ray-head",
+                     "runAsNonRoot must be true (pod or container): container ray-head",
+                     "seccompProfile must be RuntimeDefault or Localhost (pod or container): container ray-head",
+                     "capabilities must drop ALL: container ray-head"]
+    privileged = {"containers": [{"name": "c", "securityContext": {
+        **SETTINGS.ray_container_security_context, "privileged": True, "capabilities": {"drop": ["ALL"],
+                                                                                      "add": ["SYS_ADMIN"]}}}],
+        "securityContext": SETTINGS.ray_pod_security_context, "hostNetwork": True,
+        "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    assert len(violations(privileged)) == 6
+
+
+def test_the_workload_secret_is_mounted_optional_only_when_not_required():
+    obj = next(iter(example_objects())).values[0]
+    for required in (True, False):
+        settings = SETTINGS.model_copy(update={"workload_env_secret_required": required})
+        for template in pod_templates(rayjob_for(obj, settings=settings)):
+            assert template["spec"]["containers"][0]["envFrom"] == [
+                {"secretRef": {"name": SETTINGS.workload_env_secret, "optional": not required}}]
+
+
+def test_a_list_item_without_its_merge_key_names_the_field():
+    obj = next(iter(example_objects())).values[0]
+    with pytest.raises(ValueError, match=r"^spec\.ray\.rayClusterSpec\.headGroupSpec\.template\.spec\.containers\[0\] "
+                                         "has no 'name'"):
+        rayjob_for(obj, ray={"rayClusterSpec": {"headGroupSpec": {"template": {"spec": {"containers": [{}]}}}}})

@@ -242,7 +242,9 @@ def test_the_rayjob_of_a_gpu_attempt_matches_its_golden_output():
     obj["spec"]["resources"] = {"workers": 2, "cpusPerWorker": 3, "gpusPerWorker": 1, "memory": "16Gi",
                                 "gpuType": "A100"}
     spec = KIND.info.spec_model.model_validate(obj["spec"])
-    built = build_rayjob(obj, spec, workload_context(obj, spec, 2, SETTINGS), KIND.info.workload, SETTINGS)
+    # A platform with GPU Feature Discovery: gpuType becomes a node selector on its label.
+    settings = SETTINGS.model_copy(update={"gpu_node_label": "nvidia.com/gpu.product"})
+    built = build_rayjob(obj, spec, workload_context(obj, spec, 2, settings), KIND.info.workload, settings)
     built["spec"].pop("runtimeEnvYAML")  # checked by the context tests
     assert built == json.loads((GOLDEN / "rayjob-finetune-gpu.json").read_text())
 

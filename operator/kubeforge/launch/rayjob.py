@@ -9,16 +9,16 @@ import yaml
 
 from kubeforge.api.shared import CommonSpec
 from kubeforge.api.workload import CONTEXT_ENV, WorkloadContext
+from kubeforge.launch.merge import POD_TEMPLATE_SPEC, RAY_CLUSTER_SPEC, strategic_merge
 from kubeforge.launch.names import attempt_name, child_annotations, child_labels, owner_reference
 from kubeforge.settings import Settings
 
 RAY_API_VERSION = "ray.io/v1"
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
 def deep_merge(base: dict, override: dict) -> dict:
-    """Recursive dict merge; lists and scalars in `override` replace those in `base`."""
+    """Recursive dict merge; lists and scalars in `override` replace those in `base` (Ray's runtime_env)."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -28,38 +28,68 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def _cpu_quantity(cpus: float) -> str:
+    """2.0 -> "2", 0.5 -> "0.5": the same quantity whether the number came from YAML, JSON or env."""
+    return str(int(cpus)) if float(cpus).is_integer() else str(cpus)
+
+
 def _container(name: str, image: str, settings: Settings, cpus: float, memory: str, gpus: int) -> dict:
-    limits: dict[str, Any] = {"cpu": str(cpus), "memory": memory}
+    limits: dict[str, Any] = {"cpu": _cpu_quantity(cpus), "memory": memory}
     if gpus:
         limits[GPU_RESOURCE] = gpus
     return {
         "name": name,
         "image": image,
-        "envFrom": [{"secretRef": {"name": settings.workload_env_secret, "optional": True}}],
+        "envFrom": [{"secretRef": {"name": settings.workload_env_secret,
+                                   "optional": not settings.workload_env_secret_required}}],
         "resources": {"requests": dict(limits), "limits": limits},
+        "securityContext": copy.deepcopy(settings.ray_container_security_context),
     }
 
 
+def platform_pod_template(settings: Settings) -> dict:
+    """What the platform team set once for every Ray pod (Helm values `rayPods`), as a pod template patch."""
+    metadata = {key: dict(value) for key, value in (("labels", settings.ray_pod_labels),
+                                                    ("annotations", settings.ray_pod_annotations)) if value}
+    pod: dict[str, Any] = {}
+    for key, value in (("serviceAccountName", settings.ray_service_account_name),
+                       ("priorityClassName", settings.ray_priority_class_name),
+                       ("imagePullSecrets", settings.ray_image_pull_secrets),
+                       ("nodeSelector", settings.ray_node_selector),
+                       ("tolerations", settings.ray_tolerations),
+                       ("affinity", settings.ray_affinity),
+                       ("securityContext", settings.ray_pod_security_context)):
+        if value:
+            pod[key] = copy.deepcopy(value)
+    return {"metadata": metadata, "spec": pod} if metadata else {"spec": pod}
+
+
 def build_ray_cluster_spec(spec: CommonSpec, settings: Settings) -> dict:
+    """The RayCluster spec of one resource (RayJob spec.rayClusterSpec, RayService spec.rayClusterConfig):
+    Kubeforge's defaults, then the platform's (`platform_pod_template`) in every pod, then the resource's
+    spec.ray.rayClusterSpec, merged as a strategic merge patch (kubeforge.launch.merge)."""
     image = spec.ray.image or settings.workload_image
     res = spec.resources
-    head_container = _container("ray-head", image, settings, 2, "8Gi", 0)
+    head_container = _container("ray-head", image, settings, settings.ray_head_cpus, settings.ray_head_memory, 0)
     head_container["ports"] = [
         {"containerPort": 6379, "name": "gcs"},
         {"containerPort": 8265, "name": "dashboard"},
         {"containerPort": 10001, "name": "client"},
     ]
-    worker_pod: dict[str, Any] = {
-        "containers": [_container("ray-worker", image, settings, res.cpus_per_worker, res.memory, res.gpus_per_worker)]
-    }
-    if res.gpu_type:
-        worker_pod["nodeSelector"] = {GPU_PRODUCT_LABEL: res.gpu_type}
+    platform = platform_pod_template(settings)
+    head_template = strategic_merge({"spec": {"containers": [head_container]}}, platform, POD_TEMPLATE_SPEC)
+    worker_template = strategic_merge({"spec": {"containers": [
+        _container("ray-worker", image, settings, res.cpus_per_worker, res.memory, res.gpus_per_worker)]}},
+        platform, POD_TEMPLATE_SPEC)
+    if res.gpu_type and settings.gpu_node_label:
+        worker_template = strategic_merge(worker_template, {"spec": {"nodeSelector": {
+            settings.gpu_node_label: res.gpu_type}}}, POD_TEMPLATE_SPEC)
     cluster = {
         "rayVersion": spec.ray.ray_version or settings.ray_version,
         "headGroupSpec": {
             # The head only hosts the driver; training runs on workers.
             "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-            "template": {"spec": {"containers": [head_container]}},
+            "template": head_template,
         },
         "workerGroupSpecs": [{
             "groupName": "workers",
@@ -67,10 +97,10 @@ def build_ray_cluster_spec(spec: CommonSpec, settings: Settings) -> dict:
             "minReplicas": res.workers,
             "maxReplicas": res.workers,
             "rayStartParams": {},
-            "template": {"spec": worker_pod},
+            "template": worker_template,
         }],
     }
-    return deep_merge(cluster, spec.ray.ray_cluster_spec or {})
+    return strategic_merge(cluster, spec.ray.ray_cluster_spec or {}, RAY_CLUSTER_SPEC, "spec.ray.rayClusterSpec")
 
 
 def build_runtime_env(spec: CommonSpec, context: WorkloadContext, settings: Settings) -> dict:
