@@ -45,6 +45,8 @@ class Reason(str, Enum):
     RETRIES_EXHAUSTED = "RetriesExhausted"
     INVALID_SPEC = "InvalidSpec"
     WAITING_FOR_DEPENDENCY = "WaitingForDependency"
+    DEPENDENCY_FAILED = "DependencyFailed"
+    """A dependency ended Failed (or cannot give what this resource needs from it); re-checked when it changes."""
     SERVING = "Serving"
 
 

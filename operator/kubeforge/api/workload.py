@@ -50,6 +50,9 @@ class WorkloadContext(BaseModel):
     """The resource spec as stored by the API server (camelCase, defaults applied)."""
     storage: StorageContext
     mlflow: MlflowContext
+    inputs: dict[str, Any] = {}
+    """What the operator resolved from the resource's dependencies (a FineTune's model URI, a VectorIndex's
+    version, an endpoint's URL), keyed as the kind's `inputs` hook names them; also recorded in status.inputs."""
 
     @classmethod
     def from_env(cls, environ: Optional[dict] = None) -> "WorkloadContext":

@@ -1,44 +1,45 @@
-"""The pure reconcile step shared by every batch kind (TrainingJob, FineTune, VectorIndex, EvalRun).
+"""The pure reconcile every batch kind shares (TrainingJob, FineTune, VectorIndex, EvalRun).
 
 `reconcile(kind, obj, observed, now, settings) -> Plan`: from the whole object and what was observed
 (child RayJobs, the progress heartbeat, failure reports, results, dependencies) compute the desired
 children, the new status and the events. No I/O here; `controllers.wiring` does the I/O.
+
+A kind plugs in through `BatchKind`: checks only the operator can make, dependencies and the inputs it
+takes from them, the verdict on a result, status.output, how progress is counted and, for kinds that run
+again (a VectorIndex re-sync), when the next run is due. One-shot kinds run once; re-runnable kinds keep
+serving their previous result (Ready) while a new run works, and count restarts per run.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from pydantic import ValidationError
 
 from kubeforge.api.kinds import KindInfo
 from kubeforge.api.shared import CommonSpec, FailureReason
 from kubeforge.api.status import ConditionType, Phase, Reason
-from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
-from kubeforge.controllers.conditions import condition_status, set_kstatus
+from kubeforge.controllers.common import (Pass, Plan, render_progress, resource_prefix, stalled_reason, summarize,
+                                          validation_message, workload_context)
+from kubeforge.controllers.conditions import condition_status
 from kubeforge.launch.names import attempt_name
 from kubeforge.launch.rayjob import build_rayjob
 from kubeforge.resilience import Activity, ObservedFailure, Stuck, activity_of, classify, decide, parse_duration, watch
 from kubeforge.resilience.policy import count_restarts
 from kubeforge.settings import Settings
-from kubeforge.storage.layout import ResourcePrefix, checkpoint_step_of
 from kubeforge.storage.progress import FailureReport, Progress
 from kubeforge.timefmt import parse_time, rfc3339
 
 FAILED_JOB_STATUS = {"FAILED", "STOPPED"}
 REFUSED_BY_KUBERAY = "ValidationFailed"
 WATCHDOG_KEYS = ("waitingSince", "progressMark", "progressTime")
-KOPF_STATUS_KEYS = ("kopf",)
+ATTEMPT_HISTORY = 10
+"""Attempts a re-runnable kind keeps in status across runs (the current run's are always kept)."""
 
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
+Dependency = tuple[str, str]
+"""(kind, name) of a Kubeforge resource in the same namespace."""
 
 
 @dataclass
@@ -50,139 +51,119 @@ class Observed:
     """failure.json of the current attempt, when its RayJob has ended badly."""
     result: Optional[dict] = None
     """outputs/result.json, when the current attempt succeeded."""
-    dependencies: dict[tuple[str, str], Optional[dict]] = field(default_factory=dict)
+    dependencies: dict[Dependency, Optional[dict]] = field(default_factory=dict)
+    """The dependencies' objects as last seen (None: not found)."""
 
 
-@dataclass
-class Plan:
-    status: dict
-    create: list[dict] = field(default_factory=list)
-    delete: list[str] = field(default_factory=list)
-    """Names of child RayJobs to delete (hung attempts, attempts that never started)."""
-    events: list[Event] = field(default_factory=list)
-    requeue_after: Optional[float] = None
+@dataclass(frozen=True)
+class Verdict:
+    """What a finished run's result means: an EvalRun whose gate failed ends Failed, without a retry."""
+
+    passed: bool
+    reason: str = Reason.SUCCEEDED.value
+    message: str = ""
+
+
+class DependencyUnusable(Exception):
+    """A Ready dependency that cannot give what this resource needs (e.g. a FineTune without a merged model)."""
 
 
 class BatchKind(Protocol):
     info: KindInfo
+    progress_unit: str
+    """What progress counts: steps (training), documents (index builds), rows (evaluations)."""
 
     def validate(self, spec: Any, obj: dict) -> list[str]:
         """Checks only the operator can make; each message names the field and says what to do."""
 
-    def dependencies(self, spec: Any) -> list[tuple[str, str]]:
-        """(kind, name) of resources in the same namespace that must be Ready first."""
+    def dependencies(self, spec: Any) -> list[Dependency]:
+        """Resources in the same namespace that must be Ready before a run starts."""
+
+    def inputs(self, spec: Any, dependencies: dict[Dependency, dict]) -> dict[str, Any]:
+        """What a run takes from its Ready dependencies' status (recorded in status.inputs and handed to the
+        workload); raises DependencyUnusable when a dependency cannot provide it."""
+
+    def verdict(self, result: dict) -> Verdict:
+        """Whether a run that produced `result` succeeded."""
 
     def output(self, result: dict) -> dict:
         """status.output from the workload's outputs/result.json."""
 
-
-def resource_prefix(obj: dict, spec: CommonSpec, settings: Settings) -> ResourcePrefix:
-    meta = obj["metadata"]
-    return ResourcePrefix.for_resource(spec.storage.bucket or settings.bucket, meta["namespace"], obj["kind"],
-                                       meta["name"], spec.storage.prefix)
+    def next_run_at(self, spec: Any, last_run_end: Optional[datetime]) -> Optional[datetime]:
+        """Re-runnable kinds: when the next scheduled run is due (None: only on a spec change)."""
 
 
-def workload_context(obj: dict, spec: CommonSpec, attempt: int, settings: Settings) -> WorkloadContext:
-    meta = obj["metadata"]
-    prefix = resource_prefix(obj, spec, settings)
-    return WorkloadContext(
-        kind=obj["kind"], namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
-        generation=meta.get("generation", 1), attempt=attempt, spec=obj["spec"],
-        storage=StorageContext(bucket=prefix.bucket, prefix=prefix.prefix),
-        mlflow=MlflowContext(experiment=spec.mlflow.experiment or f"{meta['namespace']}/{obj['kind']}",
-                             run_name=meta["name"], tracking_uri=settings.mlflow_tracking_uri),
-    )
+class KindBase:
+    """Defaults for a batch kind: no dependencies or inputs, every result passes, progress in steps, no schedule."""
 
+    info: KindInfo
+    progress_unit = "steps"
 
-def validation_message(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors()[:5]:
-        location = ".".join(str(p) for p in item["loc"])
-        parts.append(f"spec.{location}: {item['msg']}" if location else item["msg"])
-    return "; ".join(parts)
+    def validate(self, spec: Any, obj: dict) -> list[str]:
+        return []
 
+    def dependencies(self, spec: Any) -> list[Dependency]:
+        return []
 
-class _Pass:
-    """One reconcile pass: accumulates status edits and events, then yields a Plan."""
+    def inputs(self, spec: Any, dependencies: dict[Dependency, dict]) -> dict[str, Any]:
+        return {}
 
-    def __init__(self, obj: dict, now: datetime):
-        self.obj = obj
-        self.now = now
-        self.now_text = rfc3339(now)
-        self.generation = obj["metadata"].get("generation")
-        self.status = {k: v for k, v in copy.deepcopy(obj.get("status") or {}).items() if k not in KOPF_STATUS_KEYS}
-        self.status["observedGeneration"] = self.generation
-        self.plan = Plan(status=self.status)
+    def verdict(self, result: dict) -> Verdict:
+        return Verdict(passed=True)
 
-    def event(self, type_: str, reason: str, message: str) -> None:
-        self.plan.events.append(Event(type_, reason, message))
+    def output(self, result: dict) -> dict:
+        return dict(result)
 
-    def set_phase(self, phase: Phase, *, ready: bool, reconciling: bool, stalled: bool, reason: Reason | str,
-                  message: str) -> None:
-        reason_text = reason.value if isinstance(reason, Reason) else reason
-        previous = self.status.get("phase")
-        self.status["phase"] = phase.value
-        self.status["message"] = message
-        self.status["conditions"] = set_kstatus(
-            self.status.get("conditions") or [], ready=ready, reconciling=reconciling, stalled=stalled,
-            reason=reason_text, message=message, generation=self.generation, now=self.now_text)
-        if previous != phase.value:
-            self.event("Warning" if phase == Phase.FAILED else "Normal", reason_text, message)
-
-    def done(self, requeue_after: Optional[float] = None) -> Plan:
-        self.plan.requeue_after = requeue_after
-        return self.plan
+    def next_run_at(self, spec: Any, last_run_end: Optional[datetime]) -> Optional[datetime]:
+        return None
 
 
 def reconcile(kind: BatchKind, obj: dict, observed: Observed, now: datetime, settings: Settings) -> Plan:
-    run = _Pass(obj, now)
+    run = Pass(obj, now)
     status = run.status
-    phase = status.get("phase")
-    stalled_on_spec = _stalled_reason(status) == Reason.INVALID_SPEC.value
-
-    if phase in (Phase.SUCCEEDED.value, Phase.FAILED.value) and not stalled_on_spec:
+    rerunnable = not kind.info.one_shot
+    run.keeps_previous = rerunnable and bool(status.get("output"))
+    if kind.info.one_shot and status.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value) \
+            and stalled_reason(status) != Reason.INVALID_SPEC.value:
         return _finished(run)
 
     try:
         spec = kind.info.spec_model.model_validate(obj.get("spec") or {})
     except ValidationError as error:
-        return _invalid(run, validation_message(error))
+        return run.invalid(validation_message(error))
     problems = kind.validate(spec, obj)
     if problems:
-        return _invalid(run, "; ".join(problems))
+        return run.invalid("; ".join(problems))
 
-    waiting = [f"{k} {n}" for k, n in kind.dependencies(spec)
-               if condition_status(observed.dependencies.get((k, n)), ConditionType.READY.value) != "True"]
-    if waiting and not status.get("attempts"):
-        run.set_phase(Phase.WAITING, ready=False, reconciling=True, stalled=False,
-                      reason=Reason.WAITING_FOR_DEPENDENCY,
-                      message=f"waiting for {', '.join(waiting)} to become Ready")
-        return run.done(settings.reconcile_period_seconds)
+    attempts: list[dict] = status.get("attempts") or []
+    current = attempts[-1] if attempts else None
+    if current is None or _run_ended(status, current):
+        if current is not None:
+            if not rerunnable:
+                return _finished(run)
+            due = _next_run_due(kind, spec, run)
+            if due is None or due > now:
+                return run.done((due - now).total_seconds() if due else None)
+        return _start_run(run, kind, spec, observed, settings)
 
-    status.setdefault("storagePrefix", resource_prefix(obj, spec, settings).uri())
-    attempts: list[dict] = status.setdefault("attempts", [])
-    if not attempts:
-        return _record_attempt(run, 1)
-
-    current = attempts[-1]
     if current.get("outcome") == "Failed":
         due = parse_time(status.get("nextAttemptAt")) or now
         if now >= due:
-            return _record_attempt(run, current["number"] + 1)
+            return _record_attempt(run, current["number"] + 1, retry=True)
         return run.done((due - now).total_seconds())
 
     rayjob = observed.rayjobs.get(current["rayJob"])
     if rayjob is None:
         # Recorded in an earlier pass (so its name is saved before it exists), not created yet: create it now.
-        run.plan.create.append(_rayjob_for(kind, obj, spec, current["number"], settings))
+        run.plan.create.append(_rayjob_for(kind, obj, spec, current["number"], status.get("inputs"), settings))
         return run.done(settings.reconcile_period_seconds)
 
-    _copy_progress(status, current, observed.progress)
+    _copy_progress(status, current, observed.progress, kind.progress_unit)
     job_status = rayjob.get("status") or {}
     deployment, ray_state = job_status.get("jobDeploymentStatus"), job_status.get("jobStatus")
 
     if ray_state == "SUCCEEDED" and (deployment == "Complete" or observed.result is not None):
-        return _succeeded(run, kind, current, observed)
+        return _succeeded(run, kind, spec, current, observed)
     if deployment == REFUSED_BY_KUBERAY:
         # KubeRay refused the RayJob (name, spec): a configuration error no retry can fix.
         refusal = summarize(job_status.get("message") or job_status.get("reason") or "invalid RayJob")
@@ -194,7 +175,70 @@ def reconcile(kind: BatchKind, obj: dict, observed: Observed, now: datetime, set
     return _watch_active(run, spec, current, job_status, observed.progress, settings)
 
 
-def _watch_active(run: _Pass, spec: CommonSpec, current: dict, job_status: dict, progress: Optional[Progress],
+def _run_ended(status: dict, current: dict) -> bool:
+    """The last attempt succeeded, or (re-runnable kinds) its run was closed after a final failure. A failed
+    attempt of an open run is followed by the next one when its backoff ends."""
+    return current.get("outcome") == "Succeeded" or "endTime" in (status.get("run") or {})
+
+
+def _next_run_due(kind: BatchKind, spec: Any, run: Pass) -> Optional[datetime]:
+    """A re-runnable kind runs again at once for a new generation, else when its schedule says."""
+    last = run.status.get("run") or {}
+    if last.get("generation") != run.generation:
+        run.run_reason = "SpecChanged"
+        return run.now
+    run.run_reason = "Scheduled"
+    return kind.next_run_at(spec, parse_time(last.get("endTime")))
+
+
+def _start_run(run: Pass, kind: BatchKind, spec: Any, observed: Observed, settings: Settings) -> Plan:
+    """Dependencies first: waiting for them, or for a failed one to be fixed, never consumes a restart."""
+    status = run.status
+    needed = kind.dependencies(spec)
+    found = {key: observed.dependencies.get(key) for key in needed}
+    failed = [f"{k} {n}" for (k, n), dep in found.items() if dep is not None and _has_failed(dep)]
+    if failed:
+        return _dependency_failed(run, f"{', '.join(failed)} failed; fix or re-create "
+                                       f"{'it' if len(failed) == 1 else 'them'} and this resource continues")
+    waiting = [f"{k} {n}" + (" (not found)" if dep is None else "") for (k, n), dep in found.items()
+               if condition_status(dep, ConditionType.READY.value) != "True"]
+    if waiting:
+        run.set_phase(Phase.WAITING, ready=False, reconciling=True, stalled=False,
+                      reason=Reason.WAITING_FOR_DEPENDENCY, message=f"waiting for {', '.join(waiting)} to become Ready")
+        return run.done(settings.reconcile_period_seconds)
+    try:
+        inputs = kind.inputs(spec, {key: dep for key, dep in found.items() if dep is not None})
+    except DependencyUnusable as unusable:
+        return _dependency_failed(run, str(unusable))
+    if inputs:
+        status["inputs"] = inputs
+    else:
+        status.pop("inputs", None)
+    status.setdefault("storagePrefix", resource_prefix(run.obj, spec, settings).uri())
+    attempts = status.setdefault("attempts", [])
+    number = attempts[-1]["number"] + 1 if attempts else 1
+    if not kind.info.one_shot:
+        previous = status.get("run") or {}
+        status["run"] = {"number": previous.get("number", 0) + 1, "reason": run.run_reason,
+                         "generation": run.generation, "startTime": run.now_text}
+        status["attempts"] = attempts[-ATTEMPT_HISTORY:]
+        status.pop("restarts", None)
+    return _record_attempt(run, number, retry=False)
+
+
+def _has_failed(dependency: dict) -> bool:
+    status = dependency.get("status") or {}
+    return status.get("phase") == Phase.FAILED.value or condition_status(dependency, "Stalled") == "True"
+
+
+def _dependency_failed(run: Pass, message: str) -> Plan:
+    # Not terminal: the dependency can be fixed (re-created, re-synced) and this resource then continues.
+    run.set_phase(Phase.WAITING, ready=False, reconciling=False, stalled=True, reason=Reason.DEPENDENCY_FAILED,
+                  message=message)
+    return run.done()
+
+
+def _watch_active(run: Pass, spec: CommonSpec, current: dict, job_status: dict, progress: Optional[Progress],
                   settings: Settings) -> Plan:
     """A RayJob that has neither succeeded nor failed: suspended, starting, or running (and maybe hung)."""
     heartbeat = progress if progress and progress.attempt == current["number"] else None
@@ -234,7 +278,7 @@ def _watch_active(run: _Pass, spec: CommonSpec, current: dict, job_status: dict,
     return run.done(min(settings.reconcile_period_seconds, verdict.recheck_after + 1))
 
 
-def _finished(run: _Pass) -> Plan:
+def _finished(run: Pass) -> Plan:
     """Finished attempts are history (a new run is a new resource); edits of fields the operator still reads
     (deletionPolicy, failurePolicy) are acknowledged so kstatus readers see the new generation observed."""
     for condition in run.status.get("conditions") or []:
@@ -242,72 +286,38 @@ def _finished(run: _Pass) -> Plan:
     return run.done()
 
 
-def _stalled_reason(status: dict) -> Optional[str]:
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == ConditionType.STALLED.value and condition.get("status") == "True":
-            return condition.get("reason")
-    return None
-
-
-def _invalid(run: _Pass, message: str) -> Plan:
-    run.set_phase(Phase.FAILED, ready=False, reconciling=False, stalled=True, reason=Reason.INVALID_SPEC,
-                  message=f"invalid spec: {message}. Fix the spec and re-apply; nothing was started.")
-    return run.done()
-
-
-def _rayjob_for(kind: BatchKind, obj: dict, spec: CommonSpec, attempt: int, settings: Settings) -> dict:
-    context = workload_context(obj, spec, attempt, settings)
+def _rayjob_for(kind: BatchKind, obj: dict, spec: CommonSpec, attempt: int, inputs: Optional[dict],
+                settings: Settings) -> dict:
+    context = workload_context(obj, spec, attempt, settings, inputs)
     return build_rayjob(obj, spec, context, kind.info.workload, settings)
 
 
-def _record_attempt(run: _Pass, number: int) -> Plan:
+def _record_attempt(run: Pass, number: int, retry: bool) -> Plan:
     """Record attempt `number` with its child's deterministic name; the next pass creates the child, so the
     name is in the server's status before the RayJob exists (a restarted operator then adopts, never doubles)."""
     name = attempt_name(run.obj["metadata"]["name"], number)
     attempt = {"number": number, "rayJob": name, "startTime": run.now_text, "outcome": "Running",
                "generation": run.generation}
-    if number > 1:
+    if "run" in run.status:
+        attempt["run"] = run.status["run"]["number"]
+    if retry:
         attempt["counted"] = run.status.pop("pendingRetryCounted", True)
     run.status["attempts"].append(attempt)
     run.status.pop("nextAttemptAt", None)
-    resume = " (resumes from the latest committed checkpoint)" if number > 1 else ""
+    resume = " (resumes from the latest committed checkpoint)" if retry else ""
     run.event("Normal", "AttemptStarted", f"attempt {number} started as RayJob {name}{resume}")
     run.set_phase(Phase.RUNNING, ready=False, reconciling=True, stalled=False, reason=Reason.LAUNCHING,
                   message=f"attempt {number} launching as RayJob {name}")
     return run.done(0)
 
 
-def _copy_progress(status: dict, current: dict, progress: Optional[Progress]) -> None:
+def _copy_progress(status: dict, current: dict, progress: Optional[Progress], unit: str) -> None:
     if progress is None or progress.attempt != current["number"]:
         return
-    summary = f"{progress.step}/{progress.total_steps}" if progress.total_steps else str(progress.step)
-    if progress.total_steps:
-        summary += f" ({100 * progress.step // max(progress.total_steps, 1)}%)"
-    eta = None
-    if progress.total_steps and progress.throughput and progress.step and status.get("attempts"):
-        started = parse_time(current.get("startTime"))
-        updated = parse_time(progress.updated_at)
-        if started and updated and updated > started:
-            steps_this_attempt = progress.step - (checkpoint_step_of(progress.resumed_from) or 0)
-            seconds_per_step = (updated - started).total_seconds() / max(steps_this_attempt, 1)
-            eta = int(seconds_per_step * (progress.total_steps - progress.step))
-    status["progress"] = {k: v for k, v in {
-        "attempt": progress.attempt, "phase": progress.phase, "step": progress.step, "totalSteps": progress.total_steps,
-        "epoch": progress.epoch, "loss": progress.loss, "tokensPerSecond": progress.throughput,
-        "lastCheckpoint": progress.last_checkpoint, "updatedAt": progress.updated_at,
-        "etaSeconds": eta, "summary": summary,
-    }.items() if v is not None}
+    status["progress"] = render_progress(progress, current.get("startTime"), unit)
     current["stepReached"] = progress.step
     if progress.resumed_from:
         current["resumedFrom"] = progress.resumed_from
-
-
-def summarize(message: str, keep_lines: int = 3) -> str:
-    """First line and last lines of a long message (Ray appends the log tail after the first line)."""
-    lines = [line for line in message.strip().splitlines() if line.strip()]
-    if len(lines) <= keep_lines + 1:
-        return " | ".join(lines)
-    return " | ".join([lines[0], "...", *lines[-keep_lines:]])
 
 
 def _failure_of(job_status: dict, report: Optional[FailureReport]) -> ObservedFailure:
@@ -326,21 +336,41 @@ def _end(current: dict, **outcome) -> None:
         current.pop(key, None)
 
 
-def _succeeded(run: _Pass, kind: BatchKind, current: dict, observed: Observed) -> Plan:
+def _end_run(run: Pass, outcome: str) -> None:
+    if "run" in run.status:
+        run.status["run"].update(outcome=outcome, endTime=run.now_text)
+
+
+def _succeeded(run: Pass, kind: BatchKind, spec: Any, current: dict, observed: Observed) -> Plan:
     _end(current, outcome="Succeeded", endTime=run.now_text)
+    verdict = kind.verdict(observed.result or {})
     if observed.result is not None:
         run.status["output"] = kind.output(observed.result)
-    run.set_phase(Phase.SUCCEEDED, ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
-                  message=f"succeeded after {current['number']} attempt(s)")
-    return run.done()
+    if not verdict.passed:
+        _end_run(run, "Failed")
+        run.keeps_previous = False
+        run.set_phase(Phase.FAILED, ready=False, reconciling=False, stalled=True, reason=verdict.reason,
+                      message=verdict.message or f"the result did not pass ({verdict.reason})")
+        return run.done()
+    _end_run(run, "Succeeded")
+    if kind.info.one_shot:
+        run.set_phase(Phase.SUCCEEDED, ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
+                      message=f"succeeded after {current['number']} attempt(s)")
+        return run.done()
+    number = run.status["run"]["number"]
+    run.set_phase(Phase.READY, ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
+                  message=f"run {number} succeeded")
+    due = kind.next_run_at(spec, run.now)
+    return run.done((due - run.now).total_seconds() if due else None)
 
 
-def _failed(run: _Pass, spec: CommonSpec, current: dict, failure: ObservedFailure) -> Plan:
+def _failed(run: Pass, spec: CommonSpec, current: dict, failure: ObservedFailure) -> Plan:
     reason = classify(failure)
     attempts = run.status["attempts"]
-    counted_so_far = count_restarts([a.get("counted") for a in attempts])
+    this_run = [a for a in attempts if a.get("run") == current.get("run")]
+    counted_so_far = count_restarts([a.get("counted") for a in this_run])
     decision = decide(spec.failure_policy, reason, failure, counted_restarts=counted_so_far,
-                      total_retries=len(attempts) - 1)
+                      total_retries=len(this_run) - 1)
     _end(current, outcome="Failed", endTime=run.now_text, reason=reason.value, message=failure.message[:1024])
     if failure.effective_exit_code() is not None:
         current["exitCode"] = failure.effective_exit_code()
@@ -357,7 +387,10 @@ def _failed(run: _Pass, spec: CommonSpec, current: dict, failure: ObservedFailur
                       message=f"attempt {number} failed ({reason.value}); {decision.summary}")
         return run.done(float(decision.delay_seconds))
 
+    _end_run(run, "Failed")
     final_reason = Reason.RETRIES_EXHAUSTED if "exhausted" in decision.summary else Reason.FAILED
+    previous = "; the previous result is still served" if run.keeps_previous else ""
     run.set_phase(Phase.FAILED, ready=False, reconciling=False, stalled=True, reason=final_reason,
-                  message=f"failed after {number} attempt(s): {reason.value}: {failure.message[:300]} ({decision.summary})")
+                  message=f"failed after {number} attempt(s): {reason.value}: {failure.message[:300]} "
+                          f"({decision.summary}){previous}")
     return run.done()

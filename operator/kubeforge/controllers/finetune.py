@@ -6,12 +6,13 @@ import string
 
 from kubeforge.api.finetune import FineTuneSpec, Method
 from kubeforge.api.kinds import kind_info
+from kubeforge.controllers.batch import KindBase
 
 OUTPUT_KEYS = ("modelUri", "adapterUri", "fullModelUri", "mergedUri", "registeredModelName", "registeredModelVersion",
                "mergedModelName", "mergedModelVersion", "evalLossBefore", "evalLossAfter", "mlflowRunId")
 
 
-class FineTuneKind:
+class FineTuneKind(KindBase):
     info = kind_info("FineTune")
 
     def validate(self, spec: FineTuneSpec, obj: dict) -> list[str]:
@@ -32,9 +33,6 @@ class FineTuneKind:
                 if any(not f.isidentifier() for f in fields):
                     problems.append("spec.dataset.promptTemplate: placeholders must be plain field names like {instruction}")
         return problems
-
-    def dependencies(self, spec: FineTuneSpec) -> list[tuple[str, str]]:
-        return []
 
     def output(self, result: dict) -> dict:
         return {key: result[key] for key in OUTPUT_KEYS if result.get(key) is not None}
