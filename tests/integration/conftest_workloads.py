@@ -70,8 +70,10 @@ class WorkloadEnv:
                 "mlflow": {"experiment": EXPERIMENT, "run_name": name, "tracking_uri": self.tracking_uri}}
 
     def run(self, module: str, context: dict, extra_env: Optional[dict] = None, timeout: float = 240,
-            kill_when: Optional[Callable[[], bool]] = None) -> Finished:
-        """Run `python -m module` in its own process group; SIGKILL the whole group once kill_when() holds."""
+            kill_when: Optional[Callable[[], bool]] = None,
+            while_running: Optional[Callable[[int], None]] = None) -> Finished:
+        """Run `python -m module` in its own process group; SIGKILL the whole group once kill_when() holds;
+        call while_running(pid of the entrypoint) on every poll."""
         env = {**self.env, **(extra_env or {}), "KUBEFORGE_CONTEXT": json.dumps(context)}
         log = self.tmp / f"{context['name']}-{context['attempt']}-{len(self.runs)}"
         started = time.monotonic()
@@ -84,6 +86,8 @@ class WorkloadEnv:
                     if time.monotonic() - started > timeout:
                         os.killpg(process.pid, signal.SIGKILL)
                         raise AssertionError(f"{module} ran past {timeout}s; logs in {log}.err")
+                    if while_running is not None:
+                        while_running(process.pid)
                     if kill_when is not None and kill_when():
                         os.killpg(process.pid, signal.SIGKILL)
                         killed = True

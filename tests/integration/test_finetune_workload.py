@@ -210,6 +210,65 @@ def test_killed_run_resumes_bit_exactly_and_skips_torn_checkpoints(workload_env,
     assert run.data.tags["kubeforge.attempt"] == "2"  # the same MLflow run, continued
 
 
+def ray_train_workers(driver_pid: int) -> list:
+    """The Ray Train worker processes under the entrypoint (the local Ray it started), by their process title."""
+    import psutil
+
+    workers = []
+    for process in psutil.Process(driver_pid).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                workers.append(process)
+        except psutil.Error:  # gone between listing and reading
+            continue
+    return workers
+
+
+def test_a_killed_ray_train_worker_is_recovered_inside_the_attempt(workload_env, uninterrupted):
+    """SIGKILL of one Ray Train worker process after the first checkpoint: Ray Train restarts the worker group
+    inside attempt 1 (FailureConfig), training resumes from the latest committed checkpoint, and the run ends with
+    the uninterrupted run's losses and weights."""
+    import os
+    import signal
+
+    env = workload_env
+    name = "worker-killed"
+    prefix = env.prefix(name)
+    killed: list[int] = []
+
+    def kill_one_worker_after_the_first_checkpoint(driver_pid: int) -> None:
+        if killed or not env.keys(f"{prefix}/checkpoints/step-{EVERY}/MANIFEST.json"):
+            return
+        workers = ray_train_workers(driver_pid)
+        if len(workers) == 2:
+            victim = workers[-1]
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(victim.pid)
+
+    finished = env.run(MODULE, env.context(name, spec()), extra_env={"KUBEFORGE_STEP_DELAY_SECONDS": "1.0"},
+                       while_running=kill_one_worker_after_the_first_checkpoint, timeout=420)
+    assert killed, "no Ray Train worker was killed: the run ended before its first checkpoint was seen"
+    assert_ok(finished, "the run with a killed worker")  # one attempt, recovered inside it
+    result = env.get_json(f"{prefix}/outputs/result.json")
+    resumed_step = int(result["resumedFrom"].rstrip("/").rsplit("step-", 1)[1])
+    assert resumed_step >= EVERY and result["resumedFrom"] == f"s3://{BUCKET}/{prefix}/checkpoints/step-{resumed_step}/"
+    progress = env.get_json(f"{prefix}/progress.json")
+    assert progress["attempt"] == 1 and progress["phase"] == "Done"
+    assert "worker group restarted inside attempt 1" in progress["message"], progress
+    assert env.keys(f"{prefix}/attempts/") == []  # no failure report: the attempt did not fail
+
+    reference, recovered = losses_by_step(env, "straight"), losses_by_step(env, name)
+    assert sorted(recovered) == list(range(1, STEPS + 1))
+    assert recovered == reference  # exact equality, not a tolerance
+    assert result["evalLossAfter"] == env.get_json(f"{env.prefix('straight')}/outputs/result.json")["evalLossAfter"]
+    import torch
+
+    final = tensors(env, f"{prefix}/outputs/adapter/adapter_model.safetensors")
+    expected = tensors(env, f"{env.prefix('straight')}/outputs/adapter/adapter_model.safetensors")
+    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
+    assert run_of(env, name).data.tags["kubeforge.attempt"] == "1"
+
+
 def test_full_fine_tune(workload_env, uninterrupted):
     env = workload_env
     finished = env.run(MODULE, env.context("full", spec(
