@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Copy the generated CRDs (crds/, produced by `kubeforge crds generate`) into the Helm chart.
 # The chart ships exactly these files; tests/chart/test_chart.py fails when they drift.
-#   scripts/sync-chart-crds.sh           write charts/kubeforge/crds/
+#   scripts/sync-chart-crds.sh           write charts/kubeforge/files/crds/ (templates/crds.yaml renders them)
 #   scripts/sync-chart-crds.sh --check   exit 1 if the chart's CRDs differ
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="${root}/crds"
-dst="${root}/charts/kubeforge/crds"
+dst="${root}/charts/kubeforge/files/crds"
 
 if [[ "${1:-}" == "--check" ]]; then
   if diff -r -q "${src}" "${dst}"; then

@@ -13,6 +13,7 @@ import kopf
 from kubeforge.controllers.wiring import register
 from kubeforge.prerequisites import StartupReport, cluster_prerequisites
 from kubeforge.settings import Settings, get_settings
+from kubeforge.uninstall import FINALIZER
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
     # Status belongs to the status contract; kopf keeps its bookkeeping in annotations.
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.kubeforge.dev")
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.kubeforge.dev")
-    kopf_settings.persistence.finalizer = "kubeforge.dev/finalizer"
+    kopf_settings.persistence.finalizer = FINALIZER  # the chart's uninstall hook removes it (kubeforge.uninstall)
     # Events are posted deliberately by the controllers; of kopf's own log lines only errors become events.
     kopf_settings.posting.level = logging.ERROR
     kopf_settings.watching.server_timeout = 300

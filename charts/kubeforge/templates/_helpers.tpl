@@ -60,26 +60,26 @@ app.kubernetes.io/part-of: kubeforge
 {{- end }}
 
 {{/*
-Rules the operator needs in every namespace it watches. Each one is traced to a call in
-tests/chart/test_chart.py (OPERATOR_CALLS).
+Rules the operator needs in every namespace it watches: exactly the calls in tests/chart/test_chart.py
+(OPERATOR_CALLS), each traced to the code that makes it; a test fails on anything missing or superfluous.
 */}}
 {{- define "kubeforge.namespacedRules" -}}
 {{- $plurals := include "kubeforge.plurals" . | fromYamlArray }}
-# kopf lists and watches the resources, patches annotations (progress) and finalizers;
-# Cluster.get_resource reads dependencies.
+# kopf lists and watches the resources and patches its annotations and finalizer; Cluster.get_resource
+# reads dependencies.
 - apiGroups: ["kubeforge.dev"]
   resources:
   {{- range $plurals }}
   - {{ . }}
   {{- end }}
-  verbs: ["get", "list", "watch", "patch", "update"]
-# kopf patches status through the status subresource.
+  verbs: ["get", "list", "watch", "patch"]
+# Status is written with merge patches of the status subresource.
 - apiGroups: ["kubeforge.dev"]
   resources:
   {{- range $plurals }}
   - {{ . }}/status
   {{- end }}
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Children carry ownerReferences with blockOwnerDeletion: needed where OwnerReferencesPermissionEnforcement is on.
 - apiGroups: ["kubeforge.dev"]
   resources:
@@ -87,25 +87,35 @@ tests/chart/test_chart.py (OPERATOR_CALLS).
   - {{ . }}/finalizers
   {{- end }}
   verbs: ["update"]
-# Attempts are KubeRay RayJobs (RayServices for ServingEndpoint).
+# Children: KubeRay RayJobs (batch kinds) and RayServices (ServingEndpoint), created and updated by
+# server-side apply (PATCH), watched, deleted.
 - apiGroups: ["ray.io"]
   resources: ["rayjobs", "rayservices"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-# kopf.event() posts core/v1 Events; events.k8s.io for newer clients.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["ray.io"]
+  resources: ["rayjobs/status", "rayservices/status"]
+  verbs: ["get"]
+# kopf.event() and the controllers' Events (core/v1, POST only).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
+{{- if .Values.settings.workloadEnvSecretRequired }}
+# kubeforge.prerequisites: whether the workload Secret exists (that one name only; its data is not used).
+- apiGroups: [""]
+  resources: ["secrets"]
+  resourceNames: [{{ .Values.settings.workloadEnvSecret | quote }}]
+  verbs: ["get"]
+{{- end }}
 {{- end }}
 
-{{/* Cluster-scoped reads kopf does for resource and namespace discovery. */}}
+{{/* Cluster-scoped reads of kopf's scanning: CRDs always; namespaces only when not cluster-wide. */}}
 {{- define "kubeforge.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+{{- if .Values.settings.watchNamespace }}
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+{{- end }}
 {{- end }}
