@@ -27,3 +27,19 @@ def test_finetune_overhead_bench_prints_its_ratios():
         assert report[ratio] > 0, ratio
     assert report["checkpoint_files"] > 1 and report["checkpoint_bytes"] > 0
     assert len(report["kubeforge_train_runtime_s"]) == len(report["plain_trainer_train_runtime_s"]) == 1
+
+
+def test_operator_scale_bench_reports_every_metric_for_both_operators():
+    result = subprocess.run([sys.executable, "bench/operator_scale.py", "--n", "5", "--window", "10", "--samples", "3",
+                             "--settle", "2", "--timeout", "180", "--json"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    rows = {row["metric"]: row for row in report["metrics"]}
+    assert set(rows) == {"rayjobs_created_s", "steady_requests_per_resource_min",
+                         "steady_status_writes_per_resource_min", "training_requests_per_resource_min",
+                         "training_status_writes_per_resource_min", "latency_p50_s", "latency_p95_s"}
+    for name, row in rows.items():
+        assert row["kubeforge"] is not None and row["baseline"] is not None, name
+    assert rows["rayjobs_created_s"]["kubeforge"] > 0 and rows["rayjobs_created_s"]["baseline"] > 0
+    assert len(report["detail"]["latency_samples_s"]["kubeforge"]) == 3

@@ -8,6 +8,7 @@ its agents and the client server behind), so the session is what names "everythi
 from __future__ import annotations
 
 import os
+import signal
 from typing import Optional
 
 import psutil
@@ -68,3 +69,12 @@ def _running(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def die_with_parent() -> None:
+    """A `preexec_fn` for a child that must not outlive its parent even when the parent is SIGKILLed (Linux
+    PR_SET_PDEATHSIG). It reaches only that child: what the child starts in turn is still stopped by session."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -45,6 +45,8 @@ START_DELAY_ANNOTATION = "kuberay.kubeforge.dev/hold-start-seconds"
 STALL_FILE_ENV = "KUBEFORGE_CHAOS_STALL_FILE"
 OOM_ALLOCATION_BYTES = 4 * 2**30  # what chaos `oom` asks for when the job's containers have no memory limit
 MEMORY_FILE_ENV = "KUBEFORGE_CHAOS_MEMORY_FILE"
+# KubeRay's: what the API server's request accounting and field managers name this controller by.
+USER_AGENT = "kuberay-operator/local-kubeforge"
 
 
 def utcnow() -> datetime:
@@ -667,6 +669,7 @@ def run(kubeconfig: str, ray_address: Optional[str], interval: float = 1.0, serv
 
     auth_header = f"Bearer {Path(token).read_text().strip()}" if token else None
     api_client = config.new_client_from_config(kubeconfig)
+    api_client.user_agent = USER_AGENT
     jobs = None
     while jobs is None:
         try:
@@ -686,6 +689,7 @@ def run_status_only(kubeconfig: str, interval: float = 1.0) -> None:
     from kubernetes import client, config
 
     api_client = config.new_client_from_config(kubeconfig)
+    api_client.user_agent = USER_AGENT
     controller = LocalKubeRay(client.CustomObjectsApi(api_client), client.CoreV1Api(api_client), None, "",
                               status_only=True)
     log.warning("STATUS-ONLY local KubeRay (for benchmarks): RayJobs are validated and reported Running, but no Ray "
