@@ -18,13 +18,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints-cpu.txt ./
 COPY operator/ operator/
 COPY workloads/ workloads/
-# `kubernetes` is imported by kubeforge.cluster and kopf.login_via_client; it is installed explicitly
-# here because pyproject.toml lists it only in the `dev` extra.
+# The versions the tests ran (scripts/lock.py).
 RUN /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install . "kubernetes>=29" \
+ && /opt/venv/bin/pip install . -c constraints-cpu.txt \
  && /opt/venv/bin/kubeforge --help >/dev/null
 
 # ---------------------------------------------------------------------------------------------------------
@@ -55,8 +54,12 @@ CMD ["operator"]
 # kubeforge_workloads (entrypoints: python -m kubeforge_workloads.<kind>).
 FROM ${RAY_IMAGE} AS workloads
 ARG RAY_VERSION
-# `workloads,gpu` for GPU clusters; `workloads` alone (with a -cpu RAY_IMAGE) for CPU-only clusters such as kind.
+# GPU clusters: `workloads,gpu` under constraints-gpu.txt (vLLM pins its own torch and caps transformers).
+# CPU-only clusters such as kind: WORKLOAD_EXTRAS=workloads, CONSTRAINTS=constraints-cpu.txt (the tests' versions),
+# a -cpu RAY_IMAGE and TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (PyPI's torch is the CUDA build).
 ARG WORKLOAD_EXTRAS=workloads,gpu
+ARG CONSTRAINTS=constraints-gpu.txt
+ARG TORCH_INDEX_URL=
 LABEL org.opencontainers.image.title="kubeforge-workloads" \
       org.opencontainers.image.description="Kubeforge Ray workloads (CUDA)" \
       org.opencontainers.image.source="https://github.com/kubeforge/kubeforge" \
@@ -68,9 +71,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 # that the kubelet can verify runAsNonRoot (the Ray pods' default securityContext, restricted Pod Security).
 USER 1000:100
 WORKDIR /home/ray/kubeforge
-COPY --chown=1000:100 pyproject.toml README.md ./
+COPY --chown=1000:100 pyproject.toml README.md constraints-cpu.txt constraints-gpu.txt ./
 COPY --chown=1000:100 operator/ operator/
 COPY --chown=1000:100 workloads/ workloads/
-# Keep the image's Ray: a different Ray in the pods than in rayVersion breaks the cluster.
-RUN pip install ".[${WORKLOAD_EXTRAS}]" "ray[default,train,serve,data]==${RAY_VERSION}" \
+# Keep the image's Ray: a different Ray in the pods than in rayVersion breaks the cluster (the locks pin the same).
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"} -c "${CONSTRAINTS}" \
+      ".[${WORKLOAD_EXTRAS}]" "ray[default,train,serve,data]==${RAY_VERSION}" \
  && python -c "import kubeforge_workloads, torch, transformers, peft, ray; assert ray.__version__ == '${RAY_VERSION}'"

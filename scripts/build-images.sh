@@ -2,7 +2,8 @@
 # Build (and push) the images the Helm chart runs, tagged as its values expect by default:
 #   <registry>/kubeforge-operator:<tag>        Dockerfile target `operator` (no ML stack, uid 10001)
 #   <registry>/kubeforge-workloads:<tag>       target `workloads` on Ray's CUDA image (extras workloads,gpu)
-#   <registry>/kubeforge-workloads:<tag>-cpu   target `workloads` on Ray's CPU image (extras workloads)
+#   <registry>/kubeforge-workloads:<tag>-cpu   target `workloads` on Ray's CPU image (extras workloads, the
+#                                              tests' versions from constraints-cpu.txt, CPU-only torch)
 # <tag> defaults to the chart's appVersion, <registry> to ghcr.io/kubeforge (the chart's default repositories),
 # the Ray version to the chart's settings.rayVersion. At the end it prints the `helm --set` flags for the
 # images it built.
@@ -94,7 +95,8 @@ for image in ${only//,/ }; do
     workloads-cpu)
       run "${engine}" build --target workloads --build-arg "RAY_VERSION=${ray_version}" \
         --build-arg "RAY_IMAGE=rayproject/ray:${ray_version}-py311-cpu" \
-        --build-arg "WORKLOAD_EXTRAS=workloads" -t "${workloads_image}-cpu" "${root}"
+        --build-arg "WORKLOAD_EXTRAS=workloads" --build-arg "CONSTRAINTS=constraints-cpu.txt" \
+        --build-arg "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" -t "${workloads_image}-cpu" "${root}"
       built+=("${workloads_image}-cpu") ;;
   esac
 done

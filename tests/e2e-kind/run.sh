@@ -11,13 +11,17 @@ KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.32.2}"
 KUBERAY_VERSION="${KUBERAY_VERSION:-1.4.2}"
 RAY_VERSION="${RAY_VERSION:-2.60.0}"
 MINIO_IMAGE="${MINIO_IMAGE:-quay.io/minio/minio:RELEASE.2024-12-18T13-15-44Z}"
-MLFLOW_IMAGE="${MLFLOW_IMAGE:-ghcr.io/mlflow/mlflow:v2.22.0}"
+# The MLflow server is the version of the client the workloads run (constraints-cpu.txt).
+MLFLOW_VERSION="${MLFLOW_VERSION:-$(sed -n 's/^mlflow==//p' "${ROOT}/constraints-cpu.txt")}"
+MLFLOW_IMAGE="${MLFLOW_IMAGE:-ghcr.io/mlflow/mlflow:v${MLFLOW_VERSION}}"
 TAG="${TAG:-e2e}"
 OPERATOR_IMAGE="kubeforge-operator:${TAG}"
 WORKLOADS_IMAGE="kubeforge-workloads:${TAG}"
-# CPU-only kind: the CPU Ray image and no `gpu` extra (vLLM, bitsandbytes).
+# CPU-only kind: the CPU Ray image, no `gpu` extra (vLLM, bitsandbytes), the tests' versions and CPU torch.
 WORKLOADS_BASE="${WORKLOADS_BASE:-rayproject/ray:${RAY_VERSION}-py311-cpu}"
 WORKLOAD_EXTRAS="${WORKLOAD_EXTRAS:-workloads}"
+CONSTRAINTS="${CONSTRAINTS:-constraints-cpu.txt}"
+TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 KEEP_CLUSTER="${KEEP_CLUSTER:-1}"
 TIMEOUT="${TIMEOUT:-30m}"
@@ -71,7 +75,9 @@ if [[ "${SKIP_BUILD}" != "1" ]]; then
   docker build --target workloads -t "${WORKLOADS_IMAGE}" \
     --build-arg "RAY_VERSION=${RAY_VERSION}" \
     --build-arg "RAY_IMAGE=${WORKLOADS_BASE}" \
-    --build-arg "WORKLOAD_EXTRAS=${WORKLOAD_EXTRAS}" "${ROOT}"
+    --build-arg "WORKLOAD_EXTRAS=${WORKLOAD_EXTRAS}" \
+    --build-arg "CONSTRAINTS=${CONSTRAINTS}" \
+    --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL}" "${ROOT}"
 fi
 kind load docker-image --name "${CLUSTER}" "${OPERATOR_IMAGE}" "${WORKLOADS_IMAGE}"
 
@@ -124,9 +130,11 @@ spec:
         - name: mlflow
           image: ${MLFLOW_IMAGE}
           # Artifacts are proxied by the server (mlflow-artifacts:/), so clients need no extra store access.
+          # MLflow 3 answers 403 to Host headers other than localhost and IP addresses unless allowed.
           command: ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000",
                     "--backend-store-uri", "sqlite:////mlflow/mlflow.db",
-                    "--artifacts-destination", "/mlflow/artifacts", "--serve-artifacts"]
+                    "--artifacts-destination", "/mlflow/artifacts", "--serve-artifacts",
+                    "--allowed-hosts", "mlflow:*,mlflow.${DEPS_NS}:*,mlflow.${DEPS_NS}.svc:*,mlflow.${DEPS_NS}.svc.cluster.local:*"]
           ports: [{containerPort: 5000}]
           readinessProbe: {httpGet: {path: /health, port: 5000}, periodSeconds: 5}
           volumeMounts: [{name: data, mountPath: /mlflow}]
