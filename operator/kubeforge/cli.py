@@ -42,6 +42,31 @@ def operator() -> None:
     run_operator()
 
 
+@main.command()
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
+@click.option("-n", "--namespace", default=None, help="also check this namespace's workload Secret")
+def doctor(kubeconfig: str | None, namespace: str | None) -> None:
+    """Check the operator's prerequisites (KubeRay CRDs, bucket, MLflow, workload Secret) with the operator's
+    settings (KUBEFORGE_* environment) and credentials (AWS_* environment). Exit 1 if any fails."""
+    from kubernetes import client, config
+
+    from kubeforge.prerequisites import doctor as run_checks
+    from kubeforge.settings import Settings
+
+    if kubeconfig:
+        api_client = config.new_client_from_config(kubeconfig)
+    else:
+        from kubeforge.cluster import load_kube_config
+
+        load_kube_config()
+        api_client = client.ApiClient()
+    checks = run_checks(Settings(), api_client, namespace)
+    for name, problem in checks:
+        click.echo(f"{'ok  ' if problem is None else 'FAIL'} {name}" + (f": {problem}" if problem else ""))
+    sys.exit(1 if any(problem for _, problem in checks) else 0)
+
+
 @main.group()
 def crds() -> None:
     """Custom resource definitions generated from the pydantic models."""

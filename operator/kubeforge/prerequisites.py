@@ -190,3 +190,30 @@ def cluster_prerequisites(settings: Settings, api_client: Any, s3_client: Any = 
         log.info("prerequisites: KubeRay %s served; bucket %r reachable", "/".join(sorted(KUBERAY_KINDS)),
                  settings.bucket)
     return report
+
+
+def doctor(settings: Settings, api_client: Any, namespace: Optional[str],
+           s3_client: Any = None) -> list[tuple[str, Optional[str]]]:
+    """`kubeforge doctor`: every check by name, with its problem or None when it passes."""
+    from kubernetes import client
+
+    checks: list[tuple[str, Optional[str]]] = []
+    try:
+        missing = missing_kuberay_kinds(api_client)
+        problem = str(workload_prerequisites("", settings, ClusterFacts(missing_kuberay_kinds=missing), None)[0]) \
+            if missing else None
+    except Exception as error:  # noqa: BLE001 - one failing check must not hide the others
+        problem = f"discovery of {KUBERAY_GROUP}/{KUBERAY_VERSION} failed: {error}"
+    checks.append(("KubeRay CRDs (rayjobs, rayservices)", problem))
+    checks.append((f"object store bucket {settings.bucket!r}", object_store_problem(settings, s3_client)))
+    if settings.mlflow_tracking_uri:
+        checks.append((f"MLflow {settings.mlflow_tracking_uri}", mlflow_problem(settings)))
+    if namespace and settings.workload_env_secret_required:
+        try:
+            present = workload_secret_exists(client.CoreV1Api(api_client), namespace, settings)
+            unmet = workload_prerequisites(namespace, settings, ClusterFacts(), present)
+            problem = str(unmet[0]) if unmet else None
+        except Exception as error:  # noqa: BLE001
+            problem = f"reading Secret {namespace}/{settings.workload_env_secret} failed: {error}"
+        checks.append((f"workload Secret {namespace}/{settings.workload_env_secret}", problem))
+    return checks

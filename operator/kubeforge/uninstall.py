@@ -55,7 +55,8 @@ def strip_finalizers(api: Any, namespace: Optional[str]) -> int:
         body = {"metadata": {"finalizers": [f for f in meta["finalizers"] if f != FINALIZER],
                              "resourceVersion": meta["resourceVersion"]}}
         try:
-            api.patch_namespaced_custom_object(GROUP, VERSION, meta["namespace"], plural, meta["name"], body)
+            api.patch_namespaced_custom_object(GROUP, VERSION, meta["namespace"], plural, meta["name"], body,
+                                               _content_type="application/merge-patch+json")
             log.info("removed %s from %s", FINALIZER, _describe(plural, obj))
         except ApiException as error:
             if error.status not in (404, 409):

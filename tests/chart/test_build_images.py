@@ -42,7 +42,8 @@ def declared_args() -> set[str]:
 
 def chart_default_images() -> tuple[str, str]:
     with helm.Chart.load(CHART) as chart:
-        text = chart.render(values={}, name="kf", namespace="ns", is_install=True)["kubeforge/templates/deployment.yaml"]
+        rendered = chart.render(values={}, name="kf", namespace="ns", is_install=True)
+    text = rendered["kubeforge/templates/deployment.yaml"]
     deploy = yaml.safe_load(text)
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}

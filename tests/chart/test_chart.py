@@ -113,7 +113,8 @@ OPERATOR_CALLS: list[tuple[str, str, str, str]] = [
     *[("ray.io", plural, verb, "Cluster.children_of (list), kopf watch of children (watch), Cluster.create_rayjob "
        "(create, get on 409), Cluster.apply (server-side apply = patch), Cluster.delete_child (delete)")
       for plural in ("rayjobs", "rayservices") for verb in ("get", "list", "watch", "create", "patch", "delete")],
-    *[("ray.io", f"{plural}/status", "get", "Cluster: children's status read") for plural in ("rayjobs", "rayservices")],
+    *[("ray.io", f"{plural}/status", "get", "Cluster: children's status read")
+      for plural in ("rayjobs", "rayservices")],
     # kopf.event() in wiring, prerequisites Event on the operator pod (core/v1 Events, POST)
     ("", "events", "create", "kopf.event, main.check_prerequisites_at_startup"),
     ("", "secrets", "get", "prerequisites.workload_secret_exists (resourceNames: the workload Secret)"),
@@ -234,9 +235,10 @@ def operator_rules(objs: list[dict]) -> tuple[list[dict], list[dict]]:
 
 # ---------------------------------------------------------------------------------------------- lint, schemas
 
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("name", VALUE_SETS)
-def test_helm_lint_strict(name):
-    report = helm.lint(CHART, VALUE_SETS[name], strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+def test_helm_lint_strict(name, kube_version):
+    report = helm.lint(CHART, VALUE_SETS[name], strict=True, namespace=NAMESPACE, kube_version=f"v{kube_version}")
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert report["errors"] == [] and problems == [], report
 
@@ -395,7 +397,8 @@ def test_ray_pods_from_the_default_values_pass_the_restricted_pod_security_stand
             spec = info.spec_model.model_validate(obj["spec"])
             rayjob = build_rayjob(obj, spec, workload_context(obj, spec, 1, settings), info.workload, settings)
             cluster = rayjob["spec"]["rayClusterSpec"]
-            for template in [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]:
+            templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+            for template in templates:
                 assert violations(template["spec"]) == [], (path.name, obj["metadata"]["name"])
 
 

@@ -182,3 +182,31 @@ def test_the_operator_runs_the_checks_at_startup_and_reports_them_on_its_health_
 
     source = inspect.getsource(main.run_operator)
     assert "check_prerequisites_at_startup(" in source and "kopf.on.probe" in source
+
+
+def test_doctor_prints_every_check_and_names_the_failing_one(with_kuberay, s3, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from kubeforge.cli import main
+
+    endpoint, s3_client = s3
+    server_url = with_kuberay.configuration.host
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig(server_url)))
+    for name, value in {"KUBEFORGE_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KUBEFORGE_MLFLOW_TRACKING_URI", raising=False)
+    core = client.CoreV1Api(with_kuberay)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="doctor")))
+    core.create_namespaced_secret("doctor", client.V1Secret(metadata=client.V1ObjectMeta(
+        name=SETTINGS.workload_env_secret)))
+    ok = CliRunner().invoke(main, ["doctor", "--kubeconfig", str(tmp_path / "kubeconfig"), "-n", "doctor"])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.splitlines() == ["ok   KubeRay CRDs (rayjobs, rayservices)",
+                                      "ok   object store bucket 'kubeforge'",
+                                      "ok   workload Secret doctor/kubeforge-workload-env"]
+    core.delete_namespaced_secret(SETTINGS.workload_env_secret, "doctor")
+    failing = CliRunner().invoke(main, ["doctor", "--kubeconfig", str(tmp_path / "kubeconfig"), "-n", "doctor"])
+    assert failing.exit_code == 1
+    assert failing.output.splitlines()[2].startswith(
+        "FAIL workload Secret doctor/kubeforge-workload-env: Secret doctor/kubeforge-workload-env does not exist")
