@@ -34,7 +34,7 @@ mkdir -p "${work}/src" "${work}/tests/unit"
 cp -r "${root}/operator/kubeforge" "${work}/src/kubeforge"
 find "${work}/src" -name __pycache__ -prune -exec rm -rf {} +
 cp "${root}/tests/__init__.py" "${root}/tests/conftest.py" "${work}/tests/"
-cp "${root}/tests/unit/__init__.py" "${root}/tests/unit/schemas.py" "${work}/tests/unit/"
+cp "${root}/tests/unit/__init__.py" "${root}/tests/unit/schemas.py" "${root}/tests/unit/pod_security.py" "${work}/tests/unit/"
 cp -r "${root}/tests/unit/golden" "${work}/tests/unit/"
 cp -r "${root}/crds" "${root}/examples" "${root}/charts" "${work}/"
 
