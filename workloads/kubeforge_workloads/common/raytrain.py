@@ -160,3 +160,20 @@ def resumed_inside_attempt(storage: WorkloadStorage) -> Optional[str]:
     return (f"worker group restarted inside attempt {storage.context.attempt} after a worker failure "
             f"(was at step {progress.step}, phase {progress.phase})")
 
+
+
+def record_worker_failure(heartbeat: Optional[Heartbeat], error: BaseException) -> None:
+    """On rank 0 when training fails: the last heartbeat says Failed with the message; the MLflow run ends FAILED
+    (a later attempt, or a restarted worker group, reopens it)."""
+    message = f"{type(error).__name__}: {error}"[:300]
+    if heartbeat:
+        heartbeat.update(phase="Failed", message=message)
+        heartbeat.beat()
+    try:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.set_tag("kubeforge.lastError", message[:250])
+            mlflow.end_run(status="FAILED")
+    except Exception as tracking_error:  # never hide the original failure
+        print(f"kubeforge: could not close the MLflow run: {tracking_error}")

@@ -10,7 +10,7 @@ from kubeforge.api.finetune import FineTuneSpec, Precision
 from kubeforge_workloads.common.checkpoint import Checkpointer
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.nodecheck import node_check
-from kubeforge_workloads.common.raytrain import (resumed_inside_attempt, setup_worker,
+from kubeforge_workloads.common.raytrain import (record_worker_failure, resumed_inside_attempt, setup_worker,
                                                  unrecoverable_failures_end_the_attempt)
 from kubeforge_workloads.common.storage import WorkloadStorage
 from kubeforge_workloads.finetune.callback import make_callback
@@ -61,27 +61,11 @@ def train_loop(config: dict) -> None:
             _train(context, spec, storage, rank, use_gpu, heartbeat)
     except BaseException as error:
         if rank == 0:
-            _record_failure(heartbeat, error)
+            record_worker_failure(heartbeat, error)
         raise
     finally:
         if heartbeat:
             heartbeat.stop()
-
-
-def _record_failure(heartbeat, error: BaseException) -> None:
-    """Last heartbeat says Failed; the MLflow run ends FAILED (a later attempt reopens it)."""
-    message = f"{type(error).__name__}: {error}"[:300]
-    if heartbeat:
-        heartbeat.update(phase="Failed", message=message)
-        heartbeat.beat()
-    try:
-        import mlflow
-
-        if mlflow.active_run() is not None:
-            mlflow.set_tag("kubeforge.lastError", message[:250])
-            mlflow.end_run(status="FAILED")
-    except Exception as tracking_error:  # never hide the original failure
-        print(f"kubeforge: could not close the MLflow run: {tracking_error}")
 
 
 def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:

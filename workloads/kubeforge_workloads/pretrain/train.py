@@ -1,0 +1,373 @@
+"""The per-worker pretraining loop: a plain torch loop (no Trainer) over the global sampler, DDP or FSDP2, a
+scheduled EMA, and checkpoints through the Checkpointer with torch distributed checkpoint (every rank writes its
+own shard files and RNG state; rank 0 writes the manifest last, in the background).
+
+What a checkpoint restores: model, optimizer (DCP, sharded under FSDP), EMA once started (DCP), every rank's RNG
+state; the learning-rate schedule and the sampler position are functions of the step alone.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+from kubeforge.api.finetune import Precision
+from kubeforge.api.trainingjob import FsdpShardingStrategy, Strategy, TrainingJobSpec
+from kubeforge.api.workload import WorkloadContext
+from kubeforge_workloads.common import chaos
+from kubeforge_workloads.common.checkpoint import Checkpointer, load_sharded, save_sharded
+from kubeforge_workloads.common.errors import UserError
+from kubeforge_workloads.common.heartbeat import Heartbeat
+from kubeforge_workloads.common.models import load_model_dir
+from kubeforge_workloads.common.nodecheck import node_check
+from kubeforge_workloads.common.raytrain import (record_worker_failure, resumed_inside_attempt, setup_worker,
+                                                 unrecoverable_failures_end_the_attempt)
+from kubeforge_workloads.common.storage import WorkloadStorage
+from kubeforge_workloads.pretrain.ema import ScheduledEMA, ema_start_step
+from kubeforge_workloads.pretrain.sampler import GlobalSampler
+
+STEP_DELAY_ENV = "KUBEFORGE_STEP_DELAY_SECONDS"  # slows steps down for chaos tests and demos
+
+
+def train_loop(config: dict) -> None:
+    """Runs in every Ray Train worker; again in a new worker group when Ray Train restarts one in the attempt."""
+    context, rank = setup_worker(config)
+    spec = TrainingJobSpec.model_validate(context.spec)
+    if context.mlflow.tracking_uri:  # before anything reads models:/ URIs
+        import mlflow
+
+        mlflow.set_tracking_uri(context.mlflow.tracking_uri)
+    storage = WorkloadStorage(context)
+    heartbeat = None
+    if rank == 0:
+        heartbeat = Heartbeat(storage.write_progress, context.attempt)
+        heartbeat.update(phase="NodeCheck", message=resumed_inside_attempt(storage))
+        heartbeat.start()
+    try:
+        with unrecoverable_failures_end_the_attempt(storage):
+            Pretraining(context, spec, storage, rank, heartbeat).run()
+    except BaseException as error:
+        if rank == 0:
+            record_worker_failure(heartbeat, error)
+        raise
+    finally:
+        if heartbeat:
+            heartbeat.stop()
+
+
+def rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def decoder_layers(model) -> list:
+    """The repeated blocks FSDP shards one by one (and activation checkpointing recomputes)."""
+    return [module for module in model.modules() if type(module).__name__.endswith("DecoderLayer")]
+
+
+class Pretraining:
+    def __init__(self, context: WorkloadContext, spec: TrainingJobSpec, storage: WorkloadStorage, rank: int,
+                 heartbeat: Optional[Heartbeat]):
+        import torch.distributed as dist
+
+        self.context, self.spec, self.storage, self.rank, self.heartbeat = context, spec, storage, rank, heartbeat
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.use_gpu = spec.resources.gpus_per_worker > 0
+        self.cache = Path(tempfile.mkdtemp(prefix=f"kubeforge-{context.name}-{context.attempt}-{rank}-"))
+        self.checkpointer = Checkpointer(storage, rank=rank, keep_latest=spec.training.keep_checkpoints)
+        self.metrics = None
+        self.run_id: Optional[str] = None
+        self.resumed_from: Optional[str] = None
+
+    def beat(self, **fields) -> None:
+        if self.heartbeat:
+            self.heartbeat.update(**fields)
+
+    # set-up
+    def run(self) -> None:
+        import torch
+
+        spec, training = self.spec, self.spec.training
+        node_check(expect_gpu=self.use_gpu)
+        self.beat(phase="Loading")
+        self.device = torch.device("cpu")
+        if self.use_gpu:
+            from ray.train.torch import get_device
+
+            self.device = get_device()
+        self.tokenizer = self.load_tokenizer()
+        from kubeforge_workloads.pretrain.data import load_sequences
+
+        self.sequences = load_sequences(spec, self.tokenizer, self.cache, self.storage.store)
+        self.sampler = GlobalSampler(len(self.sequences), training.global_batch_size,
+                                     spec.dataset.shuffle_seed if spec.dataset.shuffle_seed is not None
+                                     else training.seed)
+        self.total_steps = training.max_steps or max(1, int(training.epochs * self.sampler.steps_per_epoch))
+        torch.manual_seed(training.seed)
+        random.seed(training.seed)
+        model = self.build_model()
+        self.hf_config = model.config
+        self.model = self.wrap(model)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=training.learning_rate,
+                                           weight_decay=training.weight_decay)
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(training.scheduler.value, self.optimizer,
+                                       num_warmup_steps=training.warmup_steps, num_training_steps=self.total_steps)
+        self.ema = ScheduledEMA(spec.ema.decay, ema_start_step(self.total_steps, spec.ema.start_fraction)) \
+            if spec.ema else None
+        start = self.restore()
+        if self.rank == 0:
+            self.start_tracking()
+        self.train(start)
+        self.finish()
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        uri, field = ((self.spec.tokenizer.uri, "spec.tokenizer.uri") if self.spec.tokenizer
+                      else (self.spec.model.uri, "spec.model.uri"))
+        tokenizer = AutoTokenizer.from_pretrained(load_model_dir(uri, self.cache / "tokenizer", self.storage.store,
+                                                                 field=field))
+        if tokenizer.eos_token_id is None:
+            raise UserError(f"{field} {uri}: the tokenizer has no end-of-sequence token to separate texts with")
+        return tokenizer
+
+    def build_model(self):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        source = self.spec.model
+        if source.uri:
+            model_dir = load_model_dir(source.uri, self.cache / "model", self.storage.store, field="spec.model.uri")
+            return AutoModelForCausalLM.from_pretrained(model_dir)
+        fields = dict(source.config or {})
+        model_type = fields.pop("model_type", None)
+        if not model_type:
+            raise UserError("spec.model.config needs model_type (e.g. llama) to build a model from scratch")
+        fields.setdefault("vocab_size", len(self.tokenizer))
+        try:
+            config = AutoConfig.for_model(model_type, **fields)
+        except (ValueError, TypeError) as error:
+            raise UserError(f"spec.model.config is not a valid transformers config: {error}") from error
+        return AutoModelForCausalLM.from_config(config)
+
+    def wrap(self, model):
+        """DDP, or FSDP2 per decoder layer (SHARD_GRAD_OP keeps parameters gathered between forward and
+        backward); NO_SHARD and a single worker need no sharding."""
+        parallelism = self.spec.parallelism
+        if parallelism.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.to(self.device)
+        sharded = (parallelism.strategy == Strategy.FSDP
+                   and parallelism.fsdp_sharding_strategy != FsdpShardingStrategy.NO_SHARD)
+        if sharded:
+            from torch.distributed.fsdp import fully_shard
+
+            reshard = parallelism.fsdp_sharding_strategy == FsdpShardingStrategy.FULL_SHARD
+            for layer in decoder_layers(model):
+                fully_shard(layer, reshard_after_forward=reshard)
+            return fully_shard(model, reshard_after_forward=reshard)
+        if self.distributed and self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            return DistributedDataParallel(model, device_ids=[self.device.index] if self.use_gpu else None)
+        return model
+
+    # checkpoints
+    def state(self, with_ema: dict) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+        if with_ema:
+            state["ema"] = with_ema
+        return state
+
+    def restore(self) -> int:
+        """Load the latest committed checkpoint, if any; returns the step to continue from."""
+        import torch
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        latest = self.checkpointer.latest()
+        if latest is None:
+            return 0
+        local = self.cache / f"restore-{latest}"
+        uri = self.checkpointer.load(latest, local)
+        ema = self.ema.prepare_to_restore(self.model.named_parameters(), latest) if self.ema else {}
+        state = self.state(ema)
+        load_sharded(state, local)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
+        set_rng_state(torch.load(local / f"rng_state_{self.rank}.pt", weights_only=False))
+        with warnings.catch_warnings():  # the schedule is a function of the step: replay it
+            warnings.simplefilter("ignore")
+            for _ in range(latest):
+                self.scheduler.step()
+        shutil.rmtree(local, ignore_errors=True)
+        print(f"kubeforge: resuming from {uri}", flush=True)
+        self.resumed_from = uri
+        self.beat(resumed_from=uri, last_checkpoint=uri, step=latest)
+        return latest
+
+    def save(self, step: int) -> None:
+        """Collective: every rank writes its DCP files and RNG state, ranks > 0 upload theirs, rank 0 commits
+        in the background (the manifest last) while training goes on."""
+        import torch
+        import torch.distributed as dist
+
+        self.beat(phase="Checkpointing")
+        if self.rank == 0:
+            self.checkpointer.wait()  # one commit at a time; the previous one's error is raised here
+            self.checkpointer.clear(step)
+            if self.metrics:
+                self.metrics.flush()  # every metric up to a committed step is durable
+        local = self.cache / f"save-{step}"
+        files = save_sharded(self.state(self.ema.state_dict() if self.ema else {}), local)
+        torch.save(rng_state(), local / f"rng_state_{self.rank}.pt")
+        files.append(f"rng_state_{self.rank}.pt")
+        files_by_rank = {self.rank: files}
+        if self.distributed and self.world > 1:
+            if self.rank > 0:
+                self.checkpointer.contribute(step, local, files)
+            gathered: list = [None] * self.world
+            dist.all_gather_object(gathered, files)  # also orders: every contribution is up before the commit
+            files_by_rank = dict(enumerate(gathered))
+        if self.rank == 0:
+            for older in self.cache.glob("save-*"):
+                if older != local:
+                    shutil.rmtree(older, ignore_errors=True)
+            self.checkpointer.save_in_background(step, files_by_rank, local, step / self.sampler.steps_per_epoch,
+                                                 on_committed=lambda uri: self.beat(last_checkpoint=uri))
+        else:
+            shutil.rmtree(local, ignore_errors=True)
+        self.beat(phase="Training")
+
+    # training
+    def start_tracking(self) -> None:
+        from kubeforge_workloads.common.tracking import MetricsBuffer, start_run
+
+        t = self.spec.training
+        params = {"model": self.spec.model.uri or (self.spec.model.config or {}).get("model_type"),
+                  "strategy": self.spec.parallelism.strategy.value,
+                  "sharding": self.spec.parallelism.fsdp_sharding_strategy.value, "workers": self.world,
+                  "global_batch_size": t.global_batch_size, "micro_batch_size": t.micro_batch_size,
+                  "sequence_length": t.sequence_length, "learning_rate": t.learning_rate,
+                  "scheduler": t.scheduler.value, "warmup_steps": t.warmup_steps, "total_steps": self.total_steps,
+                  "seed": t.seed, "precision": t.precision.value,
+                  "ema_decay": self.spec.ema.decay if self.spec.ema else None, "sequences": len(self.sequences)}
+        remembered = (self.storage.get_json("mlflow_run.json") or {}).get("runId")
+        self.run_id = start_run(self.context, params, remembered)
+        self.storage.put_json({"runId": self.run_id}, "mlflow_run.json")
+        self.metrics = MetricsBuffer(self.run_id)
+
+    def autocast(self):
+        import contextlib
+
+        import torch
+
+        precision = self.spec.training.precision
+        if precision == Precision.FP32:
+            return contextlib.nullcontext()
+        if precision == Precision.FP16 and not self.use_gpu:
+            raise UserError("spec.training.precision fp16 needs GPUs; use bf16 or fp32 on CPU")
+        dtype = torch.bfloat16 if precision == Precision.BF16 else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def train(self, start: int) -> None:
+        import os
+
+        import torch
+        import torch.distributed as dist
+
+        training = self.spec.training
+        micro = training.micro_batch_size
+        accumulation = training.global_batch_size // (self.world * micro)
+        delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
+        tokens_per_step = training.global_batch_size * training.sequence_length
+        self.model.train()
+        self.beat(phase="Training", total_steps=self.total_steps)
+        self.last_loss = None
+        for step in range(start, self.total_steps):
+            chaos.stall_point()
+            started = time.monotonic()
+            local_loss = torch.zeros((), dtype=torch.float64)
+            for ids in self.sampler.micro_batches(step, self.rank, self.world, micro):
+                batch = self.sequences[ids].to(self.device)
+                with self.autocast():
+                    loss = self.model(input_ids=batch, labels=batch).loss / accumulation
+                loss.backward()
+                local_loss += float(loss.detach())
+            if training.gradient_clipping:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.gradient_clipping)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            if self.ema:
+                self.ema.update(self.model.named_parameters(), done)
+            if self.distributed and self.world > 1:
+                dist.all_reduce(local_loss)
+            self.last_loss = float(local_loss) / self.world
+            if self.rank == 0:
+                self.metrics.add({"loss": self.last_loss, "learning_rate": self.scheduler.get_last_lr()[0]}, done)
+                self.beat(step=done, epoch=round(done / self.sampler.steps_per_epoch, 4), loss=self.last_loss,
+                          throughput=round(tokens_per_step / max(time.monotonic() - started, 1e-6), 1))
+            if delay:
+                time.sleep(delay)
+            if done % training.checkpoint_every_steps == 0 or done == self.total_steps:
+                self.save(done)
+
+    # output
+    def full_state(self, tensors: dict) -> dict:
+        """Whole CPU tensors of (possibly sharded) parameters, named as in the unwrapped model."""
+        from torch.distributed.tensor import DTensor
+
+        out = {}
+        for name, tensor in tensors.items():
+            whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            out[name.removeprefix("module.")] = whole.detach().cpu()
+        return out
+
+    def finish(self) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        model_state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
+                                                                                cpu_offload=True))
+        ema_state = self.full_state(self.ema.state_dict()) if self.ema and self.ema.active else None
+        if self.rank != 0:
+            return
+        self.checkpointer.close()  # the last checkpoint is durable before the run reports Done
+        self.beat(phase="Registering")
+        self.metrics.flush()
+        from kubeforge_workloads.pretrain.publish import publish
+
+        result = {**publish(self, model_state, ema_state), "resumedFrom": self.resumed_from}
+        self.storage.put_json(result, "result.json")
+        import mlflow
+
+        mlflow.end_run()
+        self.beat(phase="Done", step=self.total_steps)
+        if self.heartbeat:
+            self.heartbeat.beat()
