@@ -1,0 +1,419 @@
+"""The Ray driver of a VectorIndex sync: list the source, read and parse what changed (Ray Data tasks), chunk and
+embed the changed documents (Ray Data tasks, then an actor pool holding the model), reuse every unchanged
+document's chunks and vectors from the current version, and write the next version with its manifest last.
+
+Progress counts documents: step = documents whose chunks are embedded or reused, totalSteps = documents.
+outputs/result.json holds what the operator copies to status (see `sync`'s return value).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from pydantic import ValidationError
+
+from kubeforge.api.vectorindex import VectorIndexSpec
+from kubeforge.api.workload import WorkloadContext
+from kubeforge.storage.layout import INDEX_CHUNKS_FILE, INDEX_DOCUMENTS_FILE, INDEX_VECTORS_FILE, ResourcePrefix
+from kubeforge_workloads.common.errors import UserError, run_workload
+from kubeforge_workloads.common.heartbeat import Heartbeat
+from kubeforge_workloads.common.storage import WorkloadStorage, utcnow
+from kubeforge_workloads.index import engine
+from kubeforge_workloads.index.embedding import max_chunk_tokens, model_path
+from kubeforge_workloads.index.sources import SourceObject, list_sources
+from kubeforge_workloads.index.versions import (
+    apply_retention, commit_version, committed_versions, config_fingerprint, diff_documents, download_version,
+    read_manifest,
+)
+
+RECALL_K = 10
+RECALL_SAMPLE = 200
+SKIP_EXAMPLES = 3
+
+
+# --- Ray Data stages (run in Ray tasks and actors; plain functions of their batch) -------------------------------
+
+def read_and_parse(batch: dict, bucket: str, text_field: str, id_field: Optional[str],
+                   metadata_fields: tuple[str, ...]) -> dict:
+    """Objects -> documents and skipped records (one row each; `text` empty for skipped ones)."""
+    from kubeforge.storage.objectstore import S3ObjectStore
+    from kubeforge_workloads.index.parse import Document, parse_object
+
+    store = S3ObjectStore()
+    rows: dict[str, list] = {name: [] for name in ("object", "document_id", "document_hash", "text", "metadata",
+                                                   "anchors", "cause", "message")}
+    for key, relative, fmt in zip(batch["key"], batch["relative"], batch["format"]):
+        fmt = str(fmt) or None
+        data = store.get(bucket, str(key)) if fmt else b""
+        if data is None:  # deleted between listing and reading: the next sync drops it
+            continue
+        for item in parse_object(str(relative), fmt, data, text_field, id_field, metadata_fields):
+            document = isinstance(item, Document)
+            rows["object"].append(str(relative))
+            rows["document_id"].append(item.document_id)
+            rows["document_hash"].append(item.content_hash if document else "")
+            rows["text"].append(item.text if document else "")
+            rows["metadata"].append(json.dumps(item.metadata if document else {}, default=str))
+            rows["anchors"].append(json.dumps(item.anchors if document else []))
+            rows["cause"].append("" if document else item.cause)
+            rows["message"].append("" if document else item.message)
+    return rows
+
+
+_chunkers: dict = {}
+
+
+def chunk_documents(batch: dict, model: str, strategy: str, size: int, overlap: int) -> dict:
+    """Documents -> chunks (document_id, ordinal, chunks_in_document, text, metadata, document_hash)."""
+    from kubeforge_workloads.index.chunking import DocumentChunker, token_counter
+    from kubeforge_workloads.index.embedding import load_tokenizer
+    from kubeforge_workloads.index.parse import Document
+
+    key = (model, strategy, size, overlap)
+    if key not in _chunkers:
+        _chunkers[key] = DocumentChunker(token_counter(load_tokenizer(model_path(model))), strategy, size, overlap)
+    chunker = _chunkers[key]
+    rows: dict[str, list] = {name: [] for name in ("document_id", "ordinal", "chunks_in_document", "text",
+                                                   "metadata", "document_hash")}
+    for document_id, text, metadata, anchors, digest in zip(batch["document_id"], batch["text"], batch["metadata"],
+                                                            batch["anchors"], batch["document_hash"]):
+        document = Document(str(document_id), str(text), str(digest), json.loads(metadata),
+                            [tuple(anchor) for anchor in json.loads(anchors)] or [(0, {})])
+        chunks = chunker.chunk(document)
+        for chunk in chunks:
+            rows["document_id"].append(document.document_id)
+            rows["ordinal"].append(chunk.ordinal)
+            rows["chunks_in_document"].append(len(chunks))
+            rows["text"].append(chunk.text)
+            rows["metadata"].append(json.dumps(chunk.metadata, default=str, sort_keys=True))
+            rows["document_hash"].append(document.content_hash)
+    return rows
+
+
+# --- the driver ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Previous:
+    """The current version, as far as a sync can reuse it."""
+
+    version: int
+    manifest: dict
+    documents: list[dict]
+    """Rows of documents.parquet."""
+    local_dir: Path
+
+    @property
+    def reusable_objects(self) -> dict[str, tuple[str, int]]:
+        return {row["object"]: (row["etag"], row["size"]) for row in self.documents}
+
+
+@dataclass
+class SyncCounts:
+    embedded_chunks: int = 0
+    reused_chunks: int = 0
+    skipped: dict[str, dict] = field(default_factory=dict)
+
+
+def init_ray(cpus_needed: float) -> None:
+    """Join the cluster when run as a RayJob entrypoint (RAY_ADDRESS is set), else start a local Ray."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address="auto", ignore_reinit_error=True, log_to_driver=True)
+    else:
+        cpus = int(os.environ.get("KUBEFORGE_LOCAL_RAY_CPUS") or max(os.cpu_count() or 1, int(cpus_needed + 0.999)))
+        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+                 ignore_reinit_error=True, log_to_driver=True)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+
+
+def load_previous(storage: WorkloadStorage, fingerprint: str, work: Path) -> Optional[Previous]:
+    """The newest committed version when it was built with the same chunking and model; else None (rebuild)."""
+    import pyarrow.parquet as pq
+
+    versions = committed_versions(storage.store, storage.prefix)
+    if not versions:
+        return None
+    manifest = read_manifest(storage.store, storage.prefix, versions[-1])
+    if manifest is None:
+        return None
+    local = work / f"v-{versions[-1]}"
+    download_version(storage.store, storage.prefix, versions[-1], manifest, local,
+                     [INDEX_DOCUMENTS_FILE, INDEX_CHUNKS_FILE])
+    if manifest.get("configFingerprint") != fingerprint:
+        print(f"kubeforge: chunking or embedding changed since version {versions[-1]}: embedding every document")
+        return Previous(versions[-1], manifest, [], local)
+    return Previous(versions[-1], manifest, pq.read_table(local / INDEX_DOCUMENTS_FILE).to_pylist(), local)
+
+
+def run(context: WorkloadContext, storage: WorkloadStorage) -> None:
+    try:
+        spec = VectorIndexSpec.model_validate(context.spec)
+    except ValidationError as error:
+        raise UserError(f"invalid VectorIndex spec: {error}") from None
+    heartbeat = Heartbeat(storage.write_progress, context.attempt).start()
+    work = Path(tempfile.mkdtemp(prefix="kubeforge-index-"))
+    finished = False
+    try:
+        result = sync(context, spec, storage, heartbeat, work)
+        storage.put_json(result, "result.json")
+        heartbeat.update(message=f"version {result['version']}: {result['documents']} documents, "
+                                 f"{result['chunks']} chunks")
+        finished = True
+    finally:
+        heartbeat.stop(final_phase="Done" if finished else None)
+        shutil.rmtree(work, ignore_errors=True)
+        _shutdown_local_ray()
+
+
+def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStorage, heartbeat: Heartbeat,
+         work: Path) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = spec.source
+    heartbeat.update(phase="Listing")
+    objects = list_sources(storage.store.client, source.uri, source.include, source.exclude)
+    if not objects:
+        raise UserError(f"spec.source.uri {source.uri} holds no objects matching include {source.include}"
+                        f"{f' and not exclude {source.exclude}' if source.exclude else ''}: upload documents "
+                        "there or fix spec.source")
+    limit = max_chunk_tokens(model_path(spec.embedding.model, storage.store))
+    if limit is not None and spec.chunking.size > limit:
+        raise UserError(f"spec.chunking.size {spec.chunking.size} exceeds the {limit} tokens embedding model "
+                        f"{spec.embedding.model} reads per chunk: set chunking.size to at most {limit}")
+    fingerprint = config_fingerprint(spec)
+    previous = load_previous(storage, fingerprint, work)
+
+    reusable = previous.reusable_objects if previous else {}
+    unchanged_objects = {o.relative for o in objects if reusable.get(o.relative) == (o.etag, o.size)}
+    to_read = [o for o in objects if o.relative not in unchanged_objects]
+    kept_rows = [row for row in (previous.documents if previous else []) if row["object"] in unchanged_objects]
+    index_config = spec.index.wire()
+    if previous and not to_read and len(unchanged_objects) == len(reusable) \
+            and previous.manifest.get("index") == index_config:
+        print(f"kubeforge: nothing changed since version {previous.version}")
+        return _result(context, spec, previous.manifest, storage.prefix, previous.version, unchanged=True)
+
+    heartbeat.update(phase="Reading", message=f"reading {len(to_read)} new or changed of {len(objects)} objects")
+    resources = spec.resources
+    init_ray(resources.workers * resources.cpus_per_worker + 1)
+    parsed_rows = _read(to_read, _bucket(source.uri), spec)
+
+    read_objects = {o.relative: o for o in to_read}
+    current_rows = kept_rows + [{"object": row["object"], "etag": read_objects[row["object"]].etag,
+                                 "size": read_objects[row["object"]].size, "document_id": row["document_id"],
+                                 "document_hash": row["document_hash"], "cause": row["cause"],
+                                 "message": row["message"], "chunks": 0} for row in parsed_rows]
+    indexed = {row["document_id"]: row["document_hash"] for row in current_rows if not row["cause"]}
+    before = {row["document_id"]: row["document_hash"] for row in (previous.documents if previous else [])
+              if not row["cause"]}
+    plan = diff_documents(before, indexed)
+    embed_ids = plan.to_embed
+    to_embed = [row for row in parsed_rows if not row["cause"] and row["document_id"] in embed_ids]
+
+    done = len(plan.unchanged)
+    heartbeat.update(phase="Embedding", step=done, total_steps=len(indexed),
+                     message=f"embedding {len(to_embed)} new or changed documents, reusing {done}")
+    embedded = []
+    if to_embed:
+        expected: dict[str, Optional[int]] = {}
+        seen: dict[str, int] = {}
+        for batch in _embed(to_embed, spec).iter_batches(batch_size=None, batch_format="numpy"):
+            embedded.append(batch)
+            for document_id, total in zip(batch["document_id"], batch["chunks_in_document"]):
+                seen[document_id] = seen.get(document_id, 0) + 1
+                if seen[document_id] == int(total):
+                    done += 1
+            heartbeat.update(step=done)
+    heartbeat.update(phase="Indexing", step=len(indexed))
+
+    table = _chunk_table(previous, set(plan.unchanged), embedded)
+    if table.num_rows == 0:
+        skipped = _skipped_summary(current_rows)
+        raise UserError(f"spec.source.uri {source.uri}: none of the {len(objects)} objects had text to index "
+                        f"(skipped: {json.dumps({cause: s['count'] for cause, s in skipped.items()})}); add "
+                        "documents in .txt, .md, .html, .pdf or .jsonl")
+    per_document = {}
+    for document_id in table.column("document_id").to_pylist():
+        per_document[document_id] = per_document.get(document_id, 0) + 1
+    for row in current_rows:
+        row["chunks"] = per_document.get(row["document_id"], 0)
+
+    vectors = np.asarray(table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                         dtype=np.float32).reshape(table.num_rows, -1)
+    stored = engine.prepare(vectors, spec.index.metric.value)
+    hnsw = spec.index.hnsw
+    index = engine.build(stored, spec.index.metric.value, spec.index.type.value, hnsw.m, hnsw.ef_construction)
+    recall, queries = engine.recall_at_k(index, stored, spec.index.metric.value, RECALL_K, RECALL_SAMPLE,
+                                         hnsw.ef_search)
+
+    version = (committed_versions(storage.store, storage.prefix) or [0])[-1] + 1
+    out = work / f"v-{version}-new"
+    out.mkdir(parents=True)
+    pq.write_table(table, out / INDEX_CHUNKS_FILE)
+    pq.write_table(pa.Table.from_pylist(current_rows, schema=_documents_schema()), out / INDEX_DOCUMENTS_FILE)
+    engine.save(index, str(out / INDEX_VECTORS_FILE))
+    skipped = _skipped_summary(current_rows)
+    manifest = {
+        "createdAt": utcnow(), "resourceUid": context.uid, "generation": context.generation,
+        "attempt": context.attempt, "syncGeneration": spec.sync_generation, "previousVersion":
+        previous.version if previous else None, "configFingerprint": fingerprint,
+        "embedding": {"model": spec.embedding.model, "normalize": spec.embedding.normalize},
+        "chunking": spec.chunking.wire(), "index": index_config, "metric": spec.index.metric.value,
+        "dims": int(vectors.shape[1]), "documents": len(indexed), "chunks": table.num_rows,
+        "recall": {"k": RECALL_K, "value": round(recall, 4), "queries": queries},
+        "skipped": skipped,
+        "sync": {"embeddedDocuments": len(plan.to_embed), "reusedDocuments": len(plan.unchanged),
+                 "deletedDocuments": len(plan.deleted), "addedDocuments": len(plan.added),
+                 "changedDocuments": len(plan.changed),
+                 "embeddedChunks": sum(len(b["document_id"]) for b in embedded),
+                 "reusedChunks": table.num_rows - sum(len(b["document_id"]) for b in embedded)},
+    }
+    heartbeat.update(phase="Writing", message=f"writing version {version}")
+    commit_version(storage.store, storage.prefix, version, out, manifest)
+    removed = apply_retention(storage.store, storage.prefix, version, spec.keep_versions)
+    manifest = read_manifest(storage.store, storage.prefix, version)
+    return {**_result(context, spec, manifest, storage.prefix, version), "removedVersions": removed}
+
+
+def _documents_schema():
+    import pyarrow as pa
+
+    return pa.schema([("object", pa.string()), ("etag", pa.string()), ("size", pa.int64()),
+                      ("document_id", pa.string()), ("document_hash", pa.string()), ("cause", pa.string()),
+                      ("message", pa.string()), ("chunks", pa.int64())])
+
+
+def _bucket(uri: str) -> str:
+    from kubeforge.storage.layout import parse_s3_uri
+
+    return parse_s3_uri(uri)[0]
+
+
+def _shutdown_local_ray() -> None:
+    """Stop the Ray this driver started (never a cluster it joined)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.shutdown()
+
+
+def _read(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec) -> list[dict]:
+    import ray.data
+
+    if not objects:
+        return []
+    jsonl = spec.source.jsonl
+    items = [{"key": o.key, "relative": o.relative, "format": o.format or ""} for o in objects]
+    dataset = ray.data.from_items(items).map_batches(
+        read_and_parse, batch_size=8, num_cpus=1,
+        fn_kwargs={"bucket": bucket, "text_field": jsonl.text_field, "id_field": jsonl.id_field,
+                   "metadata_fields": tuple(jsonl.metadata_fields)})
+    return sorted(dataset.take_all(), key=lambda row: row["document_id"])
+
+
+def _embed(documents: list[dict], spec: VectorIndexSpec):
+    import ray.data
+
+    from kubeforge_workloads.index.embedding import ChunkEmbedder
+
+    embedding, resources = spec.embedding, spec.resources
+    use_gpu = resources.gpus_per_worker > 0 and embedding.device.value != "cpu"
+    return (ray.data.from_items(documents)
+            .map_batches(chunk_documents, batch_size=16, num_cpus=1,
+                         fn_kwargs={"model": embedding.model, "strategy": spec.chunking.strategy.value,
+                                    "size": spec.chunking.size, "overlap": spec.chunking.overlap})
+            .map_batches(ChunkEmbedder, batch_size=embedding.batch_size,
+                         compute=ray.data.ActorPoolStrategy(size=resources.workers),
+                         num_cpus=resources.cpus_per_worker, num_gpus=1 if use_gpu else 0,
+                         fn_constructor_kwargs={"model": embedding.model, "batch_size": embedding.batch_size,
+                                                "normalize": embedding.normalize,
+                                                "device": embedding.device.value}))
+
+
+def _chunk_table(previous: Optional[Previous], reused_documents: set[str], embedded: list[dict]):
+    """Reused chunks (unchanged documents, from the previous version) and new ones, sorted by document and
+    ordinal; row i is vector id i."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parts = []
+    if previous is not None and reused_documents:
+        old = pq.read_table(previous.local_dir / INDEX_CHUNKS_FILE)
+        old = old.filter(pc.is_in(old.column("document_id"), value_set=pa.array(sorted(reused_documents))))
+        parts.append(old.select(["document_id", "ordinal", "text", "metadata", "document_hash", "vector"]))
+    for batch in embedded:
+        vectors = np.asarray(batch["vector"], dtype=np.float32)
+        parts.append(pa.table({
+            "document_id": pa.array([str(v) for v in batch["document_id"]], pa.string()),
+            "ordinal": pa.array(np.asarray(batch["ordinal"], dtype=np.int32)),
+            "text": pa.array([str(v) for v in batch["text"]], pa.string()),
+            "metadata": pa.array([str(v) for v in batch["metadata"]], pa.string()),
+            "document_hash": pa.array([str(v) for v in batch["document_hash"]], pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+        }))
+    if not parts:
+        return pa.table({"document_id": pa.array([], pa.string())})
+    dims = {p.schema.field("vector").type.list_size for p in parts}
+    if len(dims) > 1:
+        raise UserError(f"embedding dimensions differ between reused and new chunks: {sorted(dims)}")
+    table = pa.concat_tables(parts).sort_by([("document_id", "ascending"), ("ordinal", "ascending")])
+    chunk_ids = [f"{d}#c{o}" for d, o in zip(table.column("document_id").to_pylist(),
+                                               table.column("ordinal").to_pylist())]
+    hashes = [hashlib.sha256(t.encode()).hexdigest() for t in table.column("text").to_pylist()]
+    return table.add_column(0, "chunk_id", pa.array(chunk_ids, pa.string())).append_column(
+        "content_hash", pa.array(hashes, pa.string()))
+
+
+def _skipped_summary(rows: list[dict]) -> dict[str, dict]:
+    summary: dict[str, dict] = {}
+    for row in rows:
+        if row["cause"]:
+            entry = summary.setdefault(row["cause"], {"count": 0, "examples": []})
+            entry["count"] += 1
+            if len(entry["examples"]) < SKIP_EXAMPLES:
+                entry["examples"].append(row["message"])
+    return summary
+
+
+def _result(context: WorkloadContext, spec: VectorIndexSpec, manifest: dict, prefix: ResourcePrefix, version: int,
+            unchanged: bool = False) -> dict:
+    """outputs/result.json: what the operator copies to status."""
+    recall = manifest["recall"]
+    return {
+        "version": version, "documents": manifest["documents"], "chunks": manifest["chunks"],
+        "indexUri": f"s3://{prefix.bucket}/{prefix.index_version_key(version)}",
+        "metric": manifest["metric"], "dims": manifest["dims"], "type": manifest["index"]["type"],
+        "model": manifest["embedding"]["model"],
+        "recall": recall["value"], "recallK": recall["k"], "recallQueries": recall["queries"],
+        "minRecall": spec.index.min_recall, "degraded": recall["value"] < spec.index.min_recall,
+        "skipped": manifest["skipped"],
+        "skippedDocuments": sum(entry["count"] for entry in manifest["skipped"].values()),
+        **({"sync": {**{k: 0 for k in manifest["sync"]}, "reusedDocuments": manifest["documents"],
+                     "reusedChunks": manifest["chunks"]}} if unchanged else {"sync": manifest["sync"]}),
+        "unchanged": unchanged, "lastSyncTime": utcnow(), "syncGeneration": spec.sync_generation,
+        "resourceUid": context.uid, "generation": context.generation, "attempt": context.attempt,
+    }
+
+
+def main() -> None:
+    context = WorkloadContext.from_env()
+    storage = WorkloadStorage(context)
+    started = time.monotonic()
+    run_workload(lambda: run(context, storage), storage.write_failure)
+    print(f"kubeforge: VectorIndex sync finished in {time.monotonic() - started:.1f}s", flush=True)

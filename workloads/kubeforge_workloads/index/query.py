@@ -1,0 +1,135 @@
+"""Query a VectorIndex version: the library the CLI, the ServingEndpoint's RAG and the EvalRun share.
+
+    index = open_index("s3://bucket/ns/VectorIndex/docs")      # the current version
+    index = open_index("s3://bucket/ns/VectorIndex/docs", version=3)
+    hits = index.search("how do I resume training?", k=5, filter={"format": "md"})
+
+A version, once committed, never changes: opening it downloads its files once per process (and once per local
+cache directory), verified against the manifest, and a reader keeps using it while newer versions land.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from kubeforge.storage.layout import (
+    INDEX_CHUNKS_FILE, INDEX_VECTORS_FILE, ResourcePrefix, parse_s3_uri,
+)
+from kubeforge_workloads.common.errors import UserError
+from kubeforge_workloads.index import engine
+from kubeforge_workloads.index.versions import committed_versions, download_version, read_manifest
+
+_opened: dict[tuple[str, str, int, str], "IndexVersion"] = {}
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    document_id: str
+    score: float
+    """Higher is closer: cosine similarity, inner product, or the negated squared L2 distance."""
+    text: str
+    metadata: dict
+
+
+class IndexVersion:
+    """One committed version held in memory: chunk table, vectors and the faiss index."""
+
+    def __init__(self, prefix: ResourcePrefix, version: int, manifest: dict, local_dir: Path):
+        import pyarrow.parquet as pq
+
+        self.prefix, self.version, self.manifest = prefix, version, manifest
+        table = pq.read_table(local_dir / INDEX_CHUNKS_FILE)
+        self.chunk_ids = table.column("chunk_id").to_pylist()
+        self.document_ids = table.column("document_id").to_pylist()
+        self.texts = table.column("text").to_pylist()
+        self.metadata = [json.loads(m) for m in table.column("metadata").to_pylist()]
+        raw = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        self.metric = manifest["metric"]
+        self.vectors = engine.prepare(np.asarray(raw, dtype=np.float32).reshape(len(self.chunk_ids), -1),
+                                      self.metric)
+        self.index = engine.load(str(local_dir / INDEX_VECTORS_FILE))
+        self.ef_search = manifest["index"].get("hnsw", {}).get("efSearch")
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.prefix.bucket}/{self.prefix.index_version_key(self.version)}"
+
+    @property
+    def dims(self) -> int:
+        return int(self.manifest["dims"])
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Queries embedded with the model and normalization the version was built with."""
+        from kubeforge_workloads.index.embedding import encode, load_model
+
+        embedding = self.manifest["embedding"]
+        return encode(load_model(embedding["model"], "auto"), texts, 32, embedding["normalize"])
+
+    def search(self, query: Union[str, np.ndarray], k: int = 5, filter: Optional[dict] = None) -> list[Hit]:
+        """The k chunks closest to `query` (text, or a vector of the index's dimensions), best first; `filter`
+        keeps only chunks whose metadata has every key equal to the given value (compared as text)."""
+        vector = self.embed([query])[0] if isinstance(query, str) else np.asarray(query, dtype=np.float32)
+        if vector.shape[-1] != self.dims:
+            raise ValueError(f"query vector has {vector.shape[-1]} dimensions, index version {self.version} has "
+                             f"{self.dims}")
+        allowed = None
+        if filter:
+            wanted = {key: str(value) for key, value in filter.items()}
+            allowed = np.array([i for i, meta in enumerate(self.metadata)
+                                if all(str(meta.get(key)) == value for key, value in wanted.items())],
+                               dtype=np.int64)
+        scores, ids = engine.search(self.index, vector, k, self.metric, self.ef_search, allowed, self.vectors)
+        return [Hit(self.chunk_ids[i], self.document_ids[i], float(score), self.texts[i], self.metadata[i])
+                for score, i in zip(scores[0], ids[0]) if i >= 0]
+
+
+def prefix_of(location: Union[str, ResourcePrefix]) -> ResourcePrefix:
+    if isinstance(location, ResourcePrefix):
+        return location
+    bucket, key = parse_s3_uri(location)
+    return ResourcePrefix(bucket, key.strip("/"))
+
+
+def current_version(location: Union[str, ResourcePrefix], store=None) -> Optional[int]:
+    from kubeforge.storage.objectstore import S3ObjectStore
+
+    versions = committed_versions(store or S3ObjectStore(), prefix_of(location))
+    return versions[-1] if versions else None
+
+
+def open_index(location: Union[str, ResourcePrefix], version: Optional[int] = None, store=None,
+               cache_dir: Optional[Path] = None) -> IndexVersion:
+    """Version `version` (default: the current one) of the VectorIndex whose resource prefix is `location`
+    (s3://bucket/<namespace>/VectorIndex/<name>, or a ResourcePrefix)."""
+    from kubeforge.storage.objectstore import S3ObjectStore
+
+    store = store or S3ObjectStore()
+    prefix = prefix_of(location)
+    if version is None:
+        version = current_version(prefix, store)
+        if version is None:
+            raise UserError(f"s3://{prefix.bucket}/{prefix.prefix} has no committed index version yet: wait for "
+                            "the VectorIndex to become Ready")
+    manifest = read_manifest(store, prefix, version)
+    if manifest is None:
+        raise UserError(f"index version {version} of s3://{prefix.bucket}/{prefix.prefix} does not exist (never "
+                        "committed, or removed by keepVersions)")
+    # The digest tells a re-created resource's version n from the old one's, which the cache may still hold.
+    key = (prefix.bucket, prefix.prefix, version, manifest["files"][INDEX_VECTORS_FILE]["sha256"])
+    with _lock:
+        if key in _opened:
+            return _opened[key]
+        root = cache_dir or Path(tempfile.gettempdir()) / "kubeforge-index-cache"
+        local = root / prefix.bucket / prefix.prefix / f"v-{version}"
+        download_version(store, prefix, version, manifest, local, [INDEX_CHUNKS_FILE, INDEX_VECTORS_FILE])
+        _opened[key] = IndexVersion(prefix, version, manifest, local)
+        return _opened[key]
