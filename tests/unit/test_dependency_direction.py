@@ -9,15 +9,16 @@ lazily loaded `kubeforge dev` group), is checked by running the operator's comma
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 
-LINT_IMPORTS = REPO_ROOT / ".venv" / "bin" / "lint-imports"
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
 def test_import_contracts_hold():
-    command = [str(LINT_IMPORTS) if LINT_IMPORTS.exists() else "lint-imports", "--no-cache", "--no-logo"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(LINT_IMPORTS), "--no-cache", "--no-logo"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout, result.stdout
 
