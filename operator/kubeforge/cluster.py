@@ -7,10 +7,16 @@ from typing import Optional
 
 from kubeforge.api.kinds import kind_info
 from kubeforge.api.meta import GROUP, VERSION
+from kubeforge.controllers.errors import ChildNameTaken, Conflict
 from kubeforge.launch.names import LABEL_OWNER_UID
 
 log = logging.getLogger(__name__)
-RAY_GROUP, RAY_VERSION, RAYJOBS = "ray.io", "v1", "rayjobs"
+RAY_GROUP, RAY_VERSION, RAYJOBS, RAYSERVICES = "ray.io", "v1", "rayjobs", "rayservices"
+FIELD_MANAGER = "kubeforge"
+CHILD_PLURALS = {"RayJob": RAYJOBS, "RayService": RAYSERVICES}
+"""Kinds of children the operator owns, by kind."""
+MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
 
 
 def load_kube_config() -> None:
@@ -20,10 +26,6 @@ def load_kube_config() -> None:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-
-
-class ChildNameTaken(Exception):
-    """A child's deterministic name is held by an object this resource does not own."""
 
 
 class Cluster:
@@ -36,9 +38,54 @@ class Cluster:
         self.api = api
 
     def rayjobs_of(self, namespace: str, owner_uid: str) -> dict[str, dict]:
+        return self.children_of(RAYJOBS, namespace, owner_uid)
+
+    def children_of(self, plural: str, namespace: str, owner_uid: str) -> dict[str, dict]:
+        """Children of one kind (rayjobs, rayservices) that carry the owner's uid label, by name."""
         listed = self.api.list_namespaced_custom_object(
-            RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, label_selector=f"{LABEL_OWNER_UID}={owner_uid}")
+            RAY_GROUP, RAY_VERSION, namespace, plural, label_selector=f"{LABEL_OWNER_UID}={owner_uid}")
         return {item["metadata"]["name"]: item for item in listed.get("items", [])}
+
+    def apply(self, body: dict) -> dict:
+        """Server-side apply of a child (any kind in CHILD_PLURALS) as field manager `kubeforge`.
+
+        The whole desired object is sent every time; the server changes (and bumps resourceVersion for) only
+        what differs, and fields other managers set (an autoscaler's replicas, a platform's labels) stay
+        theirs unless Kubeforge also sets them, in which case Kubeforge's value wins (force)."""
+        meta, plural = body["metadata"], CHILD_PLURALS[body["kind"]]
+        applied = self.api.patch_namespaced_custom_object(
+            RAY_GROUP, RAY_VERSION, meta["namespace"], plural, meta["name"], body,
+            field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+        if applied is None:  # 201 Created: the generated client maps only a 200 response to a body
+            applied = self.api.get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, meta["namespace"], plural,
+                                                            meta["name"])
+        return applied
+
+    def delete_child(self, plural: str, namespace: str, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.api.delete_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, plural, name,
+                                                     propagation_policy="Background")
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def patch_status(self, plural: str, namespace: str, name: str, patch: dict, resource_version: str) -> dict:
+        """JSON merge patch of a Kubeforge resource's status, only if it is still at `resource_version`.
+
+        Raises Conflict when it changed meanwhile: the pass that computed the patch saw an older object."""
+        from kubernetes.client.exceptions import ApiException
+
+        body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
+        try:
+            return self.api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body,
+                                                                  _content_type=MERGE_PATCH)
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(f"{plural} {namespace}/{name} changed since resourceVersion {resource_version}") \
+                    from error
+            raise
 
     def create_rayjob(self, body: dict) -> None:
         """Create the child, or adopt an existing one of the same name if (and only if) it is ours.
@@ -73,14 +120,7 @@ class Cluster:
                              "for it to go away before creating this resource's RayJob")
 
     def delete_rayjob(self, namespace: str, name: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.api.delete_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, name,
-                                                     propagation_policy="Background")
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        self.delete_child(RAYJOBS, namespace, name)
 
     def get_resource(self, kind: str, namespace: str, name: str) -> Optional[dict]:
         from kubernetes.client.exceptions import ApiException

@@ -33,9 +33,6 @@ class Settings(BaseSettings):
     condition and attempt changes are written at once."""
     startup_jitter_seconds: float = Field(default=5.0, ge=0)
     """A restarted operator spreads the first passes of the resources it finds over this many seconds."""
-    tick_seconds: float = Field(default=1.0, gt=0)
-    """Resolution of scheduled passes: a pass due (after a backoff, right after recording an attempt) runs
-    within this many seconds of its time."""
     rayjob_ttl_seconds: int = Field(default=3600, ge=0)
     """KubeRay ttlSecondsAfterFinished for finished attempts' clusters."""
     namespace: Optional[str] = None

@@ -1,69 +1,12 @@
-"""What a pass looks at: the current attempt's RayJob, heartbeat and failure report; and how a child is adopted."""
-
-import copy
-import json
+"""The status patch a pass sends, and how a child is adopted (what a pass reads: test_resource_loop.py)."""
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from kubeforge.cluster import ChildNameTaken, Cluster
-from kubeforge.controllers.finetune import FineTuneKind
-from kubeforge.controllers.observe import latest_status_patch, observe
+from kubeforge.cluster import Cluster
+from kubeforge.controllers.errors import ChildNameTaken
+from kubeforge.controllers.observe import latest_status_patch
 from kubeforge.dev.apiserver.patch import merge_patch
-from kubeforge.settings import Settings
-from kubeforge.storage.layout import ResourcePrefix
-from tests.unit.test_batch_reconcile import OBJ
-
-SETTINGS = Settings(bucket="kubeforge")
-
-
-class MemoryStore:
-    def __init__(self, objects):
-        self.objects, self.reads = dict(objects), []
-
-    def get(self, bucket, key):
-        self.reads.append(key)
-        return self.objects.get(key)
-
-
-class FakeCluster:
-    def __init__(self, rayjobs):
-        self.rayjobs = rayjobs
-
-    def rayjobs_of(self, namespace, uid):
-        return self.rayjobs
-
-    def get_resource(self, kind, namespace, name):
-        return None
-
-
-def failure(attempt, reason, message):
-    return json.dumps({"attempt": attempt, "exitCode": 75, "reason": reason, "message": message}).encode()
-
-
-def with_attempts(count):
-    obj = copy.deepcopy(OBJ)
-    obj["status"] = {"attempts": [{"number": n, "rayJob": f"ft-{n}", "outcome": "Failed" if n < count else "Running"}
-                                  for n in range(1, count + 1)]}
-    return obj
-
-
-@pytest.mark.parametrize("job_status", [{"jobDeploymentStatus": "Failed", "jobStatus": "FAILED"},
-                                        {"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}])
-def test_the_failure_report_read_is_the_current_attempts(job_status):
-    layout = ResourcePrefix.for_resource("kubeforge", "team", "FineTune", "ft", None)
-    store = MemoryStore({layout.failure_key(1): failure(1, "OutOfMemory", "first"),
-                         layout.failure_key(3): failure(3, "NodeCheckFailed", "third")})
-    observed = observe(FineTuneKind(), with_attempts(3), FakeCluster({"ft-3": {"status": job_status}}), store,
-                       SETTINGS)
-    assert observed.failure_report.attempt == 3 and observed.failure_report.message == "third"
-
-
-def test_a_running_attempt_reads_no_failure_report_or_result():
-    store = MemoryStore({})
-    observe(FineTuneKind(), with_attempts(1), FakeCluster({"ft-1": {"status": {"jobStatus": "RUNNING"}}}), store,
-            SETTINGS)
-    assert [key.rsplit("/", 1)[-1] for key in store.reads] == ["progress.json"]
 
 
 def test_nested_keys_the_reconcile_dropped_are_removed_on_the_server():

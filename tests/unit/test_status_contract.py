@@ -75,7 +75,8 @@ def test_starting_running_and_suspended():
     running = run(with_status(starting), Observed(rayjobs={"ft-1": rayjob("ft-1", jobDeploymentStatus="Running",
                                                                           jobStatus="RUNNING")}, progress=beat))
     assert contract(running) == ("Running", kstatus("False", "True", "False", "Running"), [], 2)
-    assert running.status["message"] == "attempt 1 running at step 3 (RayJob ft-1)"
+    assert running.status["message"] == "attempt 1 running (RayJob ft-1)"
+    assert running.status["progress"]["step"] == 3
     suspended = run(launched(), Observed(rayjobs={"ft-1": rayjob("ft-1", jobDeploymentStatus="Suspended")}))
     assert contract(suspended) == ("Pending", kstatus("False", "False", "False", "Suspended"),
                                    [("Normal", "Suspended")], 2)

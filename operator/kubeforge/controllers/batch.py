@@ -272,9 +272,10 @@ def _watch_active(run: Pass, spec: CommonSpec, current: dict, job_status: dict, 
         run.set_phase(Phase.RUNNING, ready=False, reconciling=True, stalled=False, reason=Reason.STARTING,
                       message=f"attempt {number} starting (RayJob {name} {state})")
     else:
-        step_text = f" at step {heartbeat.step}" if heartbeat else ""
+        # The step is in status.progress, not here: a message that changed every heartbeat would make every
+        # progress report a condition change, written at once instead of at the progress-write cadence.
         run.set_phase(Phase.RUNNING, ready=False, reconciling=True, stalled=False, reason=Reason.RUNNING,
-                      message=f"attempt {number} running{step_text} (RayJob {name})")
+                      message=f"attempt {number} running (RayJob {name})")
     return run.done(min(settings.reconcile_period_seconds, verdict.recheck_after + 1))
 
 

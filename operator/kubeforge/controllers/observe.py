@@ -1,27 +1,26 @@
-"""Gather what a batch reconcile needs to see: child RayJobs, heartbeat, failure report, result, deps."""
+"""Reading what a reconcile observes from the object store, and the status patch that records its result."""
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from pydantic import ValidationError
 
-from kubeforge.controllers.batch import BatchKind, Observed, resource_prefix
-from kubeforge.cluster import Cluster
-from kubeforge.settings import Settings
-from kubeforge.storage.objectstore import ObjectStore
-from kubeforge.storage.progress import FailureReport, Progress
+
+if TYPE_CHECKING:  # the interface only; the boto3-backed store is passed in by the wiring
+    from kubeforge.storage.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
 TERMINAL = {"Succeeded", "Failed"}
 
 
-def needs_observation(status: dict, generation: Optional[int] = None) -> bool:
-    """Finished resources are history, unless stalled on an invalid spec (a new generation may fix it) or
-    edited since last observed (the new generation is acknowledged)."""
-    if status.get("phase") not in TERMINAL:
+def needs_observation(status: dict, generation: Optional[int] = None, one_shot: bool = True) -> bool:
+    """Finished one-shot resources are history, unless stalled on an invalid spec (a new generation may fix it)
+    or edited since last observed (the new generation is acknowledged). Re-runnable kinds are always watched:
+    a spec change or their schedule starts a new run."""
+    if not one_shot or status.get("phase") not in TERMINAL:
         return True
     if generation is not None and status.get("observedGeneration") != generation:
         return True
@@ -29,7 +28,8 @@ def needs_observation(status: dict, generation: Optional[int] = None) -> bool:
                for c in status.get("conditions") or [])
 
 
-def _load(store: ObjectStore, bucket: str, key: str, model):
+def load_json(store: ObjectStore, bucket: str, key: str, model):
+    """A JSON document from the object store as `model` (or a dict); None when absent or unreadable."""
     raw = store.get(bucket, key)
     if raw is None:
         return None
@@ -38,31 +38,6 @@ def _load(store: ObjectStore, bucket: str, key: str, model):
     except (ValidationError, ValueError) as error:
         log.warning("ignoring unreadable s3://%s/%s: %s", bucket, key, error)
         return None
-
-
-def observe(kind: BatchKind, obj: dict, cluster: Cluster, store: ObjectStore, settings: Settings) -> Observed:
-    try:
-        spec = kind.info.spec_model.model_validate(obj.get("spec") or {})
-    except ValidationError:
-        return Observed()  # reconcile reports the invalid spec; nothing to look at
-    meta, status = obj["metadata"], obj.get("status") or {}
-    observed = Observed()
-    attempts = status.get("attempts") or []
-    if not attempts:
-        observed.dependencies = {(k, n): cluster.get_resource(k, meta["namespace"], n)
-                                 for k, n in kind.dependencies(spec)}
-        return observed
-
-    prefix = resource_prefix(obj, spec, settings)
-    observed.rayjobs = cluster.rayjobs_of(meta["namespace"], meta["uid"])
-    observed.progress = _load(store, prefix.bucket, prefix.progress_key, Progress)
-    current = attempts[-1]
-    child_status = (observed.rayjobs.get(current.get("rayJob")) or {}).get("status") or {}
-    if child_status.get("jobStatus") == "SUCCEEDED":
-        observed.result = _load(store, prefix.bucket, prefix.output_key("result.json"), dict)
-    elif child_status.get("jobDeploymentStatus") == "Failed" or child_status.get("jobStatus") in ("FAILED", "STOPPED"):
-        observed.failure_report = _load(store, prefix.bucket, prefix.failure_key(current["number"]), FailureReport)
-    return observed
 
 
 def latest_status_patch(old: dict, new: dict) -> Optional[dict]:

@@ -1,36 +1,76 @@
-"""kopf wiring: a few lines per kind around the pure reconcile functions."""
+"""kopf wiring: watches, indexes and one reconcile loop per resource around the pure reconcile functions.
+
+Nothing here polls the API server. kopf watches the child RayJobs (labelled with their owner's uid) and the
+Kubeforge resources into in-memory indexes; an event on a child or on a dependency wakes its owner's loop,
+which otherwise sleeps until its last pass asked for the next (`controllers.loop`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
+from collections import defaultdict
 from datetime import datetime, timezone
 
 import kopf
 
-from kubeforge.api.kinds import KINDS
+from kubeforge.api.kinds import KINDS, kind_info
 from kubeforge.api.meta import GROUP, VERSION
-from kubeforge.cluster import ChildNameTaken, Cluster
+from kubeforge.cluster import RAY_GROUP, RAY_VERSION, RAYJOBS, Cluster
 from kubeforge.controllers import batch
-from kubeforge.controllers.observe import latest_status_patch, needs_observation, observe
+from kubeforge.controllers.common import Event, resource_prefix
+from kubeforge.controllers.loop import Cache, Clock, ResourceLoop, child_summary
+from kubeforge.controllers.observe import latest_status_patch, needs_observation
 from kubeforge.controllers.registry import BATCH_KINDS
 from kubeforge.controllers.unsupported import unsupported_status
+from kubeforge.launch.names import LABEL_OWNER_UID
 from kubeforge.settings import Settings
 from kubeforge.storage.objectstore import S3ObjectStore
 
 log = logging.getLogger(__name__)
-NAME_TAKEN_RETRY_SECONDS = 2.0
 CHILD_DELETION_POLL_SECONDS = 2.0
+CANCELLATION_SECONDS = 10.0
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class Wakeups:
+    """Which loop to wake when a child or a dependency changes. One asyncio.Event per live resource."""
+
+    def __init__(self):
+        self.events: dict[str, asyncio.Event] = {}
+        self.waiters: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+
+    def event_for(self, uid: str) -> asyncio.Event:
+        return self.events.setdefault(uid, asyncio.Event())
+
+    def forget(self, uid: str) -> None:
+        self.events.pop(uid, None)
+        for waiting in self.waiters.values():
+            waiting.discard(uid)
+
+    def wake(self, uid: str) -> None:
+        if uid in self.events:
+            self.events[uid].set()
+
+    def watch_dependencies(self, uid: str, keys: list[tuple[str, str, str]]) -> None:
+        for waiting in self.waiters.values():
+            waiting.discard(uid)
+        for key in keys:
+            self.waiters[key].add(uid)
+
+    def resource_changed(self, key: tuple[str, str, str]) -> None:
+        for uid in self.waiters.get(key, ()):
+            self.wake(uid)
+
+
 def register(settings: Settings, registry: kopf.OperatorRegistry | None = None) -> None:
     """Register handlers for every kind; call once before kopf starts."""
     registry = registry or kopf.get_default_registry()
     cluster_holder: dict = {}
+    wakeups = Wakeups()
 
     def clients():
         if not cluster_holder:
@@ -38,58 +78,74 @@ def register(settings: Settings, registry: kopf.OperatorRegistry | None = None) 
             cluster_holder["store"] = S3ObjectStore(endpoint_url=settings.s3_endpoint_url)
         return cluster_holder["cluster"], cluster_holder["store"]
 
+    @kopf.index(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={LABEL_OWNER_UID: kopf.PRESENT}, registry=registry,
+                id="rayjobs_by_owner")  # the id is the name of the handlers' kwarg
+    def rayjobs_by_owner(body, labels, **_):
+        return {labels[LABEL_OWNER_UID]: child_summary(body)}
+
+    @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={LABEL_OWNER_UID: kopf.PRESENT}, registry=registry,
+                   id="wake-owner")
+    def child_changed(labels, **_):
+        wakeups.wake(labels[LABEL_OWNER_UID])
+
     for info in KINDS:
+        _register_resource_index(info, registry, wakeups)
         kind = BATCH_KINDS.get(info.kind)
         if kind is None:
             _register_unsupported(info, settings, registry)
             continue
-        _register_batch(kind, settings, registry, clients)
+        _register_batch(kind, settings, registry, clients, wakeups)
 
 
-def _apply_plan(plan: batch.Plan, body, patch, cluster: Cluster) -> float | None:
-    """Carry out a plan; returns a delay when a child could not be created yet.
-
-    kopf sends `patch` after the handler returns, so a plan never both records an attempt and creates its
-    child: the reconcile records in one pass and creates in the next, once the record is on the server."""
-    namespace = body["metadata"]["namespace"]
-    status_patch = latest_status_patch(dict(body.get("status") or {}), plan.status)
-    if status_patch:
-        patch.status.update(status_patch)
-    for name in plan.delete:
-        cluster.delete_rayjob(namespace, name)
-    retry = None
-    for child in plan.create:
-        try:
-            cluster.create_rayjob(child)
-        except ChildNameTaken as taken:
-            log.warning("%s", taken)
-            kopf.event(body, type="Warning", reason="ChildNameTaken", message=str(taken))
-            retry = NAME_TAKEN_RETRY_SECONDS
-    for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    return retry
+def _index_name(info) -> str:
+    return f"{info.plural}_by_name"
 
 
-def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients) -> None:
+def _register_resource_index(info, registry, wakeups: Wakeups) -> None:
+    """Every Kubeforge resource by (namespace, name), so dependencies are read from memory; a change wakes
+    the resources waiting on it."""
+
+    def index(body, namespace, name, **_):
+        return {(namespace, name): child_summary(body)}
+
+    kopf.index(GROUP, VERSION, info.plural, registry=registry, id=_index_name(info))(index)
+
+    def changed(namespace, name, **_):
+        wakeups.resource_changed((namespace, info.kind, name))
+
+    kopf.on.event(GROUP, VERSION, info.plural, registry=registry, id=f"wake-dependents-{info.plural}")(changed)
+
+
+def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients, wakeups: Wakeups) -> None:
     plural = kind.info.plural
 
-    # The timer ticks often and cheaply; a full pass runs only when the previous one asked for it
-    # (Plan.requeue_after: backoff ends, a recorded attempt's child is due, a watchdog deadline) or after
-    # the reconcile period, whichever comes first.
-    @kopf.timer(GROUP, VERSION, plural, interval=min(settings.tick_seconds, settings.reconcile_period_seconds),
-                registry=registry, id="reconcile")
-    def reconcile_batch(body, patch, memo, **_):
-        obj = dict(body)
-        if not needs_observation(obj.get("status") or {}, obj["metadata"].get("generation")):
-            return
-        if time.monotonic() < memo.get("kubeforge_due", 0.0):
-            return
+    def observed_again(body, **_) -> bool:
+        return needs_observation(body.get("status") or {}, body["metadata"].get("generation"),
+                                 one_shot=kind.info.one_shot)
+
+    @kopf.daemon(GROUP, VERSION, plural, registry=registry, id="reconcile", when=observed_again,
+                 cancellation_timeout=CANCELLATION_SECONDS)
+    async def reconcile_loop(body, uid, stopped, rayjobs_by_owner, **indexes):
         cluster, store = clients()
-        observed = observe(kind, obj, cluster, store, settings)
-        plan = batch.reconcile(kind, obj, observed, utcnow(), settings)
-        retry = _apply_plan(plan, body, patch, cluster)
-        delay = min(d for d in (plan.requeue_after, retry, settings.reconcile_period_seconds) if d is not None)
-        memo["kubeforge_due"] = time.monotonic() + delay
+
+        def children(owner_uid: str) -> dict[str, dict]:
+            return {child["metadata"]["name"]: child for child in rayjobs_by_owner.get(owner_uid, [])}
+
+        def resource(namespace: str, kind_name: str, name: str):
+            found = list(indexes[_index_name(kind_info(kind_name))].get((namespace, name), []))
+            return found[0] if found else None
+
+        def post_event(event: Event) -> None:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+        loop = ResourceLoop(kind=kind, settings=settings, writer=cluster, store=store,
+                            cache=Cache(children=children, resource=resource,
+                                        watch_dependencies=wakeups.watch_dependencies),
+                            clock=Clock(now=lambda: utcnow()), post_event=post_event)
+        try:
+            await loop.run(body, stopped, wakeups.event_for(uid))
+        finally:
+            wakeups.forget(uid)
 
     @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id="cleanup")
     def cleanup(body, spec, **_):
@@ -108,7 +164,7 @@ def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients
                 parsed = kind.info.spec_model.model_validate(dict(spec))
             except Exception:  # an invalid spec never wrote data
                 return
-            prefix = batch.resource_prefix(dict(body), parsed, settings)
+            prefix = resource_prefix(dict(body), parsed, settings)
             removed = store.delete_prefix(prefix.bucket, prefix.prefix + "/")
             log.info("deletionPolicy Delete: removed %d objects under %s", removed, prefix.uri())
 

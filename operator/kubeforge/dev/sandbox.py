@@ -279,6 +279,9 @@ def start_operator(state: SandboxState) -> None:
     _spawn(state, "operator", [sys.executable, "-m", "kubeforge", "operator"], env={
         **state.client_env(), "KUBEFORGE_BUCKET": BUCKET, "KUBEFORGE_S3_ENDPOINT_URL": state.s3_url,
         "KUBEFORGE_RECONCILE_PERIOD_SECONDS": os.environ.get("KUBEFORGE_RECONCILE_PERIOD_SECONDS", "2"),
+        # A sandbox is watched by a person (or a test): heartbeats read and progress shown every 2 s.
+        **{f"KUBEFORGE_{name}": os.environ.get(f"KUBEFORGE_{name}", value) for name, value in (
+            ("HEARTBEAT_POLL_SECONDS", "2"), ("PROGRESS_WRITE_SECONDS", "2"), ("STARTUP_JITTER_SECONDS", "1"))},
         "KUBEFORGE_WORKLOAD_IMAGE": "local"})
 
 
