@@ -80,6 +80,20 @@ def test_generate_name_is_validated_as_a_prefix(custom):
     assert f'metadata.generateName: Invalid value: "Gen-": {SUBDOMAIN}' in status_of(error)["message"]
 
 
+def test_a_generated_name_that_is_taken_is_generated_again(custom, monkeypatch):
+    """kube-apiserver >= 1.30 (RetryGenerateName) retries a taken generated name instead of answering 409, with
+    apimachinery's alphabet (without vowels or look-alikes)."""
+    from kubeforge.dev.apiserver import store
+
+    suffixes = iter(["bcdfg", "bcdfg", "bcdfg", "hjk27"])
+    monkeypatch.setattr(store, "generated_suffix", lambda: next(suffixes))
+    names = [custom.create_namespaced_custom_object(G, V, NS, P, {**gadget(""), "metadata": {"generateName": "again-"}})
+             ["metadata"]["name"] for _ in range(2)]
+    assert names == ["again-bcdfg", "again-hjk27"]
+    monkeypatch.undo()
+    assert set(store.generated_suffix()) <= set("bcdfghjklmnpqrstvwxz2456789")
+
+
 def test_a_label_value_over_63_characters_is_refused_on_create(custom):
     body = gadget("long-label")
     body["metadata"]["labels"] = {"kubeforge.dev/name": LONG_VALUE}

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import json
 import logging
+import random
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -32,6 +33,15 @@ NAMESPACE_KEY = ("", "namespaces")
 
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+GENERATED_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+"""apimachinery's util/rand alphabet for generated names: no vowels (no words), no 0/1/3 (no look-alikes)."""
+GENERATE_NAME_ATTEMPTS = 8
+
+
+def generated_suffix() -> str:
+    return "".join(random.choices(GENERATED_NAME_ALPHABET, k=5))
 
 
 @dataclass
@@ -205,8 +215,12 @@ class Store:
             meta.pop("namespace", None)
         if not meta.get("name"):
             if meta.get("generateName"):
-                # The real name generator keeps at most 58 characters of the prefix and appends 5.
-                meta["name"] = meta["generateName"][:58] + uuid.uuid4().hex[:5]
+                # The real name generator keeps at most 58 characters of the prefix and appends 5; since 1.30
+                # (RetryGenerateName) the server tries again when the generated name is taken.
+                for _ in range(GENERATE_NAME_ATTEMPTS):
+                    meta["name"] = meta["generateName"][:58] + generated_suffix()
+                    if (namespace or "", meta["name"]) not in self.objects[rtype.key]:
+                        break
             else:
                 raise invalid(rtype.kind, rtype.qualified, "", rtype.group,
                               ["metadata.name: Required value: name or generateName is required"])
