@@ -8,7 +8,7 @@ from pydantic import Field
 
 from kubeforge.api.finetune import DATA_URI_PATTERN, MODEL_URI_PATTERN
 from kubeforge.api.meta import ApiModel
-from kubeforge.api.shared import NAME_PATTERN, CommonSpec, cel
+from kubeforge.api.shared import NAME_PATTERN, BatchSpec, cel
 
 
 class EvalTarget(ApiModel):
@@ -44,7 +44,7 @@ class Gate(ApiModel):
     """The metric must be at least this value."""
 
 
-class EvalRunSpec(CommonSpec):
+class EvalRunSpec(BatchSpec):
     """Score a target against a dataset and pass or fail a gate."""
 
     target: EvalTarget

@@ -8,7 +8,7 @@ from typing import Optional
 from pydantic import Field
 
 from kubeforge.api.meta import DEFAULT_EMPTY_OBJECT, ApiModel
-from kubeforge.api.shared import CommonSpec, cel
+from kubeforge.api.shared import BatchSpec, cel
 
 MODEL_URI_PATTERN = r"^(s3://[^/]+/.+|models:/[^/]+/[^/]+|hf://[^/]+/[^/]+)$"
 """s3://bucket/dir, models:/<name>/<version> (MLflow's registry URI, what FineTune publishes as modelUri) or
@@ -120,7 +120,7 @@ class OutputSpec(ApiModel):
     """Also register the base model with the adapter merged in (merge_and_unload), ready for serving."""
 
 
-class FineTuneSpec(CommonSpec):
+class FineTuneSpec(BatchSpec):
     """Fine-tune a causal language model on instruction data and register it in MLflow."""
 
     model_config = cel(

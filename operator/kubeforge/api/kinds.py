@@ -9,18 +9,21 @@ from kubeforge.api.evalrun import EvalRunSpec
 from kubeforge.api.finetune import FineTuneSpec
 from kubeforge.api.meta import ApiModel
 from kubeforge.api.servingendpoint import ServingEndpointSpec
-from kubeforge.api.status import CommonStatus
+from kubeforge.api.status import CommonStatus, ServingStatus
 from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.api.vectorindex import VectorIndexSpec
 
 COMMON_COLUMNS_HEAD = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase"},
 ]
-COMMON_COLUMNS_TAIL = [
-    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Counted retries"},
+KSTATUS_COLUMNS = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status', "priority": 1},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason', "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+COMMON_COLUMNS_TAIL = [
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Counted retries"},
+    *KSTATUS_COLUMNS,
 ]
 PROGRESS_COLUMN = {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary", "description": "Steps done"}
 
@@ -54,7 +57,8 @@ class KindInfo:
 
     @property
     def printer_columns(self) -> list[dict]:
-        return [*COMMON_COLUMNS_HEAD, *self.extra_columns, *COMMON_COLUMNS_TAIL]
+        tail = COMMON_COLUMNS_TAIL if self.shape == "RayJob" else KSTATUS_COLUMNS  # no attempts, no restarts
+        return [*COMMON_COLUMNS_HEAD, *self.extra_columns, *tail]
 
 
 KINDS: tuple[KindInfo, ...] = (
@@ -68,7 +72,10 @@ KINDS: tuple[KindInfo, ...] = (
              (PROGRESS_COLUMN,
               {"name": "Version", "type": "string", "jsonPath": ".status.output.version"})),
     KindInfo("ServingEndpoint", "servingendpoints", "se", ServingEndpointSpec, "kubeforge_workloads.serve",
-             "RayService", ({"name": "URL", "type": "string", "jsonPath": ".status.output.url"},)),
+             "RayService", ({"name": "URL", "type": "string", "jsonPath": ".status.url"},
+                            {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas.ready",
+                             "description": "Serving replicas ready"}),
+             status_model=ServingStatus),
     KindInfo("EvalRun", "evalruns", "er", EvalRunSpec, "kubeforge_workloads.evaluate", "RayJob",
              (PROGRESS_COLUMN,
               {"name": "Passed", "type": "boolean", "jsonPath": ".status.output.passed"}),

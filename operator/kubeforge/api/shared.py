@@ -158,11 +158,17 @@ class CommonSpec(ApiModel):
     """Compute for the workload."""
     ray: RaySpec = Field(default_factory=RaySpec, json_schema_extra=DEFAULT_EMPTY_OBJECT)
     """Ray cluster placement and runtime environment."""
-    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, json_schema_extra=DEFAULT_EMPTY_OBJECT)
-    """Failure detection and retry."""
     storage: StorageSpec = Field(default_factory=StorageSpec, json_schema_extra=DEFAULT_EMPTY_OBJECT)
     """Object-store location of checkpoints, progress and outputs."""
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec, json_schema_extra=DEFAULT_EMPTY_OBJECT)
     """MLflow tracking settings."""
     deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN
     """Retain (default) keeps checkpoints and outputs in the object store when the resource is deleted; Delete removes them."""
+
+
+class BatchSpec(CommonSpec):
+    """Fields of the kinds that run to completion as RayJob attempts (TrainingJob, FineTune, VectorIndex runs,
+    EvalRun): how a failed attempt is detected and retried."""
+
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, json_schema_extra=DEFAULT_EMPTY_OBJECT)
+    """Failure detection and retry."""

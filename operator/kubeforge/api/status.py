@@ -82,6 +82,8 @@ class Attempt(ApiModel):
     """False when a rule said Ignore: the attempt does not count against maxRestarts."""
     generation: Optional[int] = None
     """metadata.generation of the resource when this attempt was launched (the spec it ran with)."""
+    run: Optional[int] = None
+    """The run this attempt belongs to (kinds that run again)."""
     waiting_since: Optional[str] = None
     """While the Ray job has not started running: when the current wait began (startTimeout counts from it)."""
     progress_mark: Optional[str] = None
@@ -108,25 +110,70 @@ class ProgressStatus(ApiModel):
     """Human summary for printer columns, e.g. 40/120 (33%)."""
 
 
-class CommonStatus(ApiModel):
-    """Status fields every kind has."""
+class RunStatus(ApiModel):
+    """One run of a kind that runs again (a VectorIndex sync): its attempts carry its number."""
+
+    number: int = Field(ge=1)
+    reason: Optional[str] = None
+    """Why it ran: Created, SpecChanged or Scheduled."""
+    generation: Optional[int] = None
+    """metadata.generation the run was started for."""
+    start_time: Optional[str] = None
+    end_time: Optional[str] = None
+    outcome: Optional[str] = None
+    """Succeeded or Failed, once ended."""
+
+
+class StatusBase(ApiModel):
+    """Status fields every kind has: kstatus conditions, phase, results."""
 
     model_config = {"extra": "allow"}
 
     phase: Optional[Phase] = None
     observed_generation: Optional[int] = None
     conditions: list[Condition] = Field(default_factory=list)
-    attempts: list[Attempt] = Field(default_factory=list)
-    restarts: Optional[int] = None
-    """Attempts after the first that count against maxRestarts."""
-    progress: Optional[ProgressStatus] = None
-    next_attempt_at: Optional[str] = None
-    """When the next attempt is launched (while backing off)."""
     message: Optional[str] = None
     output: Optional[dict[str, Any]] = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
     """Kind-specific results: model URI and version, index version, endpoint URL, scores."""
+    inputs: Optional[dict[str, Any]] = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """What was taken from the resource's dependencies for its current run (a FineTune's model URI, a
+    VectorIndex's version), as handed to the workload."""
     storage_prefix: Optional[str] = None
     """s3:// URI of this resource's prefix."""
+
+
+class CommonStatus(StatusBase):
+    """Status of the kinds that run as RayJob attempts (TrainingJob, FineTune, VectorIndex, EvalRun)."""
+
+    attempts: list[Attempt] = Field(default_factory=list)
+    restarts: Optional[int] = None
+    """Attempts after the first (of the current run) that count against maxRestarts."""
+    progress: Optional[ProgressStatus] = None
+    next_attempt_at: Optional[str] = None
+    """When the next attempt is launched (while backing off)."""
+    run: Optional[RunStatus] = None
+    """The current or last run, for kinds that run again."""
     mlflow_run_id: Optional[str] = None
+
+
+class ReplicaStatus(ApiModel):
+    ready: Optional[int] = None
+    """Serving replicas passing their health check."""
+    desired: Optional[int] = None
+    """Replicas the autoscaler currently wants."""
+
+
+class ServingStatus(StatusBase):
+    """Status of a ServingEndpoint: a long-running RayService, not attempts."""
+
+    url: Optional[str] = None
+    """Base URL of the OpenAI-compatible API (…/v1)."""
+    models: list[str] = Field(default_factory=list)
+    """Model names clients can pass: the base model, each adapter, each prompt template."""
+    replicas: Optional[ReplicaStatus] = None
+    ray_service: Optional[str] = None
+    """Name of the RayService child."""

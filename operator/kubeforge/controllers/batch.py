@@ -19,7 +19,7 @@ from typing import Any, Optional, Protocol
 from pydantic import ValidationError
 
 from kubeforge.api.kinds import KindInfo
-from kubeforge.api.shared import CommonSpec, FailureReason
+from kubeforge.api.shared import BatchSpec, FailureReason
 from kubeforge.api.status import ConditionType, Phase, Reason
 from kubeforge.controllers.common import (Pass, Plan, render_progress, resource_prefix, stalled_reason, summarize,
                                           validation_message, workload_context)
@@ -238,7 +238,7 @@ def _dependency_failed(run: Pass, message: str) -> Plan:
     return run.done()
 
 
-def _watch_active(run: Pass, spec: CommonSpec, current: dict, job_status: dict, progress: Optional[Progress],
+def _watch_active(run: Pass, spec: BatchSpec, current: dict, job_status: dict, progress: Optional[Progress],
                   settings: Settings) -> Plan:
     """A RayJob that has neither succeeded nor failed: suspended, starting, or running (and maybe hung)."""
     heartbeat = progress if progress and progress.attempt == current["number"] else None
@@ -287,7 +287,7 @@ def _finished(run: Pass) -> Plan:
     return run.done()
 
 
-def _rayjob_for(kind: BatchKind, obj: dict, spec: CommonSpec, attempt: int, inputs: Optional[dict],
+def _rayjob_for(kind: BatchKind, obj: dict, spec: BatchSpec, attempt: int, inputs: Optional[dict],
                 settings: Settings) -> dict:
     context = workload_context(obj, spec, attempt, settings, inputs)
     return build_rayjob(obj, spec, context, kind.info.workload, settings)
@@ -365,7 +365,7 @@ def _succeeded(run: Pass, kind: BatchKind, spec: Any, current: dict, observed: O
     return run.done((due - run.now).total_seconds() if due else None)
 
 
-def _failed(run: Pass, spec: CommonSpec, current: dict, failure: ObservedFailure) -> Plan:
+def _failed(run: Pass, spec: BatchSpec, current: dict, failure: ObservedFailure) -> Plan:
     reason = classify(failure)
     attempts = run.status["attempts"]
     this_run = [a for a in attempts if a.get("run") == current.get("run")]
