@@ -59,13 +59,12 @@ def run_operator(settings: Settings | None = None) -> None:
     settings = operator_settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = kopf.OperatorRegistry()
-    register(settings, registry)
+    startup_report = StartupReport()
+    register(settings, registry, cluster_facts=lambda: startup_report.facts)
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_):
         configure(settings)
-
-    startup_report = StartupReport()
 
     @kopf.on.startup(registry=registry)
     def prerequisites(**_):

@@ -186,3 +186,16 @@ def test_restarts_are_counted_per_run_and_a_failed_rerun_keeps_serving_the_previ
     assert status["message"].endswith("; the previous result is still served")
     plan, later = step(kind, obj, now=when + timedelta(minutes=5))
     assert plan.create == [] and later["status"]["attempts"] == status["attempts"]  # waits for a change
+
+
+def test_an_unmet_prerequisite_stalls_before_anything_starts_and_the_run_starts_once_it_is_met():
+    from kubeforge.prerequisites import MISSING_SECRET, Unmet
+
+    missing = Unmet(MISSING_SECRET, "Secret team/kubeforge-workload-env does not exist: create it")
+    plan, obj = step(Gated(), OBJ, Observed(unmet=[missing]))
+    status = obj["status"]
+    assert (status["phase"], status["conditions"][0]["reason"]) == ("Pending", "MissingSecret")
+    assert conditions(status)["Stalled"] == "True" and status["message"] == missing.message
+    assert "attempts" not in status and plan.create == [] and plan.requeue_after == 2
+    plan, obj = step(Gated(), obj, Observed())
+    assert obj["status"]["attempts"][0]["number"] == 1

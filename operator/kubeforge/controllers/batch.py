@@ -53,6 +53,9 @@ class Observed:
     """outputs/result.json, when the current attempt succeeded."""
     dependencies: dict[Dependency, Optional[dict]] = field(default_factory=dict)
     """The dependencies' objects as last seen (None: not found)."""
+    unmet: list[Any] = field(default_factory=list)
+    """Unmet prerequisites (KubeRay CRDs, the bucket, the namespace's workload Secret), each with `reason` and
+    `message`; looked at only before a run starts."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,12 @@ def _start_run(run: Pass, kind: BatchKind, spec: Any, observed: Observed, settin
     if waiting:
         run.set_phase(Phase.WAITING, ready=False, reconciling=True, stalled=False,
                       reason=Reason.WAITING_FOR_DEPENDENCY, message=f"waiting for {', '.join(waiting)} to become Ready")
+        return run.done(settings.reconcile_period_seconds)
+    if observed.unmet:
+        # Waiting for the platform, like waiting for a dependency: nothing starts, no restart is consumed.
+        first = observed.unmet[0]
+        run.set_phase(Phase.PENDING, ready=False, reconciling=False, stalled=True, reason=first.reason,
+                      message="; ".join(u.message for u in observed.unmet))
         return run.done(settings.reconcile_period_seconds)
     try:
         inputs = kind.inputs(spec, {key: dep for key, dep in found.items() if dep is not None})

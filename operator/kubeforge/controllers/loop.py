@@ -63,6 +63,8 @@ class Cache:
     """(namespace, kind, name) → a Kubeforge resource, or None."""
     watch_dependencies: Callable[[str, list[tuple[str, str, str]]], None] = lambda uid, keys: None
     """Tell the wiring which resources' changes should wake this one."""
+    prerequisites: Callable[[str, Any], list] = lambda namespace, spec: []
+    """Unmet platform prerequisites for a run in `namespace` (may make one cached API read: run in a thread)."""
 
 
 @dataclass
@@ -173,6 +175,7 @@ class ResourceLoop:
         observed.rayjobs = {**self.created, **children}
         attempts = status.get("attempts") or []
         if not attempts or attempts[-1].get("outcome") != "Running":
+            observed.unmet = await asyncio.to_thread(self.cache.prerequisites, namespace, spec)
             return observed
 
         current = attempts[-1]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from datetime import datetime, timezone
+from typing import Callable
 
 import kopf
 
@@ -24,6 +26,7 @@ from kubeforge.controllers.observe import latest_status_patch, needs_observation
 from kubeforge.controllers.registry import BATCH_KINDS
 from kubeforge.controllers.unsupported import unsupported_status
 from kubeforge.launch.names import LABEL_OWNER_UID
+from kubeforge.prerequisites import ClusterFacts, workload_prerequisites, workload_secret_exists
 from kubeforge.settings import Settings
 from kubeforge.storage.objectstore import S3ObjectStore
 
@@ -66,11 +69,40 @@ class Wakeups:
             self.wake(uid)
 
 
-def register(settings: Settings, registry: kopf.OperatorRegistry | None = None) -> None:
-    """Register handlers for every kind; call once before kopf starts."""
+class Prerequisites:
+    """What a run in a namespace needs from the platform: the cluster-wide facts checked at start-up, and the
+    namespace's workload Secret, looked up at most once per `ttl` seconds per namespace (not per pass)."""
+
+    def __init__(self, settings: Settings, cluster_facts: Callable[[], ClusterFacts], core_api, ttl: float):
+        self.settings, self.cluster_facts, self.core_api, self.ttl = settings, cluster_facts, core_api, ttl
+        self.secrets: dict[str, tuple[float, bool]] = {}
+
+    def __call__(self, namespace: str, spec) -> list:
+        present = None
+        if self.settings.workload_env_secret_required:
+            seen_at, present = self.secrets.get(namespace, (-self.ttl, False))
+            if time.monotonic() - seen_at >= self.ttl:
+                present = workload_secret_exists(self.core_api(), namespace, self.settings)
+                self.secrets[namespace] = (time.monotonic(), present)
+        return workload_prerequisites(namespace, self.settings, self.cluster_facts(), present,
+                                      uses=frozenset({RAYJOBS}), bucket=spec.storage.bucket)
+
+
+def register(settings: Settings, registry: kopf.OperatorRegistry | None = None,
+             cluster_facts: Callable[[], ClusterFacts] = ClusterFacts) -> None:
+    """Register handlers for every kind; call once before kopf starts. `cluster_facts` gives the latest
+    cluster-wide prerequisite check (KubeRay CRDs served, bucket usable)."""
     registry = registry or kopf.get_default_registry()
     cluster_holder: dict = {}
     wakeups = Wakeups()
+
+    def core_api():
+        from kubernetes import client
+
+        clients()
+        return client.CoreV1Api()
+
+    prerequisites = Prerequisites(settings, cluster_facts, core_api, ttl=settings.reconcile_period_seconds)
 
     def clients():
         if not cluster_holder:
@@ -94,7 +126,7 @@ def register(settings: Settings, registry: kopf.OperatorRegistry | None = None) 
         if kind is None:
             _register_unsupported(info, settings, registry)
             continue
-        _register_batch(kind, settings, registry, clients, wakeups)
+        _register_batch(kind, settings, registry, clients, wakeups, prerequisites)
 
 
 def _index_name(info) -> str:
@@ -116,7 +148,8 @@ def _register_resource_index(info, registry, wakeups: Wakeups) -> None:
     kopf.on.event(GROUP, VERSION, info.plural, registry=registry, id=f"wake-dependents-{info.plural}")(changed)
 
 
-def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients, wakeups: Wakeups) -> None:
+def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients, wakeups: Wakeups,
+                    prerequisites: Prerequisites) -> None:
     plural = kind.info.plural
 
     def observed_again(body, **_) -> bool:
@@ -140,7 +173,8 @@ def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients
 
         loop = ResourceLoop(kind=kind, settings=settings, writer=cluster, store=store,
                             cache=Cache(children=children, resource=resource,
-                                        watch_dependencies=wakeups.watch_dependencies),
+                                        watch_dependencies=wakeups.watch_dependencies,
+                                        prerequisites=prerequisites),
                             clock=Clock(now=lambda: utcnow()), post_event=post_event)
         try:
             await loop.run(body, stopped, wakeups.event_for(uid))
