@@ -29,6 +29,7 @@ def cluster(tmp_path_factory, monkeypatch_module):
     try:
         sandbox_mod.start_s3(state)
         sandbox_mod.start_apiserver(state)
+        sandbox_mod.create_workload_secret(state)
         sandbox_mod.start_operator(state)
         api = config.new_client_from_config(str(state.kubeconfig))
         yield state, client.CustomObjectsApi(api)
