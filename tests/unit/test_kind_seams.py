@@ -199,3 +199,22 @@ def test_an_unmet_prerequisite_stalls_before_anything_starts_and_the_run_starts_
     assert "attempts" not in status and plan.create == [] and plan.requeue_after == 2
     plan, obj = step(Gated(), obj, Observed())
     assert obj["status"]["attempts"][0]["number"] == 1
+
+
+def test_a_finetune_reference_resolves_to_what_it_published_or_says_what_to_change():
+    from kubeforge.controllers.finetune import finetune_model_uri
+
+    def published(**output):
+        return {"metadata": {"name": "ft"}, "status": {"phase": "Succeeded", "output": output}}
+
+    lora = published(adapterUri="s3://b/a", modelUri="models:/m/2")
+    merged = published(adapterUri="s3://b/a", modelUri="models:/m/2", mergedUri="s3://b/mm",
+                       mergedModelName="m-merged", mergedModelVersion="2")
+    full = published(fullModelUri="s3://b/f", modelUri="models:/f/1")
+    assert finetune_model_uri(lora, adapter=True) == "models:/m/2"
+    assert finetune_model_uri(merged, adapter=False) == "models:/m-merged/2"
+    assert finetune_model_uri(full, adapter=False) == "models:/f/1"
+    with pytest.raises(DependencyUnusable, match="no merged model: set its spec.output.merge: true"):
+        finetune_model_uri(lora, adapter=False)
+    with pytest.raises(DependencyUnusable, match="has no LoRA adapter"):
+        finetune_model_uri(full, adapter=True)

@@ -6,7 +6,7 @@ import string
 
 from kubeforge.api.finetune import FineTuneSpec, Method
 from kubeforge.api.kinds import kind_info
-from kubeforge.controllers.batch import KindBase
+from kubeforge.controllers.batch import DependencyUnusable, KindBase
 
 OUTPUT_KEYS = ("modelUri", "adapterUri", "fullModelUri", "mergedUri", "registeredModelName", "registeredModelVersion",
                "mergedModelName", "mergedModelVersion", "evalLossBefore", "evalLossAfter", "mlflowRunId")
@@ -36,3 +36,22 @@ class FineTuneKind(KindBase):
 
     def output(self, result: dict) -> dict:
         return {key: result[key] for key in OUTPUT_KEYS if result.get(key) is not None}
+
+
+def finetune_model_uri(finetune: dict, *, adapter: bool) -> str:
+    """What another kind uses from a succeeded FineTune (a `fineTuneRef`): its registered adapter, or a whole
+    model (the merged model of a LoRA run, or the model of a full run), as the `models:/<name>/<version>` URI
+    the workloads load. Raises DependencyUnusable, naming what to change, when the FineTune has no such output."""
+    name = finetune["metadata"]["name"]
+    output = (finetune.get("status") or {}).get("output") or {}
+    if adapter:
+        if output.get("adapterUri") and output.get("modelUri"):
+            return output["modelUri"]
+        raise DependencyUnusable(f"FineTune {name} has no LoRA adapter (it trained method full): reference it as "
+                                 "model.fineTuneRef instead of under adapters")
+    if output.get("mergedModelName") and output.get("mergedModelVersion"):
+        return f"models:/{output['mergedModelName']}/{output['mergedModelVersion']}"
+    if output.get("fullModelUri") and output.get("modelUri"):
+        return output["modelUri"]
+    raise DependencyUnusable(f"FineTune {name} produced a LoRA adapter but no merged model: set its "
+                             "spec.output.merge: true, or serve the adapter under adapters next to its base model")
