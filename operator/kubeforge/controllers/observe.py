@@ -6,6 +6,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Optional
 
+import json_merge_patch
 from pydantic import ValidationError
 
 
@@ -51,18 +52,4 @@ def latest_status_patch(old: dict, new: dict) -> Optional[dict]:
 
 
 def merge_patch(old: dict, new: dict) -> Optional[dict]:
-    if old == new:
-        return None
-    patch: dict = {}
-    for key, value in new.items():
-        previous = old.get(key)
-        if isinstance(value, dict) and isinstance(previous, dict):
-            nested = merge_patch(previous, value)
-            if nested is not None:
-                patch[key] = nested
-        elif key not in old or previous != value:
-            patch[key] = value
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    return patch or None
+    return json_merge_patch.create_patch(old, new) or None
