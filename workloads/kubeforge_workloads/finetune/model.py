@@ -9,7 +9,6 @@ from kubeforge.api.finetune import FineTuneSpec, Method, Precision
 from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.models import load_model_dir
 
-
 BASE_MODEL_FIELD = "spec.baseModel.uri"
 
 
