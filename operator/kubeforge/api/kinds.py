@@ -9,7 +9,7 @@ from kubeforge.api.evalrun import EvalRunSpec
 from kubeforge.api.finetune import FineTuneSpec
 from kubeforge.api.meta import ApiModel
 from kubeforge.api.servingendpoint import ServingEndpointSpec
-from kubeforge.api.status import CommonStatus, ServingStatus
+from kubeforge.api.status import CommonStatus, ServingStatus, VectorIndexStatus
 from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.api.vectorindex import VectorIndexSpec
 
@@ -70,7 +70,9 @@ KINDS: tuple[KindInfo, ...] = (
              one_shot=True),
     KindInfo("VectorIndex", "vectorindexes", "vi", VectorIndexSpec, "kubeforge_workloads.index", "RayJob",
              (PROGRESS_COLUMN,
-              {"name": "Version", "type": "string", "jsonPath": ".status.output.version"})),
+              {"name": "Version", "type": "integer", "jsonPath": ".status.currentVersion"},
+              {"name": "Chunks", "type": "integer", "jsonPath": ".status.chunks", "priority": 1}),
+             status_model=VectorIndexStatus),
     KindInfo("ServingEndpoint", "servingendpoints", "se", ServingEndpointSpec, "kubeforge_workloads.serve",
              "RayService", ({"name": "URL", "type": "string", "jsonPath": ".status.url"},
                             {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas.ready",

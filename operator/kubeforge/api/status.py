@@ -160,6 +160,19 @@ class CommonStatus(StatusBase):
     mlflow_run_id: Optional[str] = None
 
 
+class VectorIndexStatus(CommonStatus):
+    """A VectorIndex's runs, and the version it serves (kept while the next sync works)."""
+
+    current_version: Optional[int] = None
+    """The committed version retrieval reads."""
+    documents: Optional[int] = None
+    """Documents in the current version."""
+    chunks: Optional[int] = None
+    """Chunks (vectors) in the current version."""
+    last_sync_time: Optional[str] = None
+    """When the current version was committed."""
+
+
 class ReplicaStatus(ApiModel):
     ready: Optional[int] = None
     """Serving replicas passing their health check."""

@@ -92,6 +92,12 @@ class BatchKind(Protocol):
     def output(self, result: dict) -> dict:
         """status.output from the workload's outputs/result.json."""
 
+    def summary(self, result: dict, finished_at: str) -> dict:
+        """Top-level status fields a successful run sets (a VectorIndex's currentVersion, documents, chunks)."""
+
+    def ready_message(self, status: dict, run_number: int) -> str:
+        """Re-runnable kinds: the Ready message once a run succeeded."""
+
     def next_run_at(self, spec: Any, last_run_end: Optional[datetime]) -> Optional[datetime]:
         """Re-runnable kinds: when the next scheduled run is due (None: only on a spec change)."""
 
@@ -116,6 +122,12 @@ class KindBase:
 
     def output(self, result: dict) -> dict:
         return dict(result)
+
+    def summary(self, result: dict, finished_at: str) -> dict:
+        return {}
+
+    def ready_message(self, status: dict, run_number: int) -> str:
+        return f"run {run_number} succeeded"
 
     def next_run_at(self, spec: Any, last_run_end: Optional[datetime]) -> Optional[datetime]:
         return None
@@ -363,13 +375,15 @@ def _succeeded(run: Pass, kind: BatchKind, spec: Any, current: dict, observed: O
                       message=verdict.message or f"the result did not pass ({verdict.reason})")
         return run.done()
     _end_run(run, "Succeeded")
+    if observed.result is not None:
+        run.status.update(kind.summary(observed.result, run.now_text))
     if kind.info.one_shot:
         run.set_phase(Phase.SUCCEEDED, ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
                       message=f"succeeded after {current['number']} attempt(s)")
         return run.done()
     number = run.status["run"]["number"]
     run.set_phase(Phase.READY, ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
-                  message=f"run {number} succeeded")
+                  message=kind.ready_message(run.status, number))
     due = kind.next_run_at(spec, run.now)
     return run.done((due - run.now).total_seconds() if due else None)
 

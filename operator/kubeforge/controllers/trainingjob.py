@@ -1,0 +1,26 @@
+"""TrainingJob: operator-only checks and status.output for the batch reconcile (the workload resumes itself)."""
+
+from __future__ import annotations
+
+from kubeforge.api.finetune import Precision
+from kubeforge.api.kinds import kind_info
+from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.controllers.batch import KindBase
+
+OUTPUT_KEYS = ("modelUri", "emaModelUri", "registeredModelName", "registeredModelVersion", "registeredModelUri",
+               "registeredEmaModelName", "registeredEmaModelVersion", "registeredEmaModelUri", "steps", "finalLoss",
+               "mlflowRunId")
+
+
+class TrainingJobKind(KindBase):
+    info = kind_info("TrainingJob")
+
+    def validate(self, spec: TrainingJobSpec, obj: dict) -> list[str]:
+        problems = []
+        if spec.training.precision == Precision.FP16 and spec.resources.gpus_per_worker < 1:
+            problems.append("spec.training.precision: fp16 needs GPUs; set spec.resources.gpusPerWorker >= 1, "
+                            "or use bf16 or fp32 on CPU")
+        return problems
+
+    def output(self, result: dict) -> dict:
+        return {key: result[key] for key in OUTPUT_KEYS if result.get(key) is not None}
