@@ -81,3 +81,16 @@ def test_a_vector_index_serves_its_version_and_syncs_on_its_interval_and_on_a_sp
     plan, obj = step(kind, obj, now=NOW + timedelta(hours=1, minutes=6))
     assert (obj["status"]["run"]["number"], obj["status"]["run"]["reason"]) == (3, "SpecChanged")
     assert obj["status"]["currentVersion"] == 4
+
+
+def test_a_build_below_min_recall_is_ready_but_degraded_with_the_number():
+    kind = VectorIndexKind()
+    plan, obj = step(kind, resource("VectorIndex", INDEX))
+    plan, obj = finish(kind, obj, {**BUILT, "recall": 0.81, "recallK": 10, "minRecall": 0.95,
+                                   "skipped": {"EmptyFile": {"count": 1, "examples": ["docs/empty.md"]}}})
+    status = obj["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RecallBelowMinimum")
+    assert "recall@10 of the approximate index is 0.81" in degraded["message"]
+    assert status["quality"] == {"recallAt10": 0.81} and status["phase"] == "Ready"
+    assert status["skipped"]["EmptyFile"]["count"] == 1

@@ -171,6 +171,11 @@ class VectorIndexStatus(CommonStatus):
     """Chunks (vectors) in the current version."""
     last_sync_time: Optional[str] = None
     """When the current version was committed."""
+    quality: Optional[dict[str, Optional[float]]] = None
+    """The build's self-check: recallAt10 of the approximate index against exact search."""
+    skipped: Optional[dict[str, Any]] = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    """Documents left out of the current version, by cause (count and examples)."""
 
 
 class ReplicaStatus(ApiModel):

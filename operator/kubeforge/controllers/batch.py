@@ -23,7 +23,7 @@ from kubeforge.api.shared import BatchSpec, FailureReason
 from kubeforge.api.status import ConditionType, Phase, Reason
 from kubeforge.controllers.common import (Pass, Plan, render_progress, resource_prefix, stalled_reason, summarize,
                                           validation_message, workload_context)
-from kubeforge.controllers.conditions import condition_status
+from kubeforge.controllers.conditions import condition_status, set_condition
 from kubeforge.launch.names import attempt_name
 from kubeforge.launch.rayjob import build_rayjob
 from kubeforge.resilience import Activity, ObservedFailure, Stuck, activity_of, classify, decide, parse_duration, watch
@@ -98,6 +98,9 @@ class BatchKind(Protocol):
     def ready_message(self, status: dict, run_number: int) -> str:
         """Re-runnable kinds: the Ready message once a run succeeded."""
 
+    def conditions(self, result: dict) -> list[tuple[str, bool, str, str]]:
+        """Conditions of the kind's own a successful run sets, beside kstatus': (type, status, reason, message)."""
+
     def next_run_at(self, spec: Any, last_run_end: Optional[datetime]) -> Optional[datetime]:
         """Re-runnable kinds: when the next scheduled run is due (None: only on a spec change)."""
 
@@ -128,6 +131,9 @@ class KindBase:
 
     def ready_message(self, status: dict, run_number: int) -> str:
         return f"run {run_number} succeeded"
+
+    def conditions(self, result: dict) -> list[tuple[str, bool, str, str]]:
+        return []
 
     def next_run_at(self, spec: Any, last_run_end: Optional[datetime]) -> Optional[datetime]:
         return None
@@ -377,6 +383,9 @@ def _succeeded(run: Pass, kind: BatchKind, spec: Any, current: dict, observed: O
     _end_run(run, "Succeeded")
     if observed.result is not None:
         run.status.update(kind.summary(observed.result, run.now_text))
+        for type_, value, reason, message in kind.conditions(observed.result):
+            run.status["conditions"] = set_condition(run.status.get("conditions") or [], type_, value, reason,
+                                                     message, run.generation, run.now_text)
     if kind.info.one_shot:
         run.set_phase(Phase.SUCCEEDED, ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
                       message=f"succeeded after {current['number']} attempt(s)")

@@ -12,8 +12,8 @@ from kubeforge.api.vectorindex import VectorIndexSpec
 from kubeforge.controllers.batch import KindBase
 from kubeforge.resilience import parse_duration
 
-OUTPUT_KEYS = ("version", "documents", "chunks", "indexUri", "metric", "dims", "recall", "embeddedDocuments",
-               "reusedDocuments", "deletedDocuments", "skipped")
+OUTPUT_KEYS = ("version", "documents", "chunks", "indexUri", "metric", "dims", "type", "model", "recall", "recallK",
+               "minRecall", "sync", "unchanged", "skippedDocuments")
 
 
 class VectorIndexKind(KindBase):
@@ -30,7 +30,20 @@ class VectorIndexKind(KindBase):
 
     def summary(self, result: dict, finished_at: str) -> dict:
         return {"currentVersion": result.get("version"), "documents": result.get("documents"),
-                "chunks": result.get("chunks"), "lastSyncTime": finished_at}
+                "chunks": result.get("chunks"), "lastSyncTime": result.get("lastSyncTime") or finished_at,
+                "quality": {f"recallAt{result.get('recallK', 10)}": result.get("recall")},
+                "skipped": result.get("skipped") or {}}
+
+    def conditions(self, result: dict) -> list[tuple[str, bool, str, str]]:
+        recall, minimum = result.get("recall"), result.get("minRecall")
+        if recall is None or minimum is None:
+            return []
+        k = result.get("recallK", 10)
+        if recall < minimum:
+            return [("Degraded", True, "RecallBelowMinimum",
+                     f"recall@{k} of the approximate index is {recall} against exact search, below "
+                     f"spec.index.minRecall {minimum}: raise index.hnsw.efSearch or m, or use type flat")]
+        return [("Degraded", False, "RecallMet", f"recall@{k} {recall} >= minRecall {minimum}")]
 
     def ready_message(self, status: dict, run_number: int) -> str:
         return (f"version {status.get('currentVersion')} ready: {status.get('documents')} documents, "
