@@ -8,6 +8,7 @@
         outputs/...                        adapters, merged models, eval tables
         outputs/index/v-<n>/...            VectorIndex version n: chunk table, document table, index file
         outputs/index/v-<n>/MANIFEST.json  written last: the version exists only once it does
+        outputs/index/v-<n>/partial/...    embedded chunks of an unfinished build of version n, for its retry
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class ResourcePrefix:
 
     def index_manifest_key(self, version: int) -> str:
         return self.index_version_key(version) + MANIFEST_FILE
+
+    def index_partial_key(self, version: int) -> str:
+        """Chunks a build of `version` embedded before it was interrupted; its retry reuses them."""
+        return self.index_version_key(version) + "partial/"
 
 
 def committed_steps(prefix: ResourcePrefix, keys: Iterable[str]) -> list[int]:

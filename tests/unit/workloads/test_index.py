@@ -234,3 +234,34 @@ def test_filtered_search_returns_only_allowed_rows_exactly():
     exact = np.argsort(-(stored[allowed] @ stored[0]))[:5]
     assert ids[0].tolist() == allowed[exact].tolist()
     assert engine.search(index, stored[0], 5, "cosine", 1, np.array([], np.int64), stored)[1].shape == (1, 0)
+
+
+# --- partial builds ----------------------------------------------------------------------------------------------
+
+def _embedded(document_id: str, digest: str, ordinals: list[int], total: int) -> dict:
+    return {"document_id": [document_id] * len(ordinals), "ordinal": ordinals,
+            "chunks_in_document": [total] * len(ordinals), "text": [f"{document_id} {o}" for o in ordinals],
+            "metadata": ["{}"] * len(ordinals), "document_hash": [digest] * len(ordinals),
+            "vector": np.full((len(ordinals), 4), float(total), dtype=np.float32)}
+
+
+def test_a_retry_reuses_saved_chunks_of_complete_unchanged_documents_only(object_store):
+    from kubeforge.storage.layout import ResourcePrefix
+    from kubeforge_workloads.index.partial import PartialChunks, embedded_table, load_partial
+    from tests.unit.workloads.conftest import BUCKET
+
+    prefix = ResourcePrefix(BUCKET, "ns/VectorIndex/docs")
+    now = [0.0]
+    saver = PartialChunks(object_store, prefix, 3, attempt=1, interval=10, clock=lambda: now[0])
+    saver.add(embedded_table(_embedded("a.md", "ha", [0, 1], 2)))
+    saver.add(embedded_table(_embedded("b.md", "hb", [0], 3)))  # 1 of 3 chunks embedded so far
+    assert list(object_store.list(BUCKET, prefix.index_partial_key(3))) == []  # not yet due
+    now[0] = 11
+    saver.add(embedded_table(_embedded("c.md", "hc", [0], 1)))
+    assert len(list(object_store.list(BUCKET, prefix.index_partial_key(3)))) == 1
+    assert saver.pending[0].column("document_id").to_pylist() == ["b.md"]  # waits for its other chunks
+
+    reused = load_partial(object_store, prefix, 3, {"a.md": "ha", "b.md": "hb", "c.md": "changed"})
+    assert sorted(zip(reused.column("document_id").to_pylist(), reused.column("ordinal").to_pylist())) == \
+        [("a.md", 0), ("a.md", 1)]
+    assert load_partial(object_store, prefix, 4, {"a.md": "ha"}) is None  # another version's build shares nothing

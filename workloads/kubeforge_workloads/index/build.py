@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -23,11 +23,13 @@ from pydantic import ValidationError
 from kubeforge.api.vectorindex import VectorIndexSpec
 from kubeforge.api.workload import WorkloadContext
 from kubeforge.storage.layout import INDEX_CHUNKS_FILE, INDEX_DOCUMENTS_FILE, INDEX_VECTORS_FILE, ResourcePrefix
+from kubeforge_workloads.common.chaos import stall_point
 from kubeforge_workloads.common.errors import UserError, run_workload
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.storage import WorkloadStorage, utcnow
 from kubeforge_workloads.index import engine
 from kubeforge_workloads.index.embedding import max_chunk_tokens, model_path
+from kubeforge_workloads.index.partial import FLUSH_SECONDS, PartialChunks, embedded_table, load_partial
 from kubeforge_workloads.index.sources import SourceObject, list_sources
 from kubeforge_workloads.index.versions import (
     apply_retention, commit_version, committed_versions, config_fingerprint, diff_documents, download_version,
@@ -37,6 +39,8 @@ from kubeforge_workloads.index.versions import (
 RECALL_K = 10
 RECALL_SAMPLE = 200
 SKIP_EXAMPLES = 3
+PARTIAL_SAVE_SECONDS_ENV = "KUBEFORGE_INDEX_PARTIAL_SAVE_SECONDS"
+"""How often embedded chunks of finished documents are saved for a retry (default FLUSH_SECONDS)."""
 
 
 # --- Ray Data stages (run in Ray tasks and actors; plain functions of their batch) -------------------------------
@@ -113,13 +117,6 @@ class Previous:
     @property
     def reusable_objects(self) -> dict[str, tuple[str, int]]:
         return {row["object"]: (row["etag"], row["size"]) for row in self.documents}
-
-
-@dataclass
-class SyncCounts:
-    embedded_chunks: int = 0
-    reused_chunks: int = 0
-    skipped: dict[str, dict] = field(default_factory=dict)
 
 
 def init_ray(cpus_needed: float) -> None:
@@ -203,6 +200,8 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     if previous and not to_read and len(unchanged_objects) == len(reusable) \
             and previous.manifest.get("index") == index_config:
         print(f"kubeforge: nothing changed since version {previous.version}")
+        documents = previous.manifest["documents"]
+        heartbeat.update(step=documents, total_steps=documents)
         return _result(context, spec, previous.manifest, storage.prefix, previous.version, unchanged=True)
 
     heartbeat.update(phase="Reading", message=f"reading {len(to_read)} new or changed of {len(objects)} objects")
@@ -222,23 +221,35 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     embed_ids = plan.to_embed
     to_embed = [row for row in parsed_rows if not row["cause"] and row["document_id"] in embed_ids]
 
-    done = len(plan.unchanged)
+    version = (committed_versions(storage.store, storage.prefix) or [0])[-1] + 1
+    resumed = load_partial(storage.store, storage.prefix, version,
+                           {row["document_id"]: row["document_hash"] for row in to_embed})
+    resumed_ids = set(resumed.column("document_id").to_pylist()) if resumed is not None else set()
+    to_embed = [row for row in to_embed if row["document_id"] not in resumed_ids]
+    done = len(plan.unchanged) + len(resumed_ids)
     heartbeat.update(phase="Embedding", step=done, total_steps=len(indexed),
                      message=f"embedding {len(to_embed)} new or changed documents, reusing {done}")
     embedded = []
     if to_embed:
-        expected: dict[str, Optional[int]] = {}
+        saver = PartialChunks(storage.store, storage.prefix, version, context.attempt,
+                              float(os.environ.get(PARTIAL_SAVE_SECONDS_ENV) or FLUSH_SECONDS))
         seen: dict[str, int] = {}
-        for batch in _embed(to_embed, spec).iter_batches(batch_size=None, batch_format="numpy"):
-            embedded.append(batch)
+        # Batches of embedding.batchSize: what a killed build has saved is never more than one batch behind.
+        for batch in _embed(to_embed, spec).iter_batches(batch_size=spec.embedding.batch_size,
+                                                          batch_format="numpy"):
+            embedded.append(embedded_table(batch))
+            saver.add(embedded[-1])
             for document_id, total in zip(batch["document_id"], batch["chunks_in_document"]):
                 seen[document_id] = seen.get(document_id, 0) + 1
                 if seen[document_id] == int(total):
                     done += 1
             heartbeat.update(step=done)
+            stall_point()
     heartbeat.update(phase="Indexing", step=len(indexed))
+    embedded_chunks = sum(part.num_rows for part in embedded)
+    resumed_chunks = resumed.num_rows if resumed is not None else 0
 
-    table = _chunk_table(previous, set(plan.unchanged), embedded)
+    table = _chunk_table(previous, set(plan.unchanged), embedded + ([resumed] if resumed is not None else []))
     if table.num_rows == 0:
         skipped = _skipped_summary(current_rows)
         raise UserError(f"spec.source.uri {source.uri}: none of the {len(objects)} objects had text to index "
@@ -258,7 +269,6 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     recall, queries = engine.recall_at_k(index, stored, spec.index.metric.value, RECALL_K, RECALL_SAMPLE,
                                          hnsw.ef_search)
 
-    version = (committed_versions(storage.store, storage.prefix) or [0])[-1] + 1
     out = work / f"v-{version}-new"
     out.mkdir(parents=True)
     pq.write_table(table, out / INDEX_CHUNKS_FILE)
@@ -277,8 +287,8 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
         "sync": {"embeddedDocuments": len(plan.to_embed), "reusedDocuments": len(plan.unchanged),
                  "deletedDocuments": len(plan.deleted), "addedDocuments": len(plan.added),
                  "changedDocuments": len(plan.changed),
-                 "embeddedChunks": sum(len(b["document_id"]) for b in embedded),
-                 "reusedChunks": table.num_rows - sum(len(b["document_id"]) for b in embedded)},
+                 "embeddedChunks": embedded_chunks, "resumedChunks": resumed_chunks,
+                 "reusedChunks": table.num_rows - embedded_chunks - resumed_chunks},
     }
     heartbeat.update(phase="Writing", message=f"writing version {version}")
     commit_version(storage.store, storage.prefix, version, out, manifest)
@@ -343,9 +353,9 @@ def _embed(documents: list[dict], spec: VectorIndexSpec):
                                                 "device": embedding.device.value}))
 
 
-def _chunk_table(previous: Optional[Previous], reused_documents: set[str], embedded: list[dict]):
-    """Reused chunks (unchanged documents, from the previous version) and new ones, sorted by document and
-    ordinal; row i is vector id i."""
+def _chunk_table(previous: Optional[Previous], reused_documents: set[str], embedded: list):
+    """Reused chunks (unchanged documents, from the previous version) and new ones (embedded_table()s), sorted by
+    document and ordinal; row i is vector id i."""
     import hashlib
 
     import pyarrow as pa
@@ -357,16 +367,8 @@ def _chunk_table(previous: Optional[Previous], reused_documents: set[str], embed
         old = pq.read_table(previous.local_dir / INDEX_CHUNKS_FILE)
         old = old.filter(pc.is_in(old.column("document_id"), value_set=pa.array(sorted(reused_documents))))
         parts.append(old.select(["document_id", "ordinal", "text", "metadata", "document_hash", "vector"]))
-    for batch in embedded:
-        vectors = np.asarray(batch["vector"], dtype=np.float32)
-        parts.append(pa.table({
-            "document_id": pa.array([str(v) for v in batch["document_id"]], pa.string()),
-            "ordinal": pa.array(np.asarray(batch["ordinal"], dtype=np.int32)),
-            "text": pa.array([str(v) for v in batch["text"]], pa.string()),
-            "metadata": pa.array([str(v) for v in batch["metadata"]], pa.string()),
-            "document_hash": pa.array([str(v) for v in batch["document_hash"]], pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
-        }))
+    parts.extend(part.select(["document_id", "ordinal", "text", "metadata", "document_hash", "vector"])
+                 for part in embedded)
     if not parts:
         return pa.table({"document_id": pa.array([], pa.string())})
     dims = {p.schema.field("vector").type.list_size for p in parts}

@@ -133,3 +133,35 @@ def open_index(location: Union[str, ResourcePrefix], version: Optional[int] = No
         download_version(store, prefix, version, manifest, local, [INDEX_CHUNKS_FILE, INDEX_VECTORS_FILE])
         _opened[key] = IndexVersion(prefix, version, manifest, local)
         return _opened[key]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m kubeforge_workloads.index.query s3://bucket/ns/VectorIndex/name "text" -k 5 --filter k=v`: the
+    hits as JSON lines (what `kubeforge query` runs where the workload stack is installed)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m kubeforge_workloads.index.query")
+    parser.add_argument("location", help="the VectorIndex's resource prefix, s3://bucket/<namespace>/VectorIndex/<name>")
+    parser.add_argument("text")
+    parser.add_argument("-k", type=int, default=5)
+    parser.add_argument("--version", type=int, default=None, help="an index version (default: the current one)")
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep chunks whose metadata KEY equals VALUE (repeatable)")
+    args = parser.parse_args(argv)
+    bad = [item for item in args.filter if "=" not in item]
+    if bad:
+        parser.error(f"--filter {bad[0]!r} is not KEY=VALUE")
+    try:
+        index = open_index(args.location, args.version)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for hit in index.search(args.text, args.k, dict(item.split("=", 1) for item in args.filter) or None):
+        print(json.dumps({"version": index.version, "chunkId": hit.chunk_id, "documentId": hit.document_id,
+                          "score": round(hit.score, 6), "text": hit.text, "metadata": hit.metadata}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
