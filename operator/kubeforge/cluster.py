@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from kubeforge.api.kinds import kind_info
 from kubeforge.api.meta import GROUP, VERSION
 from kubeforge.controllers.errors import ChildNameTaken, Conflict
 from kubeforge.launch.names import LABEL_OWNER_UID
@@ -122,11 +121,11 @@ class Cluster:
     def delete_rayjob(self, namespace: str, name: str) -> None:
         self.delete_child(RAYJOBS, namespace, name)
 
-    def get_resource(self, kind: str, namespace: str, name: str) -> Optional[dict]:
+    def get_object(self, plural: str, namespace: str, name: str) -> Optional[dict]:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, kind_info(kind).plural, name)
+            return self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
         except ApiException as error:
             if error.status == 404:
                 return None

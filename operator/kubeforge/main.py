@@ -13,15 +13,27 @@ import kopf
 from kubeforge.controllers.wiring import register
 from kubeforge.prerequisites import StartupReport, cluster_prerequisites
 from kubeforge.settings import Settings, get_settings
-from kubeforge.uninstall import FINALIZER
+from kubeforge.api.meta import FINALIZER
 
 log = logging.getLogger(__name__)
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf keeps a copy of each object's last handled spec to tell creations from updates for on.create and
+    on.update handlers. Kubeforge has none (its loops compare generations), so the copy would only cost a PATCH
+    per object, racing the loop's first status write."""
+
+    def fetch(self, *, body):
+        return None
+
+    def store(self, *, body, patch, essence):
+        pass
 
 
 def configure(kopf_settings: kopf.OperatorSettings) -> None:
     # Status belongs to the status contract; kopf keeps its bookkeeping in annotations.
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.kubeforge.dev")
-    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.kubeforge.dev")
+    kopf_settings.persistence.diffbase_storage = NoDiffBase()
     kopf_settings.persistence.finalizer = FINALIZER  # the chart's uninstall hook removes it (kubeforge.uninstall)
     # Events are posted deliberately by the controllers; of kopf's own log lines only errors become events.
     kopf_settings.posting.level = logging.ERROR

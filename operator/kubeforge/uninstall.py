@@ -20,10 +20,9 @@ import time
 from typing import Any, Optional
 
 from kubeforge.api.kinds import KINDS
-from kubeforge.api.meta import GROUP, VERSION
+from kubeforge.api.meta import FINALIZER, GROUP, VERSION  # FINALIZER: kopf's, see kubeforge.main.configure
 
 log = logging.getLogger("kubeforge.uninstall")
-FINALIZER = "kubeforge.dev/finalizer"  # kubeforge.main.configure: kopf's persistence.finalizer
 
 
 def _resources(api: Any, namespace: Optional[str]) -> list[tuple[str, dict]]:

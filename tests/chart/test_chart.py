@@ -106,7 +106,7 @@ OPERATOR_CALLS: list[tuple[str, str, str, str]] = [
     *[(GROUP, p, verb, "kopf watch-stream of handled resources") for p in PLURALS for verb in ("list", "watch")],
     *[(GROUP, p, "patch", "kopf: progress annotations, finalizer add/remove") for p in PLURALS],
     *[(GROUP, f"{p}/status", "patch", "Cluster.patch_status / kopf patch.status") for p in PLURALS],
-    *[(GROUP, p, "get", "Cluster.get_resource (dependencies)") for p in PLURALS],
+    *[(GROUP, p, "get", "Cluster.get_object (re-read after a conflict)") for p in PLURALS],
     # ownerReferences with blockOwnerDeletion=True on children (OwnerReferencesPermissionEnforcement)
     *[(GROUP, f"{p}/finalizers", "update", "launch.names.owner_reference") for p in PLURALS],
     # children: RayJobs (batch kinds) and RayServices (ServingEndpoint)

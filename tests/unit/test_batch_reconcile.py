@@ -59,7 +59,7 @@ def test_first_pass_records_the_attempt_and_the_next_creates_its_rayjob():
     assert plan.create == [] and plan.requeue_after == 0
     assert conditions(plan.status) == {"Ready": ("False", "Launching"), "Reconciling": ("True", "Launching"),
                                        "Stalled": ("False", "Launching")}
-    assert [e.reason for e in plan.events] == ["AttemptStarted", "Launching"]
+    assert [e.reason for e in plan.events] == ["AttemptStarted"]  # one event per attempt start, not two
 
     plan = run(with_status(plan))
     (child,) = plan.create

@@ -61,7 +61,7 @@ def test_a_ready_dependency_lets_the_attempt_start_and_a_later_unready_one_does_
 
 def test_recording_an_attempt():
     assert contract(run(OBJ)) == ("Running", kstatus("False", "True", "False", "Launching"),
-                                  [("Normal", "AttemptStarted"), ("Normal", "Launching")], 0)
+                                  [("Normal", "AttemptStarted")], 0)
     assert run(OBJ).events[0].message == "attempt 1 started as RayJob ft-1"
 
 

@@ -31,7 +31,7 @@ def test_every_batch_kind_runs_a_loop_and_every_child_and_kind_is_watched_into_a
     assert ("rayjobs", "wake-owner") in found["events"]
     for plural in ("trainingjobs", "finetunes", "vectorindexes", "servingendpoints", "evalruns"):
         assert (plural, f"{plural}_by_name") in found["indexes"]  # dependencies are read from memory
-        assert (plural, f"wake-dependents-{plural}") in found["events"]
+        assert (plural, f"wake-{plural}") in found["events"]
     assert not any(h.id == "reconcile" for h in registry._spawning.get_all_handlers()
                    if isinstance(h, kopf._core.intents.handlers.TimerHandler))  # no polling timer
 

@@ -9,6 +9,8 @@ GROUP = "kubeforge.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "genai"
+FINALIZER = f"{GROUP}/finalizer"
+"""Held by every Kubeforge resource while the operator may still have children or data to clean up."""
 
 
 class ApiModel(BaseModel):

@@ -335,7 +335,7 @@ def _record_attempt(run: Pass, number: int, retry: bool) -> Plan:
     resume = " (resumes from the latest committed checkpoint)" if retry else ""
     run.event("Normal", "AttemptStarted", f"attempt {number} started as RayJob {name}{resume}")
     run.set_phase(Phase.RUNNING, ready=False, reconciling=True, stalled=False, reason=Reason.LAUNCHING,
-                  message=f"attempt {number} launching as RayJob {name}")
+                  message=f"attempt {number} launching as RayJob {name}", announce=False)
     return run.done(0)
 
 

@@ -106,7 +106,9 @@ class Pass:
         self.plan.events.append(Event(type_, reason, message))
 
     def set_phase(self, phase: Phase, *, ready: bool, reconciling: bool, stalled: bool, reason: Reason | str,
-                  message: str) -> None:
+                  message: str, announce: bool = True) -> None:
+        """Set phase and kstatus conditions; a phase change is announced as an event unless the caller posts
+        a more specific one for the same moment."""
         reason_text = reason.value if isinstance(reason, Reason) else reason
         if self.keeps_previous:
             ready = True
@@ -117,7 +119,7 @@ class Pass:
         self.status["conditions"] = set_kstatus(
             self.status.get("conditions") or [], ready=ready, reconciling=reconciling, stalled=stalled,
             reason=reason_text, message=message, generation=self.generation, now=self.now_text)
-        if previous != phase.value:
+        if previous != phase.value and announce:
             self.event("Warning" if phase == Phase.FAILED else "Normal", reason_text, message)
 
     def invalid(self, message: str) -> Plan:

@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # the interface only; the boto3-backed store is passed in by 
 
 log = logging.getLogger(__name__)
 CONFLICT_RETRY_SECONDS = 0.5
+MAX_CONFLICT_REREADS = 3
+"""Conflicts in a row answered by re-reading the object; beyond that, wait for the watch."""
 NAME_TAKEN_RETRY_SECONDS = 2.0
 ERROR_BACKOFF_SECONDS = (1.0, 60.0)
 RAY_JOB_ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -51,6 +53,9 @@ class Writer(Protocol):
         """Create (or adopt, if ours) a child RayJob. Raises ChildNameTaken."""
 
     def delete_rayjob(self, namespace: str, name: str) -> None: ...
+
+    def get_object(self, plural: str, namespace: str, name: str) -> Optional[dict]:
+        """A Kubeforge resource as stored now (after a Conflict); None when it is gone."""
 
 
 @dataclass
@@ -100,6 +105,9 @@ class ResourceLoop:
     created: dict[str, dict] = field(default_factory=dict)
     """Children this loop created that the index has not shown yet (so they are not created twice)."""
     errors: int = 0
+    conflicts: int = 0
+    finalizer: Optional[str] = None
+    """kopf's finalizer: passes wait until kopf added it (its write would otherwise conflict with the first)."""
 
     async def run(self, body, stopped, wake: asyncio.Event) -> None:
         """Passes until `stopped`; `wake` is set by the wiring when a child or dependency changed."""
@@ -118,11 +126,22 @@ class ResourceLoop:
     async def step_safely(self, body) -> Optional[float]:
         try:
             delay = await self.step(copy.deepcopy(dict(body)))
-            self.errors = 0
+            self.errors = self.conflicts = 0
             return delay
         except Conflict:
+            # Someone else wrote meanwhile (kopf's finalizer, a label); the watch may take a while to show it,
+            # so read the object once and redo the pass on it rather than conflict again on the stale one.
+            self.conflicts += 1
             self.forget()
-            return CONFLICT_RETRY_SECONDS
+            if self.conflicts > MAX_CONFLICT_REREADS:
+                return CONFLICT_RETRY_SECONDS
+            meta = body["metadata"]
+            fresh = await asyncio.to_thread(self.writer.get_object, self.kind.info.plural, meta["namespace"],
+                                            meta["name"])
+            if fresh is not None:
+                self.stored = fresh
+                self.stored_versions = {meta.get("resourceVersion"), fresh["metadata"].get("resourceVersion")}
+            return 0
         except Exception:  # the loop survives anything; the next pass starts from fresh state
             self.forget()
             self.errors += 1
@@ -139,8 +158,11 @@ class ResourceLoop:
     async def step(self, body: dict) -> Optional[float]:
         """One pass. Returns seconds until the next pass is due, None when only a change can make one."""
         server = self._newest(body)
+        meta = server["metadata"]
+        if self.finalizer and self.finalizer not in (meta.get("finalizers") or []) and not meta.get("deletionTimestamp"):
+            return None  # kopf is adding its finalizer; that write's event wakes this loop
         obj = copy.deepcopy(server)
-        version = server["metadata"].get("resourceVersion")
+        version = meta.get("resourceVersion")
         if self.unwritten is not None and self.unwritten[0] == version:
             obj["status"] = copy.deepcopy(self.unwritten[1])  # reconcile goes on from what it last computed
         status = obj.get("status") or {}

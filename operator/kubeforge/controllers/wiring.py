@@ -17,7 +17,7 @@ from typing import Callable
 import kopf
 
 from kubeforge.api.kinds import KINDS, kind_info
-from kubeforge.api.meta import GROUP, VERSION
+from kubeforge.api.meta import FINALIZER, GROUP, VERSION
 from kubeforge.cluster import RAY_GROUP, RAY_VERSION, RAYJOBS, Cluster
 from kubeforge.controllers import batch
 from kubeforge.controllers.common import Event, resource_prefix
@@ -32,6 +32,8 @@ from kubeforge.storage.objectstore import S3ObjectStore
 
 log = logging.getLogger(__name__)
 CHILD_DELETION_POLL_SECONDS = 2.0
+WAKE_PREFIX = "wake-"
+"""Ids of the event handlers that only wake loops: their per-event success lines are not logged."""
 CANCELLATION_SECONDS = 10.0
 
 
@@ -88,6 +90,13 @@ class Prerequisites:
                                       uses=frozenset({RAYJOBS}), bucket=spec.storage.bucket)
 
 
+class QuietWakeups(logging.Filter):
+    """kopf logs every handler success at INFO; for the wake-up handlers that is a line per watch event."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(f"Handler '{WAKE_PREFIX}")
+
+
 def register(settings: Settings, registry: kopf.OperatorRegistry | None = None,
              cluster_facts: Callable[[], ClusterFacts] = ClusterFacts) -> None:
     """Register handlers for every kind; call once before kopf starts. `cluster_facts` gives the latest
@@ -95,6 +104,7 @@ def register(settings: Settings, registry: kopf.OperatorRegistry | None = None,
     registry = registry or kopf.get_default_registry()
     cluster_holder: dict = {}
     wakeups = Wakeups()
+    logging.getLogger("kopf.objects").addFilter(QuietWakeups())
 
     def core_api():
         from kubernetes import client
@@ -115,9 +125,11 @@ def register(settings: Settings, registry: kopf.OperatorRegistry | None = None,
     def rayjobs_by_owner(body, labels, **_):
         return {labels[LABEL_OWNER_UID]: child_summary(body)}
 
+    # Event handlers run after kopf updated the indexes with the same event, so a woken loop sees the change.
+    # They are async: they run on the event loop the loops wait on (asyncio.Event is not thread-safe).
     @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={LABEL_OWNER_UID: kopf.PRESENT}, registry=registry,
-                   id="wake-owner")
-    def child_changed(labels, **_):
+                   id=f"{WAKE_PREFIX}owner")
+    async def child_changed(labels, **_):
         wakeups.wake(labels[LABEL_OWNER_UID])
 
     for info in KINDS:
@@ -142,10 +154,11 @@ def _register_resource_index(info, registry, wakeups: Wakeups) -> None:
 
     kopf.index(GROUP, VERSION, info.plural, registry=registry, id=_index_name(info))(index)
 
-    def changed(namespace, name, **_):
+    async def changed(namespace, name, uid, **_):
+        wakeups.wake(uid)  # its own spec (a new generation), labels, or another writer's change
         wakeups.resource_changed((namespace, info.kind, name))
 
-    kopf.on.event(GROUP, VERSION, info.plural, registry=registry, id=f"wake-dependents-{info.plural}")(changed)
+    kopf.on.event(GROUP, VERSION, info.plural, registry=registry, id=f"{WAKE_PREFIX}{info.plural}")(changed)
 
 
 def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients, wakeups: Wakeups,
@@ -175,7 +188,7 @@ def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients
                             cache=Cache(children=children, resource=resource,
                                         watch_dependencies=wakeups.watch_dependencies,
                                         prerequisites=prerequisites),
-                            clock=Clock(now=lambda: utcnow()), post_event=post_event)
+                            clock=Clock(now=lambda: utcnow()), post_event=post_event, finalizer=FINALIZER)
         try:
             await loop.run(body, stopped, wakeups.event_for(uid))
         finally:
