@@ -36,9 +36,6 @@ class Cluster:
             api = client.CustomObjectsApi()
         self.api = api
 
-    def rayjobs_of(self, namespace: str, owner_uid: str) -> dict[str, dict]:
-        return self.children_of(RAYJOBS, namespace, owner_uid)
-
     def children_of(self, plural: str, namespace: str, owner_uid: str) -> dict[str, dict]:
         """Children of one kind (rayjobs, rayservices) that carry the owner's uid label, by name."""
         listed = self.api.list_namespaced_custom_object(

@@ -18,7 +18,7 @@ import kopf
 
 from kubeforge.api.kinds import KINDS, kind_info
 from kubeforge.api.meta import FINALIZER, GROUP, VERSION
-from kubeforge.cluster import RAY_GROUP, RAY_VERSION, RAYJOBS, Cluster
+from kubeforge.cluster import CHILD_PLURALS, RAY_GROUP, RAY_VERSION, RAYJOBS, Cluster
 from kubeforge.controllers import batch
 from kubeforge.controllers.common import Event, resource_prefix
 from kubeforge.controllers.loop import Cache, Clock, ResourceLoop, child_summary
@@ -198,14 +198,15 @@ def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients
     def cleanup(body, spec, **_):
         cluster, store = clients()
         meta = body["metadata"]
-        children = cluster.rayjobs_of(meta["namespace"], meta["uid"])
+        plural = CHILD_PLURALS[kind.info.shape]
+        children = cluster.children_of(plural, meta["namespace"], meta["uid"])
         for name in children:
-            cluster.delete_rayjob(meta["namespace"], name)
+            cluster.delete_child(plural, meta["namespace"], name)
         if children:
             # KubeRay's finalizer stops the Ray job before the RayJob goes; until then the workload may still
             # write checkpoints and progress, so the prefix is removed only once no child is left.
-            raise kopf.TemporaryError(f"waiting for RayJobs {', '.join(sorted(children))} to be deleted",
-                                      delay=CHILD_DELETION_POLL_SECONDS)
+            raise kopf.TemporaryError(f"waiting for {kind.info.shape}s {', '.join(sorted(children))} to be "
+                                      "deleted", delay=CHILD_DELETION_POLL_SECONDS)
         if spec.get("deletionPolicy") == "Delete":
             try:
                 parsed = kind.info.spec_model.model_validate(dict(spec))
