@@ -18,7 +18,8 @@ Measured, both sides in the same run (the baseline first, so neither works while
   1. time from the first create until all N RayJobs exist (ratio baseline / kubeforge; goal >= 0.8);
   2. at steady state (all RayJobs Running), over each --window: API requests and status writes of each operator
      per active resource per minute, from the emulator's /metrics split by namespace (the bench's own and the
-     local KubeRay's requests left out by client); goal <= 1 status write while nothing changes;
+     local KubeRay's requests left out by client), and object-store reads (GET/HEAD under the namespace's
+     prefixes, from moto's access log); goal <= 1 status write while nothing changes;
   3. latency from a RayJob's status change (the bench writes what KubeRay writes when a job ends: Complete,
      SUCCEEDED) to its owner's status.phase Succeeded, for --samples resources per side, p50 and p95
      (goal p50 <= 1 s).
@@ -180,6 +181,15 @@ def usage(before: Counter, after: Counter, namespace: str) -> dict:
             if labels["group"] == GROUP and labels["subresource"] == "status":
                 status_writes += count
     return {"requests": total, "writes": writes, "status_writes": status_writes, "breakdown": dict(breakdown)}
+
+
+def object_store_reads(access_log: Path, start: int, end: int, namespace: str) -> int:
+    """GETs and HEADs under the namespace's default prefixes, from moto's access log between two offsets."""
+    with open(access_log, "rb") as log_file:
+        log_file.seek(start)
+        text = log_file.read(end - start).decode(errors="replace")
+    return sum(1 for line in text.splitlines()
+               if f'"GET /{BUCKET}/{namespace}/' in line or f'"HEAD /{BUCKET}/{namespace}/' in line)
 
 
 def kuberay_requests(before: Counter, after: Counter) -> float:
@@ -458,7 +468,8 @@ def finish_children(custom, sides: list[Side], samples: int, spacing: float) -> 
 def steady_window(api_url: str, sides: list[Side], args, procs: Processes, moving: Optional[Heartbeats]) -> dict:
     """Every side's API use per active resource per minute over --window seconds; with `moving`, that side's
     heartbeats advance one step every --heartbeat-every seconds meanwhile (as a training run's do)."""
-    before = request_counts(api_url)
+    access_log = procs.work / "s3.log"
+    before, log_start = request_counts(api_url), access_log.stat().st_size
     began = time.monotonic()
     step = 10
     while (remaining := args.window - (time.monotonic() - began)) > 0:
@@ -466,15 +477,17 @@ def steady_window(api_url: str, sides: list[Side], args, procs: Processes, movin
         if moving and time.monotonic() - began < args.window:
             step += 1
             moving.write(step)
-    after = request_counts(api_url)
+    after, log_end = request_counts(api_url), access_log.stat().st_size
     window = time.monotonic() - began
     procs.check_alive()
-    found = {side.label: usage(before, after, side.namespace) for side in sides}
+    found = {side.label: {**usage(before, after, side.namespace),
+                          "object_store_reads": object_store_reads(access_log, log_start, log_end, side.namespace)}
+             for side in sides}
     per_minute = {label: {key: value / args.n / (window / 60) for key, value in counts.items() if key != "breakdown"}
                   for label, counts in found.items()}
     log(f"{'heartbeats moving' if moving else 'nothing changing'}, {window:.0f} s: " + "; ".join(
-        f"{label} {v['requests']:.2f} requests, {v['status_writes']:.2f} status writes per resource per minute"
-        for label, v in per_minute.items()))
+        f"{label} {v['requests']:.2f} requests, {v['status_writes']:.2f} status writes, "
+        f"{v['object_store_reads']:.2f} object-store reads per resource per minute" for label, v in per_minute.items()))
     return {"window_s": round(window, 1), "per_resource_per_minute": per_minute,
             "requests_in_window": {label: counts["breakdown"] for label, counts in found.items()},
             "local_kuberay_requests_per_min": kuberay_requests(before, after) / (window / 60)}
@@ -563,10 +576,16 @@ def report(args, operator_src: Path, created: dict, windows: dict, latencies: di
             per_minute("still", "kubeforge", "requests"), per_minute("still", "baseline", "requests")),
         row("steady_status_writes_per_resource_min", "status writes /resource/min, nothing changing",
             still_writes, per_minute("still", "baseline", "status_writes"), "kubeforge <= 1", still_writes <= 1),
+        row("steady_object_store_reads_per_resource_min", "object-store reads /resource/min, nothing changing",
+            per_minute("still", "kubeforge", "object_store_reads"),
+            per_minute("still", "baseline", "object_store_reads")),
         row("training_requests_per_resource_min", "API requests /resource/min, heartbeats moving",
             per_minute("training", "kubeforge", "requests"), per_minute("training", "baseline", "requests")),
         row("training_status_writes_per_resource_min", "status writes /resource/min, heartbeats moving",
             per_minute("training", "kubeforge", "status_writes"), per_minute("training", "baseline", "status_writes")),
+        row("training_object_store_reads_per_resource_min", "object-store reads /resource/min, heartbeats moving",
+            per_minute("training", "kubeforge", "object_store_reads"),
+            per_minute("training", "baseline", "object_store_reads")),
         row("latency_p50_s", "RayJob status change -> owner status, p50 (s)", p50["kubeforge"], p50["baseline"],
             "kubeforge <= 1", p50["kubeforge"] is not None and p50["kubeforge"] <= 1),
         row("latency_p95_s", "RayJob status change -> owner status, p95 (s)", p95["kubeforge"], p95["baseline"]),
@@ -586,14 +605,14 @@ def table(result: dict) -> str:
     def cell(value, digits: int = 2) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    header = f"{'metric':<50} {'kubeforge':>10} {'baseline':>10} {'ratio':>7}  goal"
+    header = f"{'metric':<52} {'kubeforge':>10} {'baseline':>10} {'ratio':>7}  goal"
     lines = [f"N={result['n']}, steady windows {result['window_s']:.0f} s (heartbeats moving every "
              f"{result['heartbeat_every_s']:g} s in the second), latency samples {result['samples']} per side; "
              f"Kubeforge {result['operator_revision']} ({result['operator_src']})",
              f"ratio = {result['ratio_is']}", header, "-" * len(header)]
     for row in result["metrics"]:
         verdict = "" if row["met"] is None else " (met)" if row["met"] else " (NOT met)"
-        lines.append(f"{row['what']:<50} {cell(row['kubeforge']):>10} {cell(row['baseline']):>10} "
+        lines.append(f"{row['what']:<52} {cell(row['kubeforge']):>10} {cell(row['baseline']):>10} "
                      f"{cell(row['ratio']):>7}  {row['goal']}{verdict}")
     return "\n".join(lines)
 

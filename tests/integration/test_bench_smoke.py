@@ -37,8 +37,9 @@ def test_operator_scale_bench_reports_every_metric_for_both_operators():
     report = json.loads(result.stdout)
     rows = {row["metric"]: row for row in report["metrics"]}
     assert set(rows) == {"rayjobs_created_s", "steady_requests_per_resource_min",
-                         "steady_status_writes_per_resource_min", "training_requests_per_resource_min",
-                         "training_status_writes_per_resource_min", "latency_p50_s", "latency_p95_s"}
+                         "steady_status_writes_per_resource_min", "steady_object_store_reads_per_resource_min",
+                         "training_requests_per_resource_min", "training_status_writes_per_resource_min",
+                         "training_object_store_reads_per_resource_min", "latency_p50_s", "latency_p95_s"}
     for name, row in rows.items():
         assert row["kubeforge"] is not None and row["baseline"] is not None, name
     assert rows["rayjobs_created_s"]["kubeforge"] > 0 and rows["rayjobs_created_s"]["baseline"] > 0
