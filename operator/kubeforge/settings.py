@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     progress_write_seconds: float = Field(default=30.0, ge=0)
     """Least time between two status writes that carry only progress (step, loss, throughput); phase,
     condition and attempt changes are written at once."""
+    event_coalesce_seconds: float = Field(default=0.2, ge=0, le=5)
+    """After a watch event wakes a resource, wait this long for the rest of a burst before the pass."""
     startup_jitter_seconds: float = Field(default=5.0, ge=0)
     """A restarted operator spreads the first passes of the resources it finds over this many seconds."""
     rayjob_ttl_seconds: int = Field(default=3600, ge=0)

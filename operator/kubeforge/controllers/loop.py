@@ -120,6 +120,9 @@ class ResourceLoop:
                 wake.clear()
                 delay = await self.step_safely(body)
                 await _wait_any(stop, wake, delay)
+                if wake.is_set() and self.settings.event_coalesce_seconds:
+                    # Events come in bursts (KubeRay writes Initializing, then Running): one pass for the burst.
+                    await asyncio.wait({stop}, timeout=self.settings.event_coalesce_seconds)
         finally:
             stop.cancel()
 
