@@ -42,8 +42,8 @@ def test_a_job_queued_for_gpus_is_not_a_hang_and_fails_with_start_timeout(sandbo
 
 
 def test_a_stalled_training_loop_with_a_live_heartbeat_is_detected_as_hang_and_resumed(sandbox):
-    # hangTimeout also covers start-up phases (imports, model load), which take tens of seconds on a loaded
-    # 2-core machine: 30 s leaves them room
+    # hangTimeout covers the workload's phases after its first heartbeat (model load among them), which take
+    # tens of seconds on a loaded 2-core machine: 30 s leaves them room
     apply(sandbox, finetune("stalls", step_delay=0.5, failurePolicy={"hangTimeout": "30s"}))
     objects = ResourceObjects(sandbox, "stalls")
     sandbox.wait_for(lambda: checkpoint_step(status(sandbox, "stalls")) >= EVERY, "a first checkpoint", timeout=300)

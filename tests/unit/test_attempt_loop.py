@@ -99,13 +99,28 @@ def test_a_phase_change_without_a_step_counts_as_progress():
     assert plan.delete == []
 
 
-def test_the_hang_clock_starts_when_the_ray_job_runs_not_when_the_attempt_was_recorded():
+BEAT = Progress(attempt=1, phase="Starting", step=0, updated_at="2026-11-24T12:05:00Z")
+RUNNING_BEATING = Observed(rayjobs=RUNNING, progress=BEAT)
+
+
+def test_the_hang_clock_starts_at_the_first_heartbeat_of_a_running_job_not_when_the_attempt_was_recorded():
     state = launched(spec_with(hangTimeout="60s", startTimeout="10m"))
     _, state = passes(state, Observed(rayjobs=INITIALIZING), range(0, 300, 10))
-    plan, state = passes(state, Observed(rayjobs=RUNNING), range(300, 361, 10))
+    _, state = passes(state, Observed(rayjobs=RUNNING), range(300, 400, 10))  # imports: no heartbeat yet
+    plan, state = passes(state, RUNNING_BEATING, range(400, 461, 10))
     assert plan.delete == []
-    plan, _ = passes(state, Observed(rayjobs=RUNNING), range(361, 380, 10))
+    plan, _ = passes(state, RUNNING_BEATING, range(461, 480, 10))
     assert plan.status["attempts"][0]["reason"] == "Hang"
+
+
+def test_a_running_job_whose_workload_never_reports_is_stopped_by_the_start_timeout_not_as_a_hang():
+    state = launched(spec_with(hangTimeout="60s", startTimeout="5m"))
+    plan, state = passes(state, Observed(rayjobs=RUNNING), range(0, 300, 10))
+    assert plan.delete == []  # far beyond hangTimeout: still starting
+    plan, _ = passes(state, Observed(rayjobs=RUNNING), range(300, 320, 10))
+    attempt = plan.status["attempts"][0]
+    assert attempt["reason"] == "StartTimeout" and plan.delete == ["ft-1"]
+    assert attempt["message"].startswith("the workload sent no progress report within 5m")
 
 
 def test_watchdog_state_survives_an_operator_restart():
@@ -121,9 +136,9 @@ def test_watchdog_state_survives_an_operator_restart():
 
 def test_requeue_is_due_at_the_watchdog_deadline_when_that_is_sooner_than_the_period():
     state = launched(spec_with(hangTimeout="60s"))
-    plan, state = passes(state, Observed(rayjobs=RUNNING), [0])
+    plan, state = passes(state, RUNNING_BEATING, [0])
     assert plan.requeue_after == 2  # the reconcile period (2 s in these tests)
-    plan = run(state, Observed(rayjobs=RUNNING), NOW + timedelta(seconds=59.5))
+    plan = run(state, RUNNING_BEATING, NOW + timedelta(seconds=59.5))
     assert plan.requeue_after == pytest.approx(1.5)
 
 
@@ -203,6 +218,6 @@ def test_an_edited_finished_resource_has_its_new_generation_observed():
 
 def test_an_ended_attempt_keeps_no_watchdog_clocks():
     state = launched(spec_with(hangTimeout="60s"))
-    plan, _ = passes(state, Observed(rayjobs=RUNNING), range(0, 70, 5))
+    plan, _ = passes(state, RUNNING_BEATING, range(0, 70, 5))
     assert plan.status["attempts"][0]["reason"] == "Hang"
     assert not {"waitingSince", "progressMark", "progressTime"} & set(plan.status["attempts"][0])

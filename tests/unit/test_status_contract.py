@@ -86,10 +86,11 @@ def test_starting_running_and_suspended():
 def test_hang_and_start_timeout_messages_name_what_was_seen():
     state = launched(spec_with(hangTimeout="60s"))
     running = {"ft-1": rayjob("ft-1", jobDeploymentStatus="Running", jobStatus="RUNNING")}
-    state = with_status(run(state, Observed(rayjobs=running), NOW), state)
-    hung = run(state, Observed(rayjobs=running), NOW + timedelta(seconds=61))
+    beat = Progress(attempt=1, phase="Loading", step=0, updated_at="2026-11-24T12:00:00Z")
+    state = with_status(run(state, Observed(rayjobs=running, progress=beat), NOW), state)
+    hung = run(state, Observed(rayjobs=running, progress=beat), NOW + timedelta(seconds=61))
     assert hung.status["attempts"][0]["message"] == (
-        "no progress for 60s while the Ray job was running (no progress report since 2026-11-24T12:00:00Z); "
+        "no progress for 60s while the Ray job was running (Loading step 0 since 2026-11-24T12:00:00Z); "
         "attempt stopped")
     state = launched(spec_with(startTimeout="60s"))
     state = with_status(run(state, Observed(rayjobs={"ft-1": rayjob("ft-1")}), NOW), state)
@@ -290,7 +291,8 @@ def test_only_this_attempts_heartbeat_counts_as_its_progress():
     running = {"ft-1": rayjob("ft-1", jobDeploymentStatus="Running", jobStatus="RUNNING")}
     older = Progress(attempt=0, phase="Training", step=50, updated_at="2026-11-24T12:00:00Z")
     plan = run(state, Observed(rayjobs=running, progress=older))
-    assert plan.status["attempts"][0]["progressMark"] == "none"
+    attempt = plan.status["attempts"][0]
+    assert "progressMark" not in attempt and attempt["waitingSince"]  # still starting, as far as anyone knows
     assert plan.status["message"] == "attempt 1 running (RayJob ft-1)"
 
 

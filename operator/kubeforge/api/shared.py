@@ -125,12 +125,13 @@ class FailurePolicy(ApiModel):
     backoff: Backoff = Field(default_factory=Backoff, json_schema_extra=DEFAULT_EMPTY_OBJECT)
     """Delay between attempts."""
     hang_timeout: str = Field(default="10m", pattern=DURATION_PATTERN)
-    """Go duration (e.g. 10m). While the Ray job is RUNNING, an attempt whose progress (step or phase) has not
-    advanced for this long is stopped and retried as Hang. Time spent starting or suspended does not count."""
+    """Go duration (e.g. 10m). Once the Ray job is RUNNING and the workload has sent its first heartbeat, an attempt
+    whose progress (step or phase) has not advanced for this long is stopped and retried as Hang. Time spent
+    starting (until that first heartbeat) or suspended does not count."""
     start_timeout: str = Field(default="30m", pattern=DURATION_PATTERN)
-    """Go duration (e.g. 30m). An attempt whose Ray job has not started running within this long (cluster
-    still initializing, pods queued for GPUs) is stopped and retried with reason StartTimeout (Infrastructure).
-    A suspended RayJob waits without limit."""
+    """Go duration (e.g. 30m). An attempt whose Ray job has not started running, or whose workload has not sent its
+    first heartbeat, within this long (cluster still initializing, pods queued for GPUs, a stuck start-up) is
+    stopped and retried with reason StartTimeout (Infrastructure). A suspended RayJob waits without limit."""
     rules: list[FailureRule] = Field(default_factory=list, max_length=32)
     """User rules, evaluated in order; the first match decides."""
 

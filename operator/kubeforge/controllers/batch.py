@@ -272,21 +272,24 @@ def _watch_active(run: Pass, spec: BatchSpec, current: dict, job_status: dict, p
     mark = f"{heartbeat.phase} step {heartbeat.step}" if heartbeat else None
     activity = activity_of(job_status)
     policy = spec.failure_policy
-    verdict = watch(current, activity, mark, run.now, parse_duration(policy.hang_timeout),
-                    parse_duration(policy.start_timeout))
+    # Until the workload's first heartbeat of this attempt (imports, Ray Train start-up) the attempt is still
+    # starting: startTimeout applies, and hangTimeout only once there is progress that can stand still.
+    silent = activity == Activity.RUNNING and heartbeat is None
+    verdict = watch(current, Activity.STARTING if silent else activity, mark, run.now,
+                    parse_duration(policy.hang_timeout), parse_duration(policy.start_timeout))
     name = current["rayJob"]
     if verdict.stuck == Stuck.HANG:
         run.plan.delete.append(name)
-        seen = f"{mark}" if mark else "no progress report"
         return _failed(run, spec, current, ObservedFailure(
-            message=f"no progress for {policy.hang_timeout} while the Ray job was running ({seen} since "
+            message=f"no progress for {policy.hang_timeout} while the Ray job was running ({mark} since "
                     f"{verdict.since}); attempt stopped", hang=True))
     if verdict.stuck == Stuck.START_TIMEOUT:
         run.plan.delete.append(name)
         state = job_status.get("jobDeploymentStatus") or "not yet reported"
         detail = summarize(job_status.get("message") or "") or "no message from KubeRay"
+        what = "the workload sent no progress report" if silent else "the Ray job did not start running"
         return _failed(run, spec, current, ObservedFailure(
-            message=f"the Ray job did not start running within {policy.start_timeout} (RayJob {name} "
+            message=f"{what} within {policy.start_timeout} (RayJob {name} "
                     f"{state} since {verdict.since}: {detail}); attempt stopped", start_timeout=True))
 
     number = current["number"]
