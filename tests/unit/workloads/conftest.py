@@ -36,6 +36,8 @@ def tracking_uri(tmp_path, monkeypatch):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # Experiments created without an artifact location store artifacts under ./mlruns: here, not in the checkout.
+    monkeypatch.chdir(tmp_path)
     for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(leftover, raising=False)
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
