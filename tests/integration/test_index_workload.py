@@ -177,3 +177,43 @@ def test_sync_then_incremental_resync_reuses_unchanged_documents(index_env):
     third = _sync(index_env, attempt=3, generation=3)  # nothing changed: no new version, nothing embedded
     assert (third["version"], third["unchanged"], third["sync"]["embeddedChunks"]) == (2, True, 0)
 
+
+def test_a_build_killed_mid_embedding_resumes_without_embedding_saved_chunks_again(index_env, tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+
+    name, prefix = "killed", "ns/VectorIndex/killed"
+    context = _context(attempt=1, generation=1)
+    context.update(name=name, uid="uid-killed", storage={"bucket": BUCKET, "prefix": prefix})
+    context["spec"]["embedding"] = {"batchSize": 2}
+    partial = f"{prefix}/outputs/index/v-1/partial/"
+    stall = tmp_path / "stall"
+    stall.write_text("")  # the driver stops after its first saved batch; then it is killed
+    killed = index_env.run("kubeforge_workloads.index", context, timeout=150,
+                           extra_env={"KUBEFORGE_CHAOS_STALL_FILE": str(stall),
+                                      "KUBEFORGE_INDEX_PARTIAL_SAVE_SECONDS": "0"},
+                           kill_when=lambda: bool(index_env.keys(partial)))
+    assert killed.killed, killed.stderr[-3000:]
+    saved = {}
+    for key in index_env.keys(partial):
+        table = pq.read_table(io.BytesIO(index_env.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+        vectors = np.asarray(table.column("vector").combine_chunks().flatten().to_numpy(), dtype=np.float32)
+        for i, (document_id, ordinal) in enumerate(zip(table.column("document_id").to_pylist(),
+                                                       table.column("ordinal").to_pylist())):
+            saved[f"{document_id}#c{ordinal}"] = vectors.reshape(table.num_rows, -1)[i].tobytes()
+    assert saved
+
+    stall.unlink()
+    context["attempt"] = 2
+    finished = index_env.run("kubeforge_workloads.index", context, timeout=150)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    result = index_env.get_json(f"{prefix}/outputs/result.json")
+    assert result["version"] == 1 and result["sync"]["resumedChunks"] == len(saved)
+    assert result["sync"]["embeddedChunks"] == result["chunks"] - len(saved) > 0
+    assert index_env.keys(partial) == []  # committing the version removed the saved parts
+    body = index_env.s3.get_object(Bucket=BUCKET, Key=f"{prefix}/outputs/index/v-1/chunks.parquet")["Body"].read()
+    table = pq.read_table(io.BytesIO(body))
+    vectors = np.asarray(table.column("vector").combine_chunks().flatten().to_numpy(), dtype=np.float32)
+    stored = dict(zip(table.column("chunk_id").to_pylist(), vectors.reshape(table.num_rows, -1)))
+    assert all(stored[cid].tobytes() == vector for cid, vector in saved.items())
