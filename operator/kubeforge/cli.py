@@ -67,6 +67,41 @@ def doctor(kubeconfig: str | None, namespace: str | None) -> None:
     sys.exit(1 if any(problem for _, problem in checks) else 0)
 
 
+@main.command()
+@click.argument("resource", metavar="vi/NAME")
+@click.argument("text")
+@click.option("-k", default=5, show_default=True, help="chunks to return")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="only chunks with this metadata")
+@click.option("--version", type=int, default=None, help="an index version (default: the current one)")
+@click.option("-n", "--namespace", default="default", show_default=True)
+def query(resource: str, text: str, k: int, filters: tuple[str, ...], version, namespace: str) -> None:
+    """Query a VectorIndex: the chunks nearest TEXT, as JSON lines (score, document, text, metadata).
+
+    Reads the index from the object store with the workloads' query library (the same one RAG and EvalRun use),
+    so it needs the `workloads` extra and object-store credentials (AWS_*) where it runs."""
+    import subprocess
+
+    from kubernetes import client
+
+    from kubeforge.api.meta import GROUP, VERSION
+    from kubeforge.cluster import load_kube_config
+
+    kind, _, name = resource.rpartition("/")
+    if kind not in ("", "vi", "vectorindex", "vectorindexes"):
+        raise click.BadParameter(f"{resource}: expected vi/NAME", param_hint="RESOURCE")
+    load_kube_config()
+    obj = client.CustomObjectsApi().get_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", name)
+    status = obj.get("status") or {}
+    if not status.get("currentVersion") or not status.get("storagePrefix"):
+        raise click.ClickException(f"VectorIndex {namespace}/{name} has no version yet "
+                                   f"(phase {status.get('phase') or 'unknown'}): wait for Ready")
+    # A subprocess: the operator package never imports the workloads (and their ML stack).
+    argv = [sys.executable, "-m", "kubeforge_workloads.index.query", status["storagePrefix"], text, "-k", str(k)]
+    argv += [arg for f in filters for arg in ("--filter", f)]
+    argv += ["--version", str(version)] if version is not None else []
+    sys.exit(subprocess.call(argv))
+
+
 @main.group()
 def crds() -> None:
     """Custom resource definitions generated from the pydantic models."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -60,3 +62,10 @@ def test_the_index_builds_then_resyncs_only_what_changed_while_staying_ready(san
     sync = status["output"]["sync"]
     assert (sync["embeddedDocuments"], sync["reusedDocuments"]) == (1, len(seeded) - 1), json.dumps(sync)
     assert status["run"]["reason"] == "SpecChanged" and ready(obj) == "True"
+
+    found = subprocess.run([sys.executable, "-m", "kubeforge", "query", "vi/synced",
+                            "what does an operator reconcile into workloads", "-k", "1"],
+                           env=sandbox.env, capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr
+    (hit,) = [json.loads(line) for line in found.stdout.splitlines() if line.strip()]
+    assert hit["version"] == 2 and hit["documentId"].endswith("operators.md"), hit
