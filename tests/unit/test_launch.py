@@ -15,6 +15,7 @@ from kubeforge.launch.rayjob import build_rayjob, deep_merge
 from kubeforge.settings import Settings
 from tests.conftest import KUBERAY_CRDS, REPO_ROOT
 from tests.unit.pod_security import violations
+from kubeforge.controllers.registry import BATCH_KINDS
 from tests.unit.schemas import crd_schema, schema_errors
 
 SETTINGS = Settings()
@@ -23,7 +24,7 @@ SETTINGS = Settings()
 def example_objects():
     for path in sorted((REPO_ROOT / "examples").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("apiVersion") == "kubeforge.dev/v1alpha1" and doc["kind"] == "FineTune":
+            if doc and doc.get("apiVersion") == "kubeforge.dev/v1alpha1" and doc["kind"] in BATCH_KINDS:
                 doc["metadata"].update(namespace="default", uid="0123456789abcdef", generation=1)
                 yield pytest.param(doc, id=f"{path.stem}-{doc['metadata']['name']}")
 
