@@ -10,12 +10,12 @@ from kubeforge.api import KINDS
 from kubeforge.api.shared import CommonSpec
 from kubeforge.api.workload import CONTEXT_ENV, WorkloadContext
 from kubeforge.controllers.batch import workload_context
+from kubeforge.controllers.registry import BATCH_KINDS
 from kubeforge.launch.names import attempt_name, child_annotations, child_labels, label_value
 from kubeforge.launch.rayjob import build_rayjob, deep_merge
 from kubeforge.settings import Settings
 from tests.conftest import KUBERAY_CRDS, REPO_ROOT
 from tests.unit.pod_security import violations
-from kubeforge.controllers.registry import BATCH_KINDS
 from tests.unit.schemas import crd_schema, schema_errors
 
 SETTINGS = Settings()
