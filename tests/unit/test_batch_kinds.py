@@ -94,3 +94,11 @@ def test_a_build_below_min_recall_is_ready_but_degraded_with_the_number():
     assert "recall@10 of the approximate index is 0.81" in degraded["message"]
     assert status["quality"] == {"recallAt10": 0.81} and status["phase"] == "Ready"
     assert status["skipped"]["EmptyFile"]["count"] == 1
+
+
+def test_a_ray_cluster_override_that_cannot_be_merged_is_an_invalid_spec_before_any_attempt():
+    spec = copy.deepcopy(TRAINING)
+    spec["ray"] = {"rayClusterSpec": {"headGroupSpec": {"template": {"spec": {"containers": [{"image": "x"}]}}}}}
+    plan, obj = step(TrainingJobKind(), resource("TrainingJob", spec))
+    assert obj["status"]["conditions"][0]["reason"] == "InvalidSpec" and "attempts" not in obj["status"]
+    assert "containers" in obj["status"]["message"] and plan.create == []

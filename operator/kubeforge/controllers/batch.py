@@ -241,6 +241,10 @@ def _start_run(run: Pass, kind: BatchKind, spec: Any, observed: Observed, settin
         status["inputs"] = inputs
     else:
         status.pop("inputs", None)
+    try:  # the pod templates merged with spec.ray.rayClusterSpec: a list item without its merge key fails here
+        _rayjob_for(kind, run.obj, spec, 1, inputs, settings)
+    except ValueError as error:
+        return run.invalid(str(error))
     status.setdefault("storagePrefix", resource_prefix(run.obj, spec, settings).uri())
     attempts = status.setdefault("attempts", [])
     number = attempts[-1]["number"] + 1 if attempts else 1
