@@ -21,6 +21,8 @@ EXAMPLE = REPO_ROOT / "examples" / "trainingjob.yaml"
 def test_the_pretraining_example_survives_a_node_loss_and_registers_model_and_ema(sandbox):
     name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
     sandbox.kubectl("apply", "-f", str(EXAMPLE))
+    sandbox.wait_for(lambda: sandbox.kubectl("get", "rayjob", f"{name}-1", check=False).returncode == 0,
+                     f"RayJob {name}-1", timeout=120)
     chaos(sandbox, "kill", f"{name}-1", "--reason", "NodeLost", "--after-checkpoint", "5")
     status = sandbox.wait_for(
         lambda: (s := sandbox.get("trainingjob", name).get("status") or {}).get("phase") in ("Succeeded", "Failed")
