@@ -390,10 +390,16 @@ def start_everything(args, procs: Processes, operator_src: Path) -> tuple[str, s
 
 
 def create_namespaces(core) -> None:
+    """Both namespaces as a platform team prepares them: with the workload Secret (Kubeforge checks for it
+    before it starts a run, and waits with reason MissingSecret without it)."""
     from kubernetes import client
+
+    from kubeforge.settings import Settings
 
     for namespace in (KUBEFORGE_NS, BASELINE_NS):
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        core.create_namespaced_secret(namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=Settings().workload_env_secret), string_data=S3_ENV))
 
 
 def create_finetunes(custom, side: Side, n: int) -> tuple[float, float]:
