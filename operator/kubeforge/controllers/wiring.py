@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -114,10 +115,13 @@ def register(settings: Settings, registry: kopf.OperatorRegistry | None = None,
 
     prerequisites = Prerequisites(settings, cluster_facts, core_api, ttl=settings.reconcile_period_seconds)
 
+    clients_lock = threading.Lock()
+
     def clients():
-        if not cluster_holder:
-            cluster_holder["cluster"] = Cluster()
-            cluster_holder["store"] = S3ObjectStore(endpoint_url=settings.s3_endpoint_url)
+        # Called from the event loop and from kopf's handler threads: build once, publish both together.
+        with clients_lock:
+            if not cluster_holder:
+                cluster_holder.update(cluster=Cluster(), store=S3ObjectStore(endpoint_url=settings.s3_endpoint_url))
         return cluster_holder["cluster"], cluster_holder["store"]
 
     @kopf.index(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={LABEL_OWNER_UID: kopf.PRESENT}, registry=registry,
