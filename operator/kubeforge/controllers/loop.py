@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from pydantic import ValidationError
 
-from kubeforge.controllers.batch import BatchKind, Dependency, Observed, reconcile
+from kubeforge.controllers.batch import BatchKind, Observed, reconcile
 from kubeforge.controllers.common import Event, Plan, resource_prefix
 from kubeforge.controllers.errors import ChildNameTaken, Conflict
 from kubeforge.controllers.observe import latest_status_patch, load_json, merge_patch, needs_observation
