@@ -12,12 +12,15 @@ seconds per remaining restart instead of a whole reload each.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
+
+from pydantic import ValidationError
 
 from kubeforge.api.workload import CONTEXT_ENV, ExitCode, WorkloadContext
 from kubeforge_workloads.common.errors import DataError, NodeCheckError, UserError, classify_exception, run_workload
@@ -123,6 +126,30 @@ def run_driver(prepare: Callable[[WorkloadContext, WorkloadStorage], Callable[[]
             heartbeat.stop()
 
     run_workload(main, storage.write_failure)
+
+
+def run_train_driver(spec_model: type, preflight: Callable[[Any, WorkloadStorage], None], train_module: str) -> None:
+    """main() of a Ray Train workload: the spec validated as `spec_model` (a UserError naming the kind),
+    `preflight(spec, storage)`, then `<train_module>.train_loop` fitted on the spec's resources with the in-job
+    worker restarts. The loop's module is imported only when training starts, after the checks passed."""
+
+    def prepare(context: WorkloadContext, storage: WorkloadStorage) -> Callable[[], None]:
+        try:
+            spec = spec_model.model_validate(context.spec)
+        except ValidationError as error:
+            raise UserError(f"invalid {context.kind} spec: {error}") from None
+        preflight(spec, storage)
+        restarts = worker_restarts()
+        resources = spec.resources
+
+        def train() -> None:
+            train_loop = importlib.import_module(train_module).train_loop
+            fit(train_loop, context, Workers(resources.workers, resources.cpus_per_worker,
+                                             resources.gpus_per_worker), max_failures=restarts)
+
+        return train
+
+    run_driver(prepare)
 
 
 # worker side

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable
-
-from pydantic import ValidationError
 
 from kubeforge.api.finetune import FineTuneSpec, Method
-from kubeforge.api.workload import WorkloadContext
 from kubeforge_workloads.common.errors import UserError
-from kubeforge_workloads.common.raytrain import Workers, fit, run_driver, worker_restarts
+from kubeforge_workloads.common.raytrain import run_train_driver
 from kubeforge_workloads.common.storage import WorkloadStorage, object_exists
 
 
@@ -34,23 +30,5 @@ def preflight(spec: FineTuneSpec, storage: WorkloadStorage) -> None:
                             "point it at a Hugging Face model directory")
 
 
-def prepare(context: WorkloadContext, storage: WorkloadStorage) -> Callable[[], None]:
-    try:
-        spec = FineTuneSpec.model_validate(context.spec)
-    except ValidationError as error:
-        raise UserError(f"invalid FineTune spec: {error}") from None
-    preflight(spec, storage)
-    restarts = worker_restarts()
-    resources = spec.resources
-
-    def train() -> None:
-        from kubeforge_workloads.finetune.train import train_loop
-
-        fit(train_loop, context, Workers(resources.workers, resources.cpus_per_worker, resources.gpus_per_worker),
-            max_failures=restarts)
-
-    return train
-
-
 def main() -> None:
-    run_driver(prepare)
+    run_train_driver(FineTuneSpec, preflight, "kubeforge_workloads.finetune.train")

@@ -3,15 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
-from pydantic import ValidationError
-
 from kubeforge.api.trainingjob import TextFormat, TrainingJobSpec
-from kubeforge.api.workload import WorkloadContext
 from kubeforge.storage.layout import parse_s3_uri
 from kubeforge_workloads.common.errors import UserError
-from kubeforge_workloads.common.raytrain import Workers, fit, run_driver, worker_restarts
+from kubeforge_workloads.common.raytrain import run_train_driver
 from kubeforge_workloads.common.storage import WorkloadStorage
 
 
@@ -28,23 +23,5 @@ def preflight(spec: TrainingJobSpec, storage: WorkloadStorage) -> None:
         raise UserError(f"spec.dataset.uri {spec.dataset.uri} does not exist in the object store")
 
 
-def prepare(context: WorkloadContext, storage: WorkloadStorage) -> Callable[[], None]:
-    try:
-        spec = TrainingJobSpec.model_validate(context.spec)
-    except ValidationError as error:
-        raise UserError(f"invalid TrainingJob spec: {error}") from None
-    preflight(spec, storage)
-    restarts = worker_restarts()
-    resources = spec.resources
-
-    def train() -> None:
-        from kubeforge_workloads.pretrain.train import train_loop
-
-        fit(train_loop, context, Workers(resources.workers, resources.cpus_per_worker, resources.gpus_per_worker),
-            max_failures=restarts)
-
-    return train
-
-
 def main() -> None:
-    run_driver(prepare)
+    run_train_driver(TrainingJobSpec, preflight, "kubeforge_workloads.pretrain.train")
