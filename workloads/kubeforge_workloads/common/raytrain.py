@@ -178,6 +178,36 @@ def unrecoverable_failures_end_the_attempt(storage: WorkloadStorage) -> Iterator
         raise
 
 
+
+@contextlib.contextmanager
+def worker_attempt(config: dict) -> Iterator[tuple[WorkloadContext, int, WorkloadStorage, Optional[Heartbeat]]]:
+    """What every worker's train_loop runs inside: the context and rank, MLflow pointed at the run's server
+    (before anything reads models:/ URIs), the object store, and on rank 0 the heartbeat. The heartbeat runs
+    where the training steps run: a stopped or stuck worker stops beating. Its first beat already says NodeCheck,
+    so the driver's heartbeat (phase Starting) stops once it sees that. A failure no restart can fix ends the
+    attempt; rank 0 records what failed."""
+    context, rank = setup_worker(config)
+    if context.mlflow.tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(context.mlflow.tracking_uri)
+    storage = WorkloadStorage(context)
+    heartbeat = None
+    if rank == 0:
+        heartbeat = Heartbeat(storage.write_progress, context.attempt)
+        heartbeat.update(phase="NodeCheck", message=resumed_inside_attempt(storage))
+        heartbeat.start()
+    try:
+        with unrecoverable_failures_end_the_attempt(storage):
+            yield context, rank, storage, heartbeat
+    except BaseException as error:
+        if rank == 0:
+            record_worker_failure(heartbeat, error)
+        raise
+    finally:
+        if heartbeat:
+            heartbeat.stop()
+
 def resumed_inside_attempt(storage: WorkloadStorage) -> Optional[str]:
     """On rank 0 before its first beat: a message when this worker group replaces one that already trained in
     this attempt (Ray Train restarted it after a worker failure), else None."""

@@ -8,11 +8,8 @@ from pathlib import Path
 
 from kubeforge.api.finetune import FineTuneSpec, Precision
 from kubeforge_workloads.common.checkpoint import Checkpointer
-from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.nodecheck import node_check
-from kubeforge_workloads.common.raytrain import (record_worker_failure, resumed_inside_attempt, setup_worker,
-                                                 unrecoverable_failures_end_the_attempt)
-from kubeforge_workloads.common.storage import WorkloadStorage
+from kubeforge_workloads.common.raytrain import worker_attempt
 from kubeforge_workloads.finetune.callback import make_callback
 from kubeforge_workloads.finetune.data import ListDataset, PadCollator, load_examples, tokenize
 from kubeforge_workloads.finetune.model import build_model, load_base_model_dir
@@ -41,31 +38,9 @@ def training_arguments(spec: FineTuneSpec, output_dir: Path, use_gpu: bool, has_
 
 def train_loop(config: dict) -> None:
     """Runs in every Ray Train worker; again in a new worker group when Ray Train restarts one in the attempt."""
-    context, rank = setup_worker(config)
-    spec = FineTuneSpec.model_validate(context.spec)
-    if context.mlflow.tracking_uri:  # before anything reads models:/ base models
-        import mlflow
-
-        mlflow.set_tracking_uri(context.mlflow.tracking_uri)
-    storage = WorkloadStorage(context)
-    use_gpu = spec.resources.gpus_per_worker > 0
-    # The heartbeat runs where the training steps run (rank 0): a stopped or stuck worker stops beating.
-    # Its first beat already says NodeCheck: the driver's heartbeat (phase Starting) stops once it sees that.
-    heartbeat = None
-    if rank == 0:
-        heartbeat = Heartbeat(storage.write_progress, context.attempt)
-        heartbeat.update(phase="NodeCheck", message=resumed_inside_attempt(storage))
-        heartbeat.start()
-    try:
-        with unrecoverable_failures_end_the_attempt(storage):
-            _train(context, spec, storage, rank, use_gpu, heartbeat)
-    except BaseException as error:
-        if rank == 0:
-            record_worker_failure(heartbeat, error)
-        raise
-    finally:
-        if heartbeat:
-            heartbeat.stop()
+    with worker_attempt(config) as (context, rank, storage, heartbeat):
+        spec = FineTuneSpec.model_validate(context.spec)
+        _train(context, spec, storage, rank, spec.resources.gpus_per_worker > 0, heartbeat)
 
 
 def _train(context, spec, storage, rank, use_gpu, heartbeat) -> None:

@@ -25,8 +25,7 @@ from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.models import load_model_dir
 from kubeforge_workloads.common.nodecheck import node_check
-from kubeforge_workloads.common.raytrain import (record_worker_failure, resumed_inside_attempt, setup_worker,
-                                                 unrecoverable_failures_end_the_attempt)
+from kubeforge_workloads.common.raytrain import worker_attempt
 from kubeforge_workloads.common.storage import WorkloadStorage
 from kubeforge_workloads.pretrain.ema import ScheduledEMA, ema_start_step
 from kubeforge_workloads.pretrain.sampler import GlobalSampler
@@ -36,28 +35,9 @@ STEP_DELAY_ENV = "KUBEFORGE_STEP_DELAY_SECONDS"  # slows steps down for chaos te
 
 def train_loop(config: dict) -> None:
     """Runs in every Ray Train worker; again in a new worker group when Ray Train restarts one in the attempt."""
-    context, rank = setup_worker(config)
-    spec = TrainingJobSpec.model_validate(context.spec)
-    if context.mlflow.tracking_uri:  # before anything reads models:/ URIs
-        import mlflow
-
-        mlflow.set_tracking_uri(context.mlflow.tracking_uri)
-    storage = WorkloadStorage(context)
-    heartbeat = None
-    if rank == 0:
-        heartbeat = Heartbeat(storage.write_progress, context.attempt)
-        heartbeat.update(phase="NodeCheck", message=resumed_inside_attempt(storage))
-        heartbeat.start()
-    try:
-        with unrecoverable_failures_end_the_attempt(storage):
-            Pretraining(context, spec, storage, rank, heartbeat).run()
-    except BaseException as error:
-        if rank == 0:
-            record_worker_failure(heartbeat, error)
-        raise
-    finally:
-        if heartbeat:
-            heartbeat.stop()
+    with worker_attempt(config) as (context, rank, storage, heartbeat):
+        spec = TrainingJobSpec.model_validate(context.spec)
+        Pretraining(context, spec, storage, rank, heartbeat).run()
 
 
 def rng_state() -> dict:
