@@ -229,3 +229,32 @@ def test_a_finished_resource_sleeps_until_changed():
     assert h.server.obj["status"]["observedGeneration"] == 2
     h.deliver()
     assert h.step(100) is None and len(h.server.status_writes) == 1
+
+
+def test_a_stop_signalled_by_the_passs_own_status_write_lets_the_pass_finish_its_deletes():
+    # kopf signals `stopped` when the written status no longer needs observing; the RayJob this pass stops
+    # must still be deleted, not left queued for a GPU
+    h = Harness()
+    h.step()
+    h.deliver()
+    h.step()
+    h.child({"jobDeploymentStatus": "Initializing"})
+    h.deliver()
+    h.step()  # waiting for resources since now
+    h.clock["t"] += 24 * 3600  # far past startTimeout
+
+    async def scenario():
+        stopped = asyncio.Event()
+        write = h.server.patch_status
+
+        def write_then_signal(*args):
+            stored = write(*args)
+            stopped.set()
+            return stored
+
+        h.server.patch_status = write_then_signal
+        await asyncio.wait_for(h.loop.run(copy.deepcopy(h.server.obj), stopped, asyncio.Event()), timeout=5)
+
+    asyncio.run(scenario())
+    assert h.server.deleted == ["ft-1"]
+    assert h.server.obj["status"]["attempts"][0]["reason"] == "StartTimeout"

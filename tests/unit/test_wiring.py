@@ -54,3 +54,11 @@ def test_a_child_event_wakes_its_owner_and_a_dependency_event_wakes_who_waits_on
         wakeups.forget("uid-a")
         wakeups.wake("uid-a")  # a deleted resource's loop is gone: nothing to wake, no error
     asyncio.run(scenario())
+
+
+def test_kopf_signals_a_loop_to_stop_and_waits_for_its_pass_before_cancelling_it():
+    registry = kopf.OperatorRegistry()
+    wiring.register(SETTINGS, registry)
+    daemon = next(h for h in registry._spawning.get_all_handlers() if h.id == "reconcile")
+    # without a backoff kopf cancels at once: a pass whose terminal write stopped it dies before its deletes
+    assert daemon.cancellation_backoff and daemon.cancellation_backoff >= 5

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 CHILD_DELETION_POLL_SECONDS = 2.0
 WAKE_PREFIX = "wake-"
 """Ids of the event handlers that only wake loops: their per-event success lines are not logged."""
+CANCELLATION_BACKOFF_SECONDS = 10.0
+"""How long kopf lets a loop finish its pass after signalling `stopped` before it cancels it. A pass's own
+terminal status write is what stops it (the resource no longer needs observing): cancelled at once, the pass
+would die between that write and the deletes and events that follow it (a never-started RayJob left queued)."""
 CANCELLATION_SECONDS = 10.0
 
 
@@ -174,7 +178,7 @@ def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients
                                  one_shot=kind.info.one_shot)
 
     @kopf.daemon(GROUP, VERSION, plural, registry=registry, id="reconcile", when=observed_again,
-                 cancellation_timeout=CANCELLATION_SECONDS)
+                 cancellation_backoff=CANCELLATION_BACKOFF_SECONDS, cancellation_timeout=CANCELLATION_SECONDS)
     async def reconcile_loop(body, uid, stopped, rayjobs_by_owner, **indexes):
         cluster, store = clients()
 
