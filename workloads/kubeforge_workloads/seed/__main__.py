@@ -1,4 +1,6 @@
-"""`python -m kubeforge_workloads.seed --bucket B`: upload the tiny Llama, datasets and docs (idempotent)."""
+"""`python -m kubeforge_workloads.seed --bucket B [--corpus DIR]`: upload the tiny Llama, datasets and docs, and the
+documents of a corpus folder (the repo's examples/corpus, which examples/rag-index.yaml indexes) under
+<prefix>/corpus/ (idempotent)."""
 
 import argparse
 import tempfile
@@ -6,7 +8,8 @@ from pathlib import Path
 
 import boto3
 
-from kubeforge_workloads.common.storage import upload_tree
+from kubeforge_workloads.common.storage import upload_files, upload_tree
+from kubeforge_workloads.index.sources import FORMATS
 from kubeforge_workloads.seed.build import build_tiny_llama, write_datasets
 from kubeforge_workloads.seed.docs import DOCS
 
@@ -15,6 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--prefix", default="seed")
+    parser.add_argument("--corpus", type=Path, help="a folder whose documents go under <prefix>/corpus/")
     args = parser.parse_args()
     s3 = boto3.client("s3")
     with tempfile.TemporaryDirectory() as tmp:
@@ -29,6 +33,12 @@ def main() -> None:
         for name, text in DOCS.items():
             (docs / name).write_text(text + "\n")
         upload_tree(s3, docs, args.bucket, f"{args.prefix}/docs/")
+    if args.corpus:
+        # Documents only: the folder also holds the script that writes its PDF.
+        documents = {f"{args.prefix}/corpus/{path.relative_to(args.corpus).as_posix()}": path
+                     for path in sorted(args.corpus.rglob("*")) if path.is_file() and path.suffix in FORMATS}
+        upload_files(s3, args.bucket, documents)
+        print(f"corpus: {len(documents)} documents")
     print(f"seeded s3://{args.bucket}/{args.prefix}/")
 
 
