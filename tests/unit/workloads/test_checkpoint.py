@@ -4,6 +4,7 @@ never used, sizes verified on load, retention in the object store, background co
 from __future__ import annotations
 
 import json
+import socket
 import threading
 
 import pytest
@@ -208,3 +209,96 @@ def test_sharded_state_round_trips_through_dcp_and_the_object_store(checkpointer
     load_sharded(target, restored_dir)
     assert torch.equal(target["model"]["w"], state["model"]["w"]) and int(target["step"]) == 5
     assert json.loads(json.dumps(checkpointer.manifest(3)["filesByRank"])) == {"0": sorted(written)}
+
+
+def _fsdp_rank(rank: int, world: int, endpoint: str, workdir: str) -> None:
+    """One of two processes (gloo): saves a 2-rank FSDP2 checkpoint through the Checkpointer, then restores it
+    into a differently initialised model and writes which object keys it downloaded and whether the restored
+    shard equals the saved one."""
+    import os
+    from pathlib import Path
+
+    import boto3
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from kubeforge.storage.objectstore import S3ObjectStore
+    from kubeforge_workloads.common.checkpoint import load_sharded, save_sharded
+
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    dist.init_process_group("gloo", init_method=f"file://{workdir}/rendezvous", rank=rank, world_size=world)
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        downloaded: list[str] = []
+        client.meta.events.register("before-parameter-build.s3.GetObject",
+                                    lambda params, **_: downloaded.append(params["Key"]))
+        checkpointer = Checkpointer(WorkloadStorage(finetune_context(attempt=1), S3ObjectStore(client)), rank=rank)
+
+        def sharded_model(seed: int):
+            torch.manual_seed(seed)
+            model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+            for layer in model:
+                fully_shard(layer)
+            return fully_shard(model)
+
+        saved = sharded_model(seed=1)
+        local = Path(workdir) / f"save-{rank}"
+        files = save_sharded({"model": saved.state_dict()}, local)
+        if rank > 0:
+            checkpointer.contribute(7, local, files)
+        files_by_rank: list = [None] * world
+        dist.all_gather_object(files_by_rank, files)
+        if rank == 0:
+            checkpointer.save(7, dict(enumerate(files_by_rank)), local)
+        dist.barrier()
+
+        restored = sharded_model(seed=2)
+        state = {"model": restored.state_dict()}
+        downloaded.clear()
+        load_sharded(state, Path(workdir) / f"restore-{rank}", checkpointer.files(7, Path(workdir) /
+                                                                                   f"restore-{rank}").fetch)
+        restored.load_state_dict(state["model"])
+        equal = all(torch.equal(a.to_local(), b.to_local())
+                    for a, b in zip(saved.state_dict().values(), restored.state_dict().values()))
+        Path(workdir, f"result-{rank}.json").write_text(json.dumps({"downloaded": sorted(downloaded),
+                                                                     "equal": equal}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_rank_restores_only_its_own_fsdp_shards(tmp_path):
+    """Two gloo ranks save a sharded FSDP2 checkpoint; on restore each rank downloads the DCP metadata and its
+    own shard file (after the manifest), never the other rank's, and gets its shard back."""
+    pytest.importorskip("torch")
+    import multiprocessing
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket="kfbucket")
+        spawn = multiprocessing.get_context("spawn")
+        ranks = [spawn.Process(target=_fsdp_rank, args=(rank, 2, endpoint, str(tmp_path))) for rank in (0, 1)]
+        for process in ranks:
+            process.start()
+        for process in ranks:
+            process.join(timeout=120)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        assert [process.exitcode for process in ranks] == [0, 0]
+    finally:
+        server.stop()
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"result-{rank}.json").read_text())
+        assert result["equal"], f"rank {rank} did not get its shard back"
+        assert result["downloaded"] == [BASE + "step-7/" + name
+                                        for name in (".metadata", MANIFEST_FILE, f"__{rank}_0.distcp")], result

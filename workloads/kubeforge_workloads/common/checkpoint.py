@@ -70,19 +70,18 @@ class Checkpointer:
     def load(self, step: int, local_dir: Path, ranks: Optional[Iterable[int]] = None) -> str:
         """Download a committed checkpoint (only the files of `ranks`, if given) into local_dir; every file is
         checked against the size the manifest recorded. Returns the checkpoint's URI."""
-        manifest = self.manifest(step)
-        sizes: dict[str, int] = CheckpointManifest.model_validate(manifest).files
+        files = self.files(step, local_dir)
+        names = files.names
         if ranks is not None:
-            by_rank = manifest.get(FILES_BY_RANK) or {}
+            by_rank = files.manifest.get(FILES_BY_RANK) or {}
             wanted = {name for rank in ranks for name in by_rank.get(str(rank), [])}
-            sizes = {name: size for name, size in sizes.items() if name in wanted}
-        base = self.prefix.checkpoint_key(step)
-        download_files(self.client, self.prefix.bucket, {base + name: local_dir / name for name in sizes})
-        for name, size in sorted(sizes.items()):
-            actual = (local_dir / name).stat().st_size
-            if actual != size:
-                raise IOError(f"checkpoint file {self.uri(step)}{name} has {actual} bytes, the manifest says {size}")
+            names = [name for name in names if name in wanted]
+        files.fetch(names)
         return self.uri(step)
+
+    def files(self, step: int, local_dir: Path) -> "CheckpointFiles":
+        """A committed checkpoint's files, downloaded into local_dir only when asked for (fetch())."""
+        return CheckpointFiles(self, step, self.manifest(step), local_dir)
 
     # writing
     def clear(self, step: int) -> None:
@@ -178,6 +177,36 @@ class Checkpointer:
                 self._committer = None
 
 
+class CheckpointFiles:
+    """One committed checkpoint, fetched file by file: a rank downloads only what it reads (its DCP shards,
+    the metadata, its RNG state), not every rank's files."""
+
+    def __init__(self, checkpointer: Checkpointer, step: int, manifest: dict, local_dir: Path):
+        self.checkpointer, self.step, self.manifest, self.local_dir = checkpointer, step, manifest, local_dir
+        self.sizes: dict[str, int] = CheckpointManifest.model_validate(manifest).files
+        self.fetched: set[str] = set()
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.sizes)
+
+    def fetch(self, names: Iterable[str]) -> None:
+        """Download these files (once each) and check each against the size the manifest recorded."""
+        wanted = sorted(set(names) - self.fetched)
+        unknown = [name for name in wanted if name not in self.sizes]
+        uri = self.checkpointer.uri(self.step)
+        if unknown:
+            raise FileNotFoundError(f"checkpoint {uri} has no {unknown} (its manifest lists {self.names})")
+        base = self.checkpointer.prefix.checkpoint_key(self.step)
+        download_files(self.checkpointer.client, self.checkpointer.prefix.bucket,
+                       {base + name: self.local_dir / name for name in wanted})
+        for name in wanted:
+            actual = (self.local_dir / name).stat().st_size
+            if actual != self.sizes[name]:
+                raise IOError(f"checkpoint file {uri}{name} has {actual} bytes, the manifest says {self.sizes[name]}")
+        self.fetched.update(wanted)
+
+
 def save_sharded(state_dict: dict, local_dir: Path) -> list[str]:
     """Write this rank's part of a sharded state dict (FSDP) with torch distributed checkpoint (DCP), every rank
     calling it; returns the files this rank wrote (its shard files; rank 0 also the metadata), ready for
@@ -190,8 +219,37 @@ def save_sharded(state_dict: dict, local_dir: Path) -> list[str]:
     return sorted(set(local_files(local_dir)) - before)
 
 
-def load_sharded(state_dict: dict, local_dir: Path) -> None:
-    """Fill a sharded state dict in place from a DCP checkpoint downloaded (all ranks' files) into local_dir."""
+DCP_METADATA_FILE = ".metadata"
+
+
+def load_sharded(state_dict: dict, local_dir: Path, fetch: Optional[Callable[[list[str]], None]] = None) -> None:
+    """Fill a sharded state dict in place from a DCP checkpoint in local_dir. With `fetch` (e.g.
+    CheckpointFiles.fetch), local_dir starts empty and this rank downloads only the DCP metadata and the files
+    its load plan reads: its own shards (FSDP), or whichever rank's file holds a replicated tensor (DDP); after a
+    change of worker count the plan reads whatever overlaps the new shards."""
     import torch.distributed.checkpoint as dcp
 
-    dcp.load(state_dict, storage_reader=dcp.FileSystemReader(str(local_dir)))
+    local_dir.mkdir(parents=True, exist_ok=True)
+    reader = dcp.FileSystemReader(str(local_dir)) if fetch is None else fetching_reader(local_dir, fetch)
+    dcp.load(state_dict, storage_reader=reader)
+
+
+def fetching_reader(local_dir: Path, fetch: Callable[[list[str]], None]):
+    import torch.distributed.checkpoint as dcp
+
+    class FetchingReader(dcp.FileSystemReader):
+        """FileSystemReader that downloads a file right before DCP reads it."""
+
+        def __init__(self, local_dir: Path, fetch: Callable[[list[str]], None]):
+            super().__init__(str(local_dir))
+            self.fetch = fetch
+
+        def read_metadata(self, *args, **kwargs):
+            self.fetch([DCP_METADATA_FILE])
+            return super().read_metadata(*args, **kwargs)
+
+        def read_data(self, plan, planner):
+            self.fetch(sorted({self.storage_data[item.storage_index].relative_path for item in plan.items}))
+            return super().read_data(plan, planner)
+
+    return FetchingReader(local_dir, fetch)

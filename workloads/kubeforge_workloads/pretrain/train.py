@@ -194,13 +194,19 @@ class Pretraining:
         if latest is None:
             return 0
         local = self.cache / f"restore-{latest}"
-        uri = self.checkpointer.load(latest, local)
+        files = self.checkpointer.files(latest, local)  # this rank downloads only what it reads
+        uri = self.checkpointer.uri(latest)
         ema = self.ema.prepare_to_restore(self.model.named_parameters(), latest) if self.ema else {}
         state = self.state(ema)
-        load_sharded(state, local)
+        load_sharded(state, local, files.fetch)
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"])
-        set_rng_state(torch.load(local / f"rng_state_{self.rank}.pt", weights_only=False))
+        rng_file = f"rng_state_{self.rank}.pt"
+        if rng_file in files.sizes:
+            files.fetch([rng_file])
+            set_rng_state(torch.load(local / rng_file, weights_only=False))
+        else:  # more workers than the checkpoint had: this rank keeps its seeded RNG
+            print(f"kubeforge: {uri} has no RNG state for rank {self.rank}; it keeps its seeded RNG", flush=True)
         with warnings.catch_warnings():  # the schedule is a function of the step: replay it
             warnings.simplefilter("ignore")
             for _ in range(latest):
