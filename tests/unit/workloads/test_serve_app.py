@@ -1,0 +1,449 @@
+"""The ServingEndpoint's Serve application through the official `openai` client: a tiny Llama with two LoRA
+adapters (and a tiny Mixtral MoE) loaded from S3 (moto's server), served in-process by uvicorn on loopback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+
+openai = pytest.importorskip("openai")
+
+BUCKET = "serving"
+ENDPOINT = "demo"
+REVIEW_TEMPLATE = "Review of {product}: {input}\nSentiment in {language}:"
+API_KEY = "sk-kubeforge-test-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def moto_s3():
+    """moto's S3 server on loopback (reachable from Ray workers too), with the AWS_* environment pointing at it."""
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+def build_models(root) -> dict[str, str]:
+    """Tiny Llama, two LoRA adapters that change its output, and a Mixtral-style MoE, uploaded to S3; returns
+    name -> s3 URI."""
+    import boto3
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, MixtralConfig, MixtralForCausalLM
+
+    from kubeforge_workloads.common.storage import upload_tree
+    from kubeforge_workloads.seed.build import build_tiny_llama, build_tokenizer
+
+    base = build_tiny_llama(root / "base")
+    dirs = {"base": base}
+    for seed, name in ((1, "concise"), (2, "verbose")):
+        torch.manual_seed(seed)
+        # init_lora_weights=False: random B matrices, so the adapter's greedy output differs from the base's.
+        lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                              LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"],
+                                         init_lora_weights=False))
+        lora.save_pretrained(root / name)
+        dirs[name] = root / name
+    tokenizer = build_tokenizer(root / "moe")
+    torch.manual_seed(0)
+    MixtralForCausalLM(MixtralConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)).save_pretrained(root / "moe")
+    dirs["moe"] = root / "moe"
+    client = boto3.client("s3")
+    for name, directory in dirs.items():
+        upload_tree(client, directory, BUCKET, f"models/{name}/")
+    return {name: f"s3://{BUCKET}/models/{name}" for name in dirs}
+
+
+def app_args(uris: dict[str, str], **overrides) -> dict:
+    args = {"endpoint": f"ns/{ENDPOINT}", "base": {"name": ENDPOINT, "uri": uris["base"]},
+            "engine": {"kind": "transformers", "max_num_seqs": 8}, "max_tokens": 12,
+            "adapters": [{"name": "concise", "uri": uris["concise"]}, {"name": "verbose", "uri": uris["verbose"]}],
+            "templates": [{"name": "reviews", "template": REVIEW_TEMPLATE, "system": "You rate reviews.",
+                           "parameters": {"language": "English", "temperature": 0, "max_tokens": 8}}]}
+    args.update(overrides)
+    return args
+
+
+class LiveApp:
+    """An ASGI app on a uvicorn server in a thread, on a free loopback port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def client(url: str, key: str = "none", retries: int = 0):
+    return openai.OpenAI(base_url=url, api_key=key, max_retries=retries, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    with moto_s3():
+        yield build_models(tmp_path_factory.mktemp("serve-models"))
+
+
+@pytest.fixture(scope="module")
+def config(models):
+    from kubeforge_workloads.serve.app import validate_args
+
+    return validate_args(app_args(models))
+
+
+@pytest.fixture(scope="module")
+def engine(config, tmp_path_factory):
+    from kubeforge_workloads.serve.app import load_engine
+
+    return load_engine(config, tmp_path_factory.mktemp("serve-cache"))
+
+
+@pytest.fixture(scope="module")
+def served(config, engine):
+    from kubeforge_workloads.serve.app import create_app
+
+    with LiveApp(create_app(config, engine)) as live:
+        yield live
+
+
+def chat(api, model: str, text: str = "How do I resume training?", **options):
+    return api.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
+                                       **{"temperature": 0, "max_tokens": 10} | options)
+
+
+def streamed_text(stream) -> tuple[str, list]:
+    chunks = list(stream)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
+
+
+# models, generation, streaming
+
+def test_models_lists_base_adapters_and_templates(served):
+    ids = [m.id for m in client(served.url).models.list()]
+    assert ids == [ENDPOINT, "concise", "verbose", f"{ENDPOINT}:reviews"]
+
+
+@pytest.mark.parametrize("model", [ENDPOINT, "concise"])
+def test_chat_streaming_and_not_agree_and_count_tokens(served, engine, model):
+    api = client(served.url)
+    whole = chat(api, model)
+    text = whole.choices[0].message.content
+    assert text and whole.model == model and whole.object == "chat.completion"
+    assert (whole.usage.completion_tokens, whole.choices[0].finish_reason) == (10, "length") \
+        or whole.choices[0].finish_reason == "stop" and whole.usage.completion_tokens <= 10
+    assert whole.usage.prompt_tokens == len(engine.chat_prompt([{"role": "user",
+                                                                 "content": "How do I resume training?"}]))
+    streamed, chunks = streamed_text(chat(api, model, stream=True, stream_options={"include_usage": True}))
+    assert streamed == text
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_sse_stream_ends_with_done(served):
+    request = urllib.request.Request(f"{served.url}/completions", method="POST",
+                                     headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": ENDPOINT, "prompt": "Hello", "max_tokens": 4,
+                                                      "temperature": 0, "stream": True}).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = [line for line in response.read().decode().split("\n\n") if line]
+    assert all(event.startswith("data: ") for event in events)
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[0][6:])["object"] == "text_completion.chunk"
+
+
+@pytest.mark.parametrize("model", [ENDPOINT, "verbose"])
+def test_completions_stream_and_not(served, model):
+    api = client(served.url)
+    whole = api.completions.create(model=model, prompt="The checkpoint", max_tokens=6, temperature=0)
+    assert whole.object == "text_completion" and whole.choices[0].text
+    streamed = "".join(c.choices[0].text for c in api.completions.create(
+        model=model, prompt="The checkpoint", max_tokens=6, temperature=0, stream=True) if c.choices)
+    assert streamed == whole.choices[0].text
+    assert whole.usage.completion_tokens <= 6
+
+
+def test_adapters_answer_differently_from_the_base_and_each_other(served):
+    api = client(served.url)
+    texts = {model: chat(api, model).choices[0].message.content for model in (ENDPOINT, "concise", "verbose")}
+    assert len(set(texts.values())) == 3, texts
+
+
+def test_greedy_is_deterministic_and_a_seed_repeats_sampling(served):
+    api = client(served.url)
+    first, second = chat(api, "concise", n=2), chat(api, "concise")
+    assert first.choices[0].message.content == first.choices[1].message.content \
+        == second.choices[0].message.content
+    sampled = [chat(api, ENDPOINT, temperature=1.0, top_p=0.9, seed=7, max_tokens=12).choices[0].message.content
+               for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_max_tokens_and_stop_are_honoured(served):
+    api = client(served.url)
+    short = chat(api, ENDPOINT, max_tokens=3)
+    assert short.usage.completion_tokens == 3 and short.choices[0].finish_reason == "length"
+    full = chat(api, ENDPOINT, max_tokens=12).choices[0].message.content
+    assert len(full) >= 4, full
+    stop = full[2:4]
+    cut = chat(api, ENDPOINT, max_tokens=12, stop=[stop])
+    assert cut.choices[0].message.content == full[:full.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed, _ = streamed_text(chat(api, ENDPOINT, max_tokens=12, stop=stop, stream=True))
+    assert streamed == full[:full.find(stop)]
+
+
+def test_default_max_tokens_is_the_configured_one(served):
+    api = client(served.url)
+    response = api.chat.completions.create(model=ENDPOINT, messages=[{"role": "user", "content": "Go on"}],
+                                           temperature=0)
+    assert response.usage.completion_tokens <= 12
+    assert response.usage.completion_tokens == 12 or response.choices[0].finish_reason == "stop"
+
+
+# prompt templates
+
+def test_template_model_answers_the_filled_template(served):
+    api = client(served.url)
+    review = "Arrived broken, support never answered."
+    answer = api.chat.completions.create(model=f"{ENDPOINT}:reviews", messages=[{"role": "user", "content": review}],
+                                         extra_body={"template_args": {"product": "kettle"}})
+    filled = REVIEW_TEMPLATE.format(product="kettle", input=review, language="English")
+    reference = api.chat.completions.create(
+        model=ENDPOINT, temperature=0, max_tokens=8,
+        messages=[{"role": "system", "content": "You rate reviews."}, {"role": "user", "content": filled}])
+    assert answer.choices[0].message.content == reference.choices[0].message.content
+    assert answer.usage.prompt_tokens == reference.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError, match="product"):
+        api.chat.completions.create(model=f"{ENDPOINT}:reviews", messages=[{"role": "user", "content": review}])
+
+
+# errors
+
+def test_unknown_model_is_404_in_openais_shape(served):
+    with pytest.raises(openai.NotFoundError) as raised:
+        chat(client(served.url), "gpt-4")
+    assert raised.value.body["code"] == "model_not_found" and raised.value.body["param"] == "model"
+
+
+def post_raw(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(f"{url}/chat/completions", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"} | (headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read())
+
+
+def test_malformed_json_and_invalid_fields_are_400(served):
+    status, _, body = post_raw(served.url, b'{"model": "demo", "messages": [')
+    assert status == 400 and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        chat(client(served.url), ENDPOINT, temperature=7)
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client(served.url).chat.completions.create(model=ENDPOINT, messages=[])
+
+
+def test_prompt_longer_than_the_context_is_400_while_others_are_served(served, engine):
+    api = client(served.url)
+    too_long = "word " * engine.context_length
+    with ThreadPoolExecutor(4) as pool:
+        good = [pool.submit(chat, api, ENDPOINT) for _ in range(3)]
+        with pytest.raises(openai.BadRequestError) as raised:
+            chat(api, ENDPOINT, too_long)
+        assert all(f.result().choices[0].message.content for f in good)
+    assert raised.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        chat(api, ENDPOINT, max_tokens=engine.context_length)
+    assert chat(api, ENDPOINT).choices[0].message.content
+
+
+@contextmanager
+def gated_generate(engine, monkeypatch):
+    """Holds every generate call until the test opens the gate, so a test can arrange the queue."""
+    gate = threading.Event()
+    original = engine.model.generate
+
+    def held(*args, **kwargs):
+        assert gate.wait(30), "the test never opened the gate"
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", held)
+    try:
+        yield gate
+    finally:
+        gate.set()
+
+
+def wait_for(condition, what: str, seconds: float = 20):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_full_queue_answers_503_with_retry_after(served, engine, monkeypatch):
+    monkeypatch.setattr(engine, "queue_limit", 2)
+    api = client(served.url)
+    with gated_generate(engine, monkeypatch) as gate, ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(chat, api, ENDPOINT) for _ in range(2)]
+        wait_for(lambda: engine._queued_rows == 2, "two queued requests")
+        with pytest.raises(openai.InternalServerError) as raised:
+            chat(api, ENDPOINT)
+        gate.set()
+        assert all(f.result().choices[0].message.content for f in waiting)
+    assert raised.value.status_code == 503 and raised.value.response.headers["retry-after"] == "1"
+    assert raised.value.body["code"] == "overloaded"
+
+
+# batching
+
+def test_concurrent_requests_share_generate_calls_and_batches_never_mix_adapters(served, engine, monkeypatch):
+    api = client(served.url)
+    models_ = [ENDPOINT, "concise"] * 4
+    reference = {model: chat(api, model).choices[0].message.content for model in set(models_)}
+    seen_adapters = []
+    original_run = engine._run_batch
+
+    def recording(batch):
+        seen_adapters.append({job.sampling.adapter for job in batch})
+        return original_run(batch)
+
+    monkeypatch.setattr(engine, "_run_batch", recording)
+    calls = engine.generate_calls
+    with gated_generate(engine, monkeypatch) as gate, ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(chat, api, model) for model in models_]
+        # The first batch is held in generate until all eight are queued: the rest must then share calls.
+        wait_for(lambda: engine._queued_rows == 8, "eight queued requests")
+        gate.set()
+        texts = [f.result().choices[0].message.content for f in futures]
+    assert texts == [reference[model] for model in models_]
+    assert all(len(adapters) == 1 for adapters in seen_adapters), seen_adapters
+    assert engine.generate_calls - calls <= 3, engine.batch_sizes[calls:]
+    assert sum(engine.batch_sizes[calls:]) == 8
+
+
+def test_eight_identical_requests_are_one_or_two_generate_calls(served, engine, monkeypatch):
+    api = client(served.url)
+    calls = engine.generate_calls
+    with gated_generate(engine, monkeypatch) as gate, ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(chat, api, "verbose", f"question {i}") for i in range(8)]
+        wait_for(lambda: engine._queued_rows == 8, "eight queued requests")
+        gate.set()
+        texts = [f.result().choices[0].message.content for f in futures]
+    assert engine.generate_calls - calls <= 2 and max(engine.batch_sizes[calls:]) >= 4, engine.batch_sizes[calls:]
+    # Left padding keeps each row's answer the one it gets alone.
+    assert texts[3] == chat(api, "verbose", "question 3").choices[0].message.content
+
+
+# authentication
+
+def test_api_keys_401_without_or_with_a_wrong_key_and_keys_are_never_logged(config, engine, caplog):
+    from kubeforge_workloads.serve.app import create_app
+
+    caplog.set_level(logging.DEBUG)
+    with LiveApp(create_app(config, engine, api_keys=["other-key", API_KEY])) as live:
+        with pytest.raises(openai.AuthenticationError):
+            client(live.url, "sk-wrong").models.list()
+        status, _, body = post_raw(live.url, json.dumps({"model": ENDPOINT, "messages": []}).encode())
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            chat(client(live.url, API_KEY[:-1]), ENDPOINT)
+        assert [m.id for m in client(live.url, API_KEY).models.list()][0] == ENDPOINT
+        assert chat(client(live.url, API_KEY), ENDPOINT).choices[0].message.content
+    assert API_KEY not in caplog.text and "sk-wrong" not in caplog.text
+
+
+def test_api_keys_come_from_the_named_variable_one_per_line(monkeypatch):
+    from kubeforge_workloads.serve.app import read_api_keys
+
+    monkeypatch.setenv("KEYS", "first\n\n  second  \n")
+    assert read_api_keys("KEYS") == ["first", "second"] and read_api_keys(None) is None
+    monkeypatch.setenv("KEYS", "\n")
+    with pytest.raises(ValueError, match="KEYS.*no keys"):
+        read_api_keys("KEYS")
+
+
+def test_invalid_args_name_the_field(models):
+    from kubeforge_workloads.serve.app import build
+
+    with pytest.raises(ValueError, match=r"^Serve application args: engine.kind: "):
+        build(app_args(models, engine={"kind": "tgi"}))
+    with pytest.raises(ValueError, match=r"args: base: Field required"):
+        build({"endpoint": "ns/x", "engine": {"kind": "transformers"}})
+
+
+# mixture of experts
+
+def test_a_mixtral_style_moe_model_is_served(models, tmp_path):
+    from kubeforge_workloads.serve.app import create_app, load_engine, validate_args
+
+    config = validate_args(app_args(models, base={"name": "moe", "uri": models["moe"]}, adapters=[], templates=[]))
+    moe = load_engine(config, tmp_path)
+    assert moe.model.config.model_type == "mixtral" and moe.context_length == 256
+    with LiveApp(create_app(config, moe)) as live:
+        api = client(live.url)
+        first, second = chat(api, "moe"), chat(api, "moe")
+        assert first.choices[0].message.content == second.choices[0].message.content
+        assert first.usage.completion_tokens > 0
+        streamed, _ = streamed_text(chat(api, "moe", stream=True))
+        assert streamed == first.choices[0].message.content

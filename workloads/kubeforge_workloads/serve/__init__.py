@@ -1,0 +1,1 @@
+"""ServingEndpoint: the OpenAI-compatible Ray Serve application (`kubeforge_workloads.serve.app:build`)."""
