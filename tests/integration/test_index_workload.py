@@ -1,7 +1,7 @@
 """The VectorIndex build entrypoint as a RayJob runs it (a subprocess with KUBEFORGE_CONTEXT, local Ray, a moto S3
-server): a first sync over txt/md/html/pdf/jsonl documents (bad ones skipped and counted), then a second sync after
+server, MLflow on sqlite): a first sync over txt/md/html/pdf/jsonl documents (bad ones skipped and counted), then a second sync after
 one document changed and one was deleted, which embeds only the changed document and reuses every other
-document's chunks and vectors. The query library answers from the current version and from the one before.
+document's chunks and vectors. The query library answers from the current version and from the one before. Every sync is an MLflow run.
 
 Run under the sandbox lock:
     flock /tmp/kubeforge-sandbox.lock .venv/bin/python -m pytest tests/integration/test_index_workload.py -x -q
@@ -25,6 +25,7 @@ BUCKET = "kubeforge"
 NAME = "docs"
 PREFIX = f"ns/VectorIndex/{NAME}"
 SOURCE = "corpus/"
+EXPERIMENT = "ns/VectorIndex"
 
 DOCUMENTS = {
     "guide/resume.txt": b"When a node fails, Kubeforge starts a new attempt that resumes training from the last "
@@ -66,17 +67,23 @@ def index_env(tmp_path_factory):
     try:
         import boto3
 
+        import mlflow
+
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         for name, body in DOCUMENTS.items():
             s3.put_object(Bucket=BUCKET, Key=SOURCE + name, Body=body)
-        env = {**os.environ, **s3_env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_DEDUP_LOGS": "0",
+        tracking_uri = f"sqlite:///{tmp}/mlflow.db"
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=(tmp / "mlartifacts").as_uri())
+        env = {**os.environ, **s3_env, "MLFLOW_TRACKING_URI": tracking_uri, "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1", "RAY_DEDUP_LOGS": "0",
                "TOKENIZERS_PARALLELISM": "false", "KUBEFORGE_LOCAL_RAY_CPUS": "2",
                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT / "workloads"),
                                               os.environ.get("PYTHONPATH", "")])}
         env.pop("RAY_ADDRESS", None)
         env.pop("KUBEFORGE_CONTEXT", None)
-        yield WorkloadEnv(env=env, tmp=tmp, tracking_uri="", s3=s3)
+        yield WorkloadEnv(env=env, tmp=tmp, tracking_uri=tracking_uri, s3=s3)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -93,7 +100,7 @@ def _context(attempt: int, generation: int) -> dict:
             "index": {"type": "hnsw"}, "resources": {"workers": 1, "cpusPerWorker": 1}}
     return {"kind": "VectorIndex", "namespace": "ns", "name": NAME, "uid": "uid-docs", "generation": generation,
             "attempt": attempt, "spec": spec, "storage": {"bucket": BUCKET, "prefix": PREFIX},
-            "mlflow": {"experiment": "ns/VectorIndex", "run_name": NAME}}
+            "mlflow": {"experiment": EXPERIMENT, "run_name": NAME}}
 
 
 def _sync(env: WorkloadEnv, attempt: int, generation: int) -> dict:
@@ -116,6 +123,14 @@ def _chunk_vectors(env: WorkloadEnv, version: int) -> dict[str, tuple[str, bytes
     vectors = vectors.reshape(table.num_rows, -1)
     return {cid: (text, vectors[i].tobytes()) for i, (cid, text) in
             enumerate(zip(table.column("chunk_id").to_pylist(), table.column("text").to_pylist()))}
+
+
+def mlflow_manifest(run) -> dict:
+    import mlflow
+
+    from kubeforge_workloads.index.tracking import MANIFEST_ARTIFACT
+
+    return mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{MANIFEST_ARTIFACT}")
 
 
 def test_sync_then_incremental_resync_reuses_unchanged_documents(index_env):
@@ -176,6 +191,25 @@ def test_sync_then_incremental_resync_reuses_unchanged_documents(index_env):
 
     third = _sync(index_env, attempt=3, generation=3)  # nothing changed: no new version, nothing embedded
     assert (third["version"], third["unchanged"], third["sync"]["embeddedChunks"]) == (2, True, 0)
+
+    # one MLflow run per sync, holding what the sync did and the manifest of the version it left current
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(index_env.tracking_uri)
+    logged = {run.info.run_id: run for run in client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id], filter_string="tags.`kubeforge.uid` = 'uid-docs'")}
+    assert set(logged) == {first["mlflowRunId"], second["mlflowRunId"], third["mlflowRunId"]}
+    for synced in (first, second, third):
+        run = logged[synced["mlflowRunId"]]
+        assert run.info.status == "FINISHED" and run.data.params["version"] == str(synced["version"])
+        assert run.data.params["embedding_model"] == synced["model"]
+        assert run.data.metrics["chunks"] == synced["chunks"] and run.data.metrics["documents"] == synced["documents"]
+        assert run.data.metrics["embedded_chunks"] == synced["sync"]["embeddedChunks"]
+        assert run.data.metrics["skipped_documents"] == synced["skippedDocuments"]
+        assert run.data.metrics["build_seconds"] == synced["buildSeconds"] > 0
+        manifest = json.loads(index_env.s3.get_object(
+            Bucket=BUCKET, Key=f"{PREFIX}/outputs/index/v-{synced['version']}/MANIFEST.json")["Body"].read())
+        assert mlflow_manifest(run) == manifest
 
 
 def test_a_build_killed_mid_embedding_resumes_without_embedding_saved_chunks_again(index_env, tmp_path):

@@ -158,11 +158,14 @@ def run(context: WorkloadContext, storage: WorkloadStorage) -> None:
         spec = VectorIndexSpec.model_validate(context.spec)
     except ValidationError as error:
         raise UserError(f"invalid VectorIndex spec: {error}") from None
+    started = time.monotonic()
     heartbeat = Heartbeat(storage.write_progress, context.attempt).start()
     work = Path(tempfile.mkdtemp(prefix="kubeforge-index-"))
     finished = False
     try:
         result = sync(context, spec, storage, heartbeat, work)
+        result["buildSeconds"] = round(time.monotonic() - started, 3)
+        result.update(_track(context, spec, storage, result))
         storage.put_json(result, "result.json")
         heartbeat.update(message=f"version {result['version']}: {result['documents']} documents, "
                                  f"{result['chunks']} chunks")
@@ -171,6 +174,20 @@ def run(context: WorkloadContext, storage: WorkloadStorage) -> None:
         heartbeat.stop(final_phase="Done" if finished else None)
         shutil.rmtree(work, ignore_errors=True)
         _shutdown_local_ray()
+
+
+def _track(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStorage, result: dict) -> dict:
+    """The sync's MLflow run: {"mlflowRunId": id}, or {"trackingError": why} when MLflow failed. The version is
+    committed by now and serves queries either way, so an MLflow outage is reported, not a failed sync."""
+    from kubeforge_workloads.index.tracking import log_sync
+
+    try:
+        manifest = read_manifest(storage.store, storage.prefix, result["version"])
+        return {"mlflowRunId": log_sync(context, spec, result, manifest, result["buildSeconds"])}
+    except Exception as error:
+        message = f"could not log the sync to MLflow: {type(error).__name__}: {error}"[:300]
+        print(f"kubeforge: {message}", flush=True)
+        return {"trackingError": message}
 
 
 def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStorage, heartbeat: Heartbeat,
