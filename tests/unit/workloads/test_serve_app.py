@@ -447,3 +447,83 @@ def test_a_mixtral_style_moe_model_is_served(models, tmp_path):
         assert first.usage.completion_tokens > 0
         streamed, _ = streamed_text(chat(api, "moe", stream=True))
         assert streamed == first.choices[0].message.content
+
+
+# retrieval-augmented generation
+
+DOCUMENTS = {
+    "guide/resume.md": "Resume a FineTune from its last checkpoint: Kubeforge restarts the attempt from S3.",
+    "guide/serving.md": "A ServingEndpoint serves a base model and its LoRA adapters behind an API key.",
+    "guide/index.md": "A VectorIndex embeds documents with MiniLM and stores versions in the object store.",
+}
+INDEX_LOCATION = f"s3://{BUCKET}/ns/VectorIndex/docs"
+
+
+def write_index_version(root) -> None:
+    """One committed VectorIndex version over DOCUMENTS, written with the index workload's own library."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kubeforge.api.vectorindex import DEFAULT_EMBEDDING_MODEL
+    from kubeforge.storage.layout import INDEX_CHUNKS_FILE, INDEX_DOCUMENTS_FILE, INDEX_VECTORS_FILE
+    from kubeforge.storage.objectstore import S3ObjectStore
+    from kubeforge_workloads.index import engine as index_engine
+    from kubeforge_workloads.index.embedding import encode, load_model
+    from kubeforge_workloads.index.query import prefix_of
+    from kubeforge_workloads.index.versions import commit_version
+
+    sources, texts = list(DOCUMENTS), list(DOCUMENTS.values())
+    vectors = encode(load_model(DEFAULT_EMBEDDING_MODEL, "cpu"), texts, 8, True)
+    root.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({
+        "chunk_id": [f"{source}#0" for source in sources], "document_id": sources, "text": texts,
+        "metadata": [json.dumps({"source": source, "format": "md"}) for source in sources],
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])}),
+        root / INDEX_CHUNKS_FILE)
+    pq.write_table(pa.table({"object": sources}), root / INDEX_DOCUMENTS_FILE)
+    index_engine.save(index_engine.build(index_engine.prepare(np.asarray(vectors), "cosine"), "cosine", "flat"),
+                      str(root / INDEX_VECTORS_FILE))
+    commit_version(S3ObjectStore(), prefix_of(INDEX_LOCATION), 1, root, {
+        "metric": "cosine", "dims": int(vectors.shape[1]), "index": {"type": "flat"},
+        "embedding": {"model": DEFAULT_EMBEDDING_MODEL, "normalize": True}})
+
+
+@pytest.fixture(scope="module")
+def rag_config(models, tmp_path_factory):
+    from kubeforge_workloads.serve.app import validate_args
+
+    write_index_version(tmp_path_factory.mktemp("index"))
+    return validate_args(app_args(models, rag={"index": INDEX_LOCATION, "version": 1, "top_k": 2}))
+
+
+def test_rag_answers_from_retrieved_chunks_and_returns_them(rag_config, engine):
+    from kubeforge_workloads.serve.app import RAG_PROMPT, create_app, open_retriever
+
+    question = "How do I resume training from a checkpoint?"
+    with LiveApp(create_app(rag_config, engine, retriever=open_retriever(rag_config))) as live:
+        api = client(live.url)
+        answer = chat(api, ENDPOINT, question)
+        context = answer.model_extra["context"]
+        assert [c["source"] for c in context][0] == "guide/resume.md" and len(context) == 2
+        assert all(set(c) == {"id", "score", "source", "text"} for c in context)
+        assert context[0]["score"] > context[1]["score"] and context[0]["id"] == "guide/resume.md#0"
+        assert context[0]["text"] == DOCUMENTS["guide/resume.md"]
+        # The answer is the model's answer to the prompt built from exactly those chunks.
+        prompt = RAG_PROMPT.format(context="\n\n".join(c["text"] for c in context), input=question)
+        with LiveApp(create_app(rag_config.model_copy(update={"rag": None}), engine)) as plain:
+            reference = chat(client(plain.url), ENDPOINT, prompt)
+        assert answer.choices[0].message.content == reference.choices[0].message.content
+        assert answer.usage.prompt_tokens == reference.usage.prompt_tokens
+        adapter_answer = chat(api, "concise", question)
+        assert adapter_answer.model_extra["context"] == context
+        stream = list(chat(api, ENDPOINT, question, stream=True))
+        assert stream[0].model_extra["context"] == context
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) \
+            == answer.choices[0].message.content
+
+    hidden = rag_config.model_copy(update={"rag": rag_config.rag.model_copy(update={"include_context": False})})
+    with LiveApp(create_app(hidden, engine, retriever=open_retriever(hidden))) as live:
+        answer_without = chat(client(live.url), ENDPOINT, question)
+        assert "context" not in (answer_without.model_extra or {})
+        assert answer_without.choices[0].message.content == answer.choices[0].message.content
