@@ -8,6 +8,7 @@ from kubeforge.storage.layout import parse_s3_uri
 from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.raytrain import run_train_driver
 from kubeforge_workloads.common.storage import WorkloadStorage
+from kubeforge_workloads.pretrain.goodput import record_first_start
 
 
 def preflight(spec: TrainingJobSpec, storage: WorkloadStorage) -> None:
@@ -21,6 +22,7 @@ def preflight(spec: TrainingJobSpec, storage: WorkloadStorage) -> None:
     bucket, key = parse_s3_uri(spec.dataset.uri)
     if not any(True for _ in storage.store.list(bucket, key)):
         raise UserError(f"spec.dataset.uri {spec.dataset.uri} does not exist in the object store")
+    record_first_start(storage)  # goodput's wall time counts from the first attempt's driver, not its workers
 
 
 def main() -> None:

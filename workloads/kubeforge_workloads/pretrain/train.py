@@ -8,6 +8,7 @@ state; the learning-rate schedule and the sampler position are functions of the 
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from kubeforge_workloads.common.nodecheck import node_check
 from kubeforge_workloads.common.raytrain import worker_attempt
 from kubeforge_workloads.common.storage import WorkloadStorage
 from kubeforge_workloads.pretrain.ema import ScheduledEMA, ema_start_step
+from kubeforge_workloads.pretrain.goodput import GOODPUT_STATE_FILE, GoodputMeter
 from kubeforge_workloads.pretrain.sampler import GlobalSampler
 
 STEP_DELAY_ENV = "KUBEFORGE_STEP_DELAY_SECONDS"  # slows steps down for chaos tests and demos
@@ -67,6 +69,9 @@ def decoder_layers(model) -> list:
 
 
 class Pretraining:
+    clock = staticmethod(time.time)
+    """Step times and goodput's wall time (a test replaces it with a deterministic clock)."""
+
     def __init__(self, context: WorkloadContext, spec: TrainingJobSpec, storage: WorkloadStorage, rank: int,
                  heartbeat: Optional[Heartbeat]):
         import torch.distributed as dist
@@ -80,6 +85,7 @@ class Pretraining:
         self.metrics = None
         self.run_id: Optional[str] = None
         self.resumed_from: Optional[str] = None
+        self.goodput = GoodputMeter(storage, now=self.clock) if rank == 0 else None
 
     def beat(self, **fields) -> None:
         if self.heartbeat:
@@ -207,6 +213,12 @@ class Pretraining:
             set_rng_state(torch.load(local / rng_file, weights_only=False))
         else:  # more workers than the checkpoint had: this rank keeps its seeded RNG
             print(f"kubeforge: {uri} has no RNG state for rank {self.rank}; it keeps its seeded RNG", flush=True)
+        if self.goodput is not None:
+            productive = 0.0
+            if GOODPUT_STATE_FILE in files.sizes:
+                files.fetch([GOODPUT_STATE_FILE])
+                productive = json.loads((local / GOODPUT_STATE_FILE).read_text())["productiveSeconds"]
+            self.goodput.resumed(latest, productive)
         with warnings.catch_warnings():  # the schedule is a function of the step: replay it
             warnings.simplefilter("ignore")
             for _ in range(latest):
@@ -233,6 +245,9 @@ class Pretraining:
         files = save_sharded(self.state(self.ema.state_dict() if self.ema else {}), local)
         torch.save(rng_state(), local / f"rng_state_{self.rank}.pt")
         files.append(f"rng_state_{self.rank}.pt")
+        if self.goodput is not None:
+            (local / GOODPUT_STATE_FILE).write_text(json.dumps(self.goodput.state()))
+            files.append(GOODPUT_STATE_FILE)
         files_by_rank = {self.rank: files}
         if self.distributed and self.world > 1:
             if self.rank > 0:
@@ -297,7 +312,7 @@ class Pretraining:
         self.last_loss = None
         for step in range(start, self.total_steps):
             chaos.stall_point()
-            started = time.monotonic()
+            started = self.clock()
             local_loss = torch.zeros((), dtype=torch.float64)
             for ids in self.sampler.micro_batches(step, self.rank, self.world, micro):
                 batch = self.sequences[ids].to(self.device)
@@ -316,14 +331,19 @@ class Pretraining:
             if self.distributed and self.world > 1:
                 dist.all_reduce(local_loss)
             self.last_loss = float(local_loss) / self.world
-            if self.rank == 0:
-                self.metrics.add({"loss": self.last_loss, "learning_rate": self.scheduler.get_last_lr()[0]}, done)
-                self.beat(step=done, epoch=round(done / self.sampler.steps_per_epoch, 4), loss=self.last_loss,
-                          throughput=round(tokens_per_step / max(time.monotonic() - started, 1e-6), 1))
             if delay:
                 time.sleep(delay)
+            if self.rank == 0:
+                self.step_finished(done, self.clock() - started, tokens_per_step)
             if done % training.checkpoint_every_steps == 0 or done == self.total_steps:
                 self.save(done)
+
+    def step_finished(self, done: int, seconds: float, tokens: int) -> None:
+        """On rank 0 after each optimizer step (its checkpoint not yet saved): metrics, goodput, heartbeat."""
+        self.metrics.add({"loss": self.last_loss, "learning_rate": self.scheduler.get_last_lr()[0]}, done)
+        self.goodput.step_finished(done, seconds)
+        self.beat(step=done, epoch=round(done / self.sampler.steps_per_epoch, 4), loss=self.last_loss,
+                  throughput=round(tokens / max(seconds, 1e-6), 1), goodput=self.goodput.report())
 
     # output
     def full_state(self, tensors: dict) -> dict:
@@ -345,15 +365,17 @@ class Pretraining:
         if self.rank != 0:
             return
         self.checkpointer.close()  # the last checkpoint is durable before the run reports Done
+        self.goodput.close()
         self.beat(phase="Registering")
         self.metrics.flush()
         from kubeforge_workloads.pretrain.publish import publish
 
-        result = {**publish(self, model_state, ema_state), "resumedFrom": self.resumed_from}
+        result = {**publish(self, model_state, ema_state), "resumedFrom": self.resumed_from,
+                  "goodput": self.goodput.report().model_dump(by_alias=True, exclude_none=True)}
         self.storage.put_json(result, "result.json")
         import mlflow
 
         mlflow.end_run()
-        self.beat(phase="Done", step=self.total_steps)
+        self.beat(phase="Done", step=self.total_steps, goodput=self.goodput.report())
         if self.heartbeat:
             self.heartbeat.beat()

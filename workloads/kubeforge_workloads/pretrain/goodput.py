@@ -1,0 +1,113 @@
+"""Goodput: productive training seconds / wall seconds since the resource's first attempt started.
+
+Productive seconds are the step times of the steps the final model is built from. They travel inside every
+checkpoint (GOODPUT_STATE_FILE, rank 0's), so a resumed run starts from the checkpoint's sum: the steps a failed
+worker group trained past its last checkpoint are trained again and only their second run counts. Checkpoint
+stalls and everything outside the step loop (start-up, restore, retries) are wall time only.
+
+The ledger (LEDGER_FILE under the resource's prefix, written by rank 0) survives the attempts: when the resource
+was first started, the last step trained and when (written at most every LEDGER_INTERVAL_SECONDS, in the
+background), and one Recovery per resume: the steps lost and the seconds from the failed group's last recorded
+step to the first step finished after the resume.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Optional
+
+from kubeforge.storage.progress import Goodput, Recovery
+from kubeforge_workloads.common.storage import WorkloadStorage
+
+LEDGER_FILE = "goodput.json"
+GOODPUT_STATE_FILE = "goodput_state.json"
+LEDGER_INTERVAL_SECONDS = 2.0
+
+
+def record_first_start(storage: WorkloadStorage, now: Callable[[], float] = time.time) -> dict:
+    """The resource's ledger, created with startedAt = now if this resource (uid) has none yet."""
+    ledger = storage.get_json(LEDGER_FILE)
+    if not ledger or ledger.get("uid") != storage.context.uid:
+        ledger = {"uid": storage.context.uid, "startedAt": now(), "recoveries": []}
+        storage.put_json(ledger, LEDGER_FILE)
+    return ledger
+
+
+class GoodputMeter:
+    """On rank 0: step_finished() after every optimizer step, resumed() after a restore, report() any time."""
+
+    def __init__(self, storage: WorkloadStorage, now: Callable[[], float] = time.time):
+        self.storage, self.now = storage, now
+        self.ledger = record_first_start(storage, now)
+        self.productive_seconds = 0.0
+        self._open_recovery: Optional[tuple[Recovery, float]] = None
+        self._last_write = float("-inf")
+        self._writer: Optional[ThreadPoolExecutor] = None
+        self._in_flight: Optional[Future] = None
+
+    def resumed(self, step: int, productive_seconds: float) -> None:
+        """Restored a checkpoint of `step` whose steps took productive_seconds. If an earlier worker group trained
+        past it, that is a failure to account for; its recovery ends with the next finished step."""
+        self.productive_seconds = productive_seconds
+        last_step, last_at = self.ledger.get("lastStep"), self.ledger.get("lastStepAt")
+        if last_step is None or last_at is None:
+            return
+        recovery = Recovery(attempt=self.storage.context.attempt, resumed_at_step=step,
+                            steps_lost=max(0, int(last_step) - step))
+        self._open_recovery = (recovery, float(last_at))
+
+    def step_finished(self, step: int, seconds: float) -> None:
+        self.productive_seconds += seconds
+        now = self.now()
+        self.ledger.update(lastStep=step, lastStepAt=now)
+        if self._open_recovery is not None:
+            recovery, failed_at = self._open_recovery
+            recovery.recovery_seconds = round(now - failed_at, 3)
+            self.ledger["recoveries"] = [*self.ledger.get("recoveries", []), recovery.model_dump(by_alias=True)]
+            self._open_recovery = None
+            self._write(force=True)
+        else:
+            self._write(force=False)
+
+    def state(self) -> dict:
+        """What a checkpoint of the current step keeps."""
+        return {"productiveSeconds": self.productive_seconds}
+
+    def report(self) -> Goodput:
+        wall = max(self.now() - float(self.ledger["startedAt"]), 1e-9)
+        return Goodput(ratio=round(min(self.productive_seconds / wall, 1.0), 4),
+                       productive_seconds=round(self.productive_seconds, 3), wall_seconds=round(wall, 3),
+                       recoveries=[Recovery.model_validate(r) for r in self.ledger.get("recoveries", [])])
+
+    def close(self) -> None:
+        self._write(force=True)
+        self._report_failed_write()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
+
+    def _write(self, force: bool) -> None:
+        """The ledger goes up in the background, at most every LEDGER_INTERVAL_SECONDS (the step loop never waits
+        on the object store for it), and at once when a recovery was recorded."""
+        now = time.monotonic()
+        busy = self._in_flight is not None and not self._in_flight.done()
+        if busy and not force:
+            return
+        if not force and now - self._last_write < LEDGER_INTERVAL_SECONDS:
+            return
+        self._report_failed_write()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeforge-goodput")
+        self._last_write = now
+        snapshot = dict(self.ledger)
+        self._in_flight = self._writer.submit(self.storage.put_json, snapshot, LEDGER_FILE)
+
+    def _report_failed_write(self) -> None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return
+        try:
+            in_flight.result()
+        except Exception as error:  # a missed ledger write costs accuracy, not the training
+            print(f"kubeforge: goodput ledger write failed: {error}", flush=True)
