@@ -19,6 +19,8 @@ class Phase(str, Enum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     READY = "Ready"
+    DEPLOYING = "Deploying"
+    """A ServingEndpoint whose RayService is not serving yet."""
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
@@ -185,12 +187,21 @@ class ReplicaStatus(ApiModel):
     """Replicas the autoscaler currently wants."""
 
 
+class ServedModelStatus(ApiModel):
+    name: str
+    """What clients pass as the OpenAI `model`."""
+    type: str
+    """base, adapter or template."""
+    source: Optional[str] = None
+    """Where its weights came from (models:/<name>/<version>, s3://…), or the model a template runs on."""
+
+
 class ServingStatus(StatusBase):
     """Status of a ServingEndpoint: a long-running RayService, not attempts."""
 
     url: Optional[str] = None
     """Base URL of the OpenAI-compatible API (…/v1)."""
-    models: list[str] = Field(default_factory=list)
+    models: list[ServedModelStatus] = Field(default_factory=list)
     """Model names clients can pass: the base model, each adapter, each prompt template."""
     replicas: Optional[ReplicaStatus] = None
     ray_service: Optional[str] = None

@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 from pydantic import ValidationError
 
 from kubeforge.controllers.batch import BatchKind, Observed, reconcile
+from kubeforge.controllers import serving
 from kubeforge.controllers.common import Event, Plan, resource_prefix
 from kubeforge.controllers.errors import ChildNameTaken, Conflict
+from kubeforge.controllers.serving import ServingObserved
 from kubeforge.controllers.observe import latest_status_patch, load_json, merge_patch, needs_observation
 from kubeforge.resilience import parse_duration
 from kubeforge.settings import Settings
@@ -53,6 +55,9 @@ class Writer(Protocol):
         """Create (or adopt, if ours) a child RayJob. Raises ChildNameTaken."""
 
     def delete_rayjob(self, namespace: str, name: str) -> None: ...
+
+    def apply(self, body: dict) -> dict:
+        """Server-side apply of a child (a RayService) as Kubeforge's field manager."""
 
     def get_object(self, plural: str, namespace: str, name: str) -> Optional[dict]:
         """A Kubeforge resource as stored now (after a Conflict); None when it is gone."""
@@ -172,8 +177,11 @@ class ResourceLoop:
         if not needs_observation(status, obj["metadata"].get("generation"), one_shot=self.kind.info.one_shot):
             return None
         observed = await self._observe(obj)
-        plan = reconcile(self.kind, obj, observed, self.clock.now(), self.settings)
+        plan = self._reconcile(obj, observed)
         return await self._apply(server, plan)
+
+    def _reconcile(self, obj: dict, observed) -> Plan:
+        return reconcile(self.kind, obj, observed, self.clock.now(), self.settings)
 
     def _newest(self, body: dict) -> dict:
         """The newest object this loop knows: the watch's, or its own write the watch has not delivered yet."""
@@ -245,6 +253,8 @@ class ResourceLoop:
             delays.append(await self._write_status(server, plan.status, patch))
         for name in plan.delete:
             await asyncio.to_thread(self.writer.delete_rayjob, meta["namespace"], name)
+        for child in plan.apply:
+            await asyncio.to_thread(self.writer.apply, child)
         for child in plan.create:
             try:
                 await asyncio.to_thread(self.writer.create_rayjob, child)
@@ -305,8 +315,30 @@ async def _wait_any(stop: asyncio.Future, wake: asyncio.Event, timeout: Optional
 
 
 def child_summary(body: Any) -> dict:
-    """The part of a child RayJob the reconcile reads, kept in the index (not whole objects)."""
+    """The part of a child (RayJob, RayService) or dependency the reconcile reads, kept in the index (not whole objects)."""
     meta = body.get("metadata") or {}
-    return {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "ownerReferences",
-                                                  "deletionTimestamp") if meta.get(k) is not None},
+    return {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "ownerReferences",
+                                                  "annotations", "deletionTimestamp") if meta.get(k) is not None},
             "status": copy.deepcopy(dict(body.get("status") or {}))}
+
+
+class ServingLoop(ResourceLoop):
+    """A ServingEndpoint's loop: its RayService and dependencies from the indexes, no heartbeat or attempts."""
+
+    async def _observe(self, obj: dict) -> ServingObserved:
+        meta = obj["metadata"]
+        try:
+            spec = self.kind.info.spec_model.model_validate(obj.get("spec") or {})
+        except ValidationError:
+            return ServingObserved()
+        needed = serving.dependencies(spec)
+        self.cache.watch_dependencies(meta["uid"], [(meta["namespace"], kind, name) for kind, name in needed])
+        observed = ServingObserved(
+            rayservices=self.cache.children(meta["uid"]),
+            dependencies={(kind, name): self.cache.resource(meta["namespace"], kind, name) for kind, name in needed})
+        if not observed.rayservices:
+            observed.unmet = await asyncio.to_thread(self.cache.prerequisites, meta["namespace"], spec)
+        return observed
+
+    def _reconcile(self, obj: dict, observed) -> Plan:
+        return serving.reconcile_endpoint(obj, observed, self.clock.now(), self.settings)

@@ -19,12 +19,13 @@ import kopf
 
 from kubeforge.api.kinds import KINDS, kind_info
 from kubeforge.api.meta import FINALIZER, GROUP, VERSION
-from kubeforge.cluster import CHILD_PLURALS, RAY_GROUP, RAY_VERSION, RAYJOBS, Cluster
+from kubeforge.cluster import CHILD_PLURALS, RAY_GROUP, RAY_VERSION, RAYJOBS, RAYSERVICES, Cluster
 from kubeforge.controllers import batch
 from kubeforge.controllers.common import Event, resource_prefix
-from kubeforge.controllers.loop import Cache, Clock, ResourceLoop, child_summary
+from kubeforge.controllers.loop import Cache, Clock, ResourceLoop, ServingLoop, child_summary
 from kubeforge.controllers.observe import latest_status_patch, needs_observation
 from kubeforge.controllers.registry import BATCH_KINDS
+from kubeforge.controllers.serving import ServingKind
 from kubeforge.controllers.unsupported import unsupported_status
 from kubeforge.launch.names import LABEL_OWNER_UID
 from kubeforge.prerequisites import ClusterFacts, workload_prerequisites, workload_secret_exists
@@ -80,8 +81,10 @@ class Prerequisites:
     """What a run in a namespace needs from the platform: the cluster-wide facts checked at start-up, and the
     namespace's workload Secret, looked up at most once per `ttl` seconds per namespace (not per pass)."""
 
-    def __init__(self, settings: Settings, cluster_facts: Callable[[], ClusterFacts], core_api, ttl: float):
+    def __init__(self, settings: Settings, cluster_facts: Callable[[], ClusterFacts], core_api, ttl: float,
+                 uses: frozenset[str] = frozenset({RAYJOBS})):
         self.settings, self.cluster_facts, self.core_api, self.ttl = settings, cluster_facts, core_api, ttl
+        self.uses = uses
         self.secrets: dict[str, tuple[float, bool]] = {}
 
     def __call__(self, namespace: str, spec) -> list:
@@ -92,7 +95,7 @@ class Prerequisites:
                 present = workload_secret_exists(self.core_api(), namespace, self.settings)
                 self.secrets[namespace] = (time.monotonic(), present)
         return workload_prerequisites(namespace, self.settings, self.cluster_facts(), present,
-                                      uses=frozenset({RAYJOBS}), bucket=spec.storage.bucket)
+                                      uses=self.uses, bucket=spec.storage.bucket)
 
 
 class QuietWakeups(logging.Filter):
@@ -128,25 +131,39 @@ def register(settings: Settings, registry: kopf.OperatorRegistry | None = None,
                 cluster_holder.update(cluster=Cluster(), store=S3ObjectStore(endpoint_url=settings.s3_endpoint_url))
         return cluster_holder["cluster"], cluster_holder["store"]
 
-    @kopf.index(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={LABEL_OWNER_UID: kopf.PRESENT}, registry=registry,
-                id="rayjobs_by_owner")  # the id is the name of the handlers' kwarg
-    def rayjobs_by_owner(body, labels, **_):
+    for child_plural in (RAYJOBS, RAYSERVICES):
+        _register_children_index(child_plural, registry, wakeups)
+
+    serving_prerequisites = Prerequisites(settings, cluster_facts, core_api, ttl=settings.reconcile_period_seconds,
+                                          uses=frozenset({RAYSERVICES}))
+    for info in KINDS:
+        _register_resource_index(info, registry, wakeups)
+        if info.kind == ServingKind.info.kind:
+            _register_loop(ServingKind(), ServingLoop, f"{RAYSERVICES}_by_owner", settings, registry, clients,
+                           wakeups, serving_prerequisites)
+        elif info.kind in BATCH_KINDS:
+            _register_batch(BATCH_KINDS[info.kind], settings, registry, clients, wakeups, prerequisites)
+        else:
+            _register_unsupported(info, settings, registry)
+
+
+def _register_children_index(plural: str, registry, wakeups: Wakeups) -> None:
+    """Children (RayJobs, RayServices) by their owner's uid label; a change wakes the owner's loop."""
+
+    def index(body, labels, **_):
         return {labels[LABEL_OWNER_UID]: child_summary(body)}
+
+    # The id is the name of the handlers' kwarg.
+    kopf.index(RAY_GROUP, RAY_VERSION, plural, labels={LABEL_OWNER_UID: kopf.PRESENT}, registry=registry,
+               id=f"{plural}_by_owner")(index)
 
     # Event handlers run after kopf updated the indexes with the same event, so a woken loop sees the change.
     # They are async: they run on the event loop the loops wait on (asyncio.Event is not thread-safe).
-    @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={LABEL_OWNER_UID: kopf.PRESENT}, registry=registry,
-                   id=f"{WAKE_PREFIX}owner")
     async def child_changed(labels, **_):
         wakeups.wake(labels[LABEL_OWNER_UID])
 
-    for info in KINDS:
-        _register_resource_index(info, registry, wakeups)
-        kind = BATCH_KINDS.get(info.kind)
-        if kind is None:
-            _register_unsupported(info, settings, registry)
-            continue
-        _register_batch(kind, settings, registry, clients, wakeups, prerequisites)
+    kopf.on.event(RAY_GROUP, RAY_VERSION, plural, labels={LABEL_OWNER_UID: kopf.PRESENT}, registry=registry,
+                  id=f"{WAKE_PREFIX}owner" if plural == RAYJOBS else f"{WAKE_PREFIX}owner-{plural}")(child_changed)
 
 
 def _index_name(info) -> str:
@@ -171,6 +188,12 @@ def _register_resource_index(info, registry, wakeups: Wakeups) -> None:
 
 def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients, wakeups: Wakeups,
                     prerequisites: Prerequisites) -> None:
+    _register_loop(kind, ResourceLoop, "rayjobs_by_owner", settings, registry, clients, wakeups, prerequisites)
+
+
+def _register_loop(kind, loop_class, children_index: str, settings: Settings, registry, clients, wakeups: Wakeups,
+                   prerequisites: Prerequisites) -> None:
+    """One daemon per resource of `kind` running `loop_class`, its children read from `children_index`."""
     plural = kind.info.plural
 
     def observed_again(body, **_) -> bool:
@@ -179,11 +202,12 @@ def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients
 
     @kopf.daemon(GROUP, VERSION, plural, registry=registry, id="reconcile", when=observed_again,
                  cancellation_backoff=CANCELLATION_BACKOFF_SECONDS, cancellation_timeout=CANCELLATION_SECONDS)
-    async def reconcile_loop(body, uid, stopped, rayjobs_by_owner, **indexes):
+    async def reconcile_loop(body, uid, stopped, **indexes):
         cluster, store = clients()
+        by_owner = indexes[children_index]
 
         def children(owner_uid: str) -> dict[str, dict]:
-            return {child["metadata"]["name"]: child for child in rayjobs_by_owner.get(owner_uid, [])}
+            return {child["metadata"]["name"]: child for child in by_owner.get(owner_uid, [])}
 
         def resource(namespace: str, kind_name: str, name: str):
             found = list(indexes[_index_name(kind_info(kind_name))].get((namespace, name), []))
@@ -192,11 +216,11 @@ def _register_batch(kind: batch.BatchKind, settings: Settings, registry, clients
         def post_event(event: Event) -> None:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
-        loop = ResourceLoop(kind=kind, settings=settings, writer=cluster, store=store,
-                            cache=Cache(children=children, resource=resource,
-                                        watch_dependencies=wakeups.watch_dependencies,
-                                        prerequisites=prerequisites),
-                            clock=Clock(now=lambda: utcnow()), post_event=post_event, finalizer=FINALIZER)
+        loop = loop_class(kind=kind, settings=settings, writer=cluster, store=store,
+                          cache=Cache(children=children, resource=resource,
+                                      watch_dependencies=wakeups.watch_dependencies,
+                                      prerequisites=prerequisites),
+                          clock=Clock(now=lambda: utcnow()), post_event=post_event, finalizer=FINALIZER)
         try:
             await loop.run(body, stopped, wakeups.event_for(uid))
         finally:
