@@ -263,7 +263,9 @@ def test_default_max_tokens_is_the_configured_one(served):
 def test_template_model_answers_the_filled_template(served):
     api = client(served.url)
     review = "Arrived broken, support never answered."
-    answer = api.chat.completions.create(model=f"{ENDPOINT}:reviews", messages=[{"role": "user", "content": review}],
+    conversation = [{"role": "user", "content": "An earlier review."}, {"role": "assistant", "content": "ok"},
+                    {"role": "user", "content": review}]  # {input} is the last user message
+    answer = api.chat.completions.create(model=f"{ENDPOINT}:reviews", messages=conversation,
                                          extra_body={"template_args": {"product": "kettle"}})
     filled = REVIEW_TEMPLATE.format(product="kettle", input=review, language="English")
     reference = api.chat.completions.create(
@@ -395,6 +397,19 @@ def test_eight_like_requests_are_one_or_two_generate_calls_with_the_answers_they
         texts = [f.result().choices[0].message.content for f in futures]
     assert engine.generate_calls - calls <= 2 and max(engine.batch_sizes[calls:]) >= 4, engine.batch_sizes[calls:]
     assert texts == alone
+
+
+def test_seeded_sampling_requests_are_never_batched_so_each_repeats_its_sample(served, engine, monkeypatch):
+    api = client(served.url)
+    options = dict(temperature=1.0, seed=11, max_tokens=12)
+    alone = chat(api, ENDPOINT, **options).choices[0].message.content
+    calls = engine.generate_calls
+    with gated_generate(engine, monkeypatch) as gate, ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(chat, api, ENDPOINT, **options) for _ in range(3)]
+        wait_for(lambda: engine._queued_rows == 3, "three queued requests")
+        gate.set()
+        assert [f.result().choices[0].message.content for f in futures] == [alone] * 3
+    assert engine.batch_sizes[calls:] == [1, 1, 1]
 
 
 # authentication

@@ -123,13 +123,13 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
         """Prompt token ids, sampling, max_tokens and retrieved context for one request."""
         context = None
         defaults = route.template.parameters if route.template else {}
+        question = prompt if messages is None else next(
+            (m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
         if route.template is not None:
-            user_text = messages[-1]["content"] if messages else prompt
-            filled = fill_template(route.template, user_text, body.template_args)
+            filled = fill_template(route.template, question, body.template_args)
             messages = ([{"role": "system", "content": route.template.system}] if route.template.system else [])
             messages.append({"role": "user", "content": filled})
         elif config.rag is not None and messages is not None:
-            question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
             hits = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: retriever.search(question, config.rag.top_k))
             context = [{"id": h.chunk_id, "score": h.score, "source": h.metadata.get("source", h.document_id),
@@ -145,6 +145,7 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
         ids = engine.chat_prompt(messages) if messages is not None else engine.text_prompt(prompt)
 
         fields = body.model_fields_set
+
         def pick(name: str, fallback):
             value = getattr(body, name, None)
             return value if name in fields and value is not None else defaults.get(name, fallback)

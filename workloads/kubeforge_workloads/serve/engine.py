@@ -58,7 +58,7 @@ class Finish:
     completion_tokens: int
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     prompt_ids: list[int]
     sampling: Sampling
@@ -158,8 +158,10 @@ class TransformersEngine:
     def _take_batch(self) -> list[Job]:
         """The oldest request and the waiting ones it can share a generate call with (first come, first in)."""
         key, rows, batch = self._pending[0].sampling, 0, []
+        # A seed promises the same sample every time: no other request may share (and shift) its random draws.
+        room = self._pending[0].n if key.seed is not None else self.max_num_seqs
         for job in self._pending:
-            if job.sampling == key and rows + job.n <= self.max_num_seqs:
+            if job.sampling == key and rows + job.n <= room:
                 batch.append(job)
                 rows += job.n
         self._pending = [job for job in self._pending if job not in batch]
@@ -321,7 +323,7 @@ class VllmEngine:
                                tensor_parallel_size=engine_config.tensor_parallel_size,
                                enable_lora=bool(adapter_dirs), max_loras=max(1, len(adapter_dirs)))
         self.engine = AsyncLLMEngine.from_engine_args(args)
-        self.context_length = engine_config.max_model_len or self.engine.engine.model_config.max_model_len
+        self.context_length = engine_config.max_model_len or _model_context(base_dir)
         self.max_num_seqs = engine_config.max_num_seqs
         self.queue_limit = engine_config.max_num_seqs * QUEUE_FACTOR
         self._running = 0
@@ -360,3 +362,9 @@ class VllmEngine:
                                      len(choice.token_ids))
         finally:
             self._running -= n
+
+
+def _model_context(model_dir: Path) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)

@@ -74,7 +74,6 @@ class ChatCompletionRequest(SamplingRequest):
 
 class CompletionRequest(SamplingRequest):
     prompt: Union[str, list[str]]
-    echo: bool = False
 
 
 def new_id(prefix: str) -> str:
