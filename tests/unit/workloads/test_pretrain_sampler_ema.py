@@ -71,3 +71,15 @@ def test_ema_starts_at_its_step_and_blends_after():
     assert set(ema.prepare_to_restore([("w", weight)], step=3)) == {"w"} and ema.active
     with pytest.raises(ValueError, match="between 0 and 1"):
         ScheduledEMA(decay=1.0, start_step=1)
+
+
+def test_ema_saved_by_ddp_workers_restores_on_one_unwrapped_worker():
+    """Two workers train wrapped in DDP (parameters named module.*), one worker trains the bare model: the average
+    a checkpoint holds must load either way."""
+    weight = torch.nn.Parameter(torch.tensor([2.0]))
+    under_ddp = ScheduledEMA(decay=0.5, start_step=1)
+    under_ddp.update([("module.layer.w", weight)], 1)
+    alone = ScheduledEMA(decay=0.5, start_step=1)
+    assert set(alone.prepare_to_restore([("layer.w", weight)], step=1)) == set(under_ddp.state_dict()) == {"layer.w"}
+    alone.update([("layer.w", weight)], 2)  # and keeps blending under the unwrapped name
+    assert alone.state_dict()["layer.w"].item() == 2.0

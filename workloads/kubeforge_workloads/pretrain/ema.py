@@ -17,6 +17,12 @@ def ema_start_step(max_steps: int, start_fraction: float) -> int:
     return max(1, math.ceil(max_steps * start_fraction))
 
 
+def parameter_key(name: str) -> str:
+    """A parameter's name in the unwrapped model: DDP prefixes `module.`, but one worker trains unwrapped, and a
+    checkpoint must load under any worker count."""
+    return name.removeprefix("module.")
+
+
 class ScheduledEMA:
     def __init__(self, decay: float, start_step: int):
         if not 0 < decay < 1:
@@ -36,10 +42,10 @@ class ScheduledEMA:
             return
         with torch.no_grad():
             if self.shadow is None:
-                self.shadow = {name: p.detach().clone() for name, p in named_parameters}
+                self.shadow = {parameter_key(name): p.detach().clone() for name, p in named_parameters}
                 return
             for name, p in named_parameters:
-                self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
+                self.shadow[parameter_key(name)].lerp_(p.detach(), 1.0 - self.decay)
 
     def state_dict(self) -> dict:
         return dict(self.shadow or {})
@@ -53,5 +59,5 @@ class ScheduledEMA:
             self.shadow = None
             return {}
         with torch.no_grad():
-            self.shadow = {name: p.detach().clone() for name, p in named_parameters}
+            self.shadow = {parameter_key(name): p.detach().clone() for name, p in named_parameters}
         return self.shadow
