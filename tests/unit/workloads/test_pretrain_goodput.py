@@ -68,6 +68,24 @@ def test_a_new_resource_of_the_same_name_starts_its_own_clock(object_store):
     assert record_first_start(storage_of(object_store, 1, uid="other"), clock)["startedAt"] == 2000.0
 
 
+def test_the_heartbeat_carries_goodput_and_older_heartbeats_still_parse(object_store):
+    from kubeforge.storage.progress import Progress
+    from kubeforge_workloads.common.heartbeat import Heartbeat
+
+    storage = storage_of(object_store, 1)
+    meter = GoodputMeter(storage, now=FakeClock(tick=1.0))
+    meter.step_finished(1, 0.5)
+    heartbeat = Heartbeat(storage.write_progress, attempt=1)
+    heartbeat.update(phase="Training", step=1, goodput=meter.report())
+    heartbeat.beat()
+    written = storage.read_progress()
+    assert written.goodput == meter.report().model_copy(update={"wall_seconds": written.goodput.wall_seconds,
+                                                                "ratio": written.goodput.ratio})
+    assert written.goodput.productive_seconds == 0.5
+    old = Progress.model_validate_json('{"attempt": 1, "phase": "Training", "step": 3, "updatedAt": "t"}')
+    assert old.goodput is None and "goodput" not in old.to_json()
+
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
