@@ -168,11 +168,12 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
 
     async def complete(body: SamplingRequest, messages: Optional[list[dict]], prompt: Optional[str], chat: bool):
         route = route_of(body.model)
-        ids, sampling, max_tokens, stop, n, context = await prepare(body, route, messages, prompt)
+        with engine.arriving():
+            ids, sampling, max_tokens, stop, n, context = await prepare(body, route, messages, prompt)
+            events = engine.generate(ids, sampling, max_tokens, stop, n)
         request_id, started = new_id("chatcmpl" if chat else "cmpl"), time.monotonic()
         kind = "chat.completion" if chat else "text_completion"
         extra = {"context": context} if context is not None and config.rag.include_context else {}
-        events = engine.generate(ids, sampling, max_tokens, stop, n)
         metrics.request(route.name)
         if not body.stream:
             texts, finishes = [""] * n, [None] * n
@@ -190,8 +191,6 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
             return {"id": request_id, "object": kind, "created": now(), "model": route.name, "choices": choices,
                     "usage": usage(len(ids), generated), **extra}
 
-        # Fail before the 200 goes out when the engine refuses the request (overload): the first event decides.
-        first = await _first_event(events)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         async def stream():
@@ -203,7 +202,7 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
             elif extra:
                 yield _sse(chunk | {"choices": []} | extra)
             try:
-                async for event in _prepend(first, events):
+                async for event in events:
                     if isinstance(event, Delta):
                         if first_token_at is None:
                             first_token_at = time.monotonic()
@@ -261,20 +260,6 @@ def _as_list(value) -> list[str]:
 
 def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
-
-
-async def _first_event(events):
-    try:
-        return await events.__anext__()
-    except StopAsyncIteration:
-        return None
-
-
-async def _prepend(first, events):
-    if first is not None:
-        yield first
-        async for event in events:
-            yield event
 
 
 # Loading (what each replica does once) and the Ray Serve wrapping.

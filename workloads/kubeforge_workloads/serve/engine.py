@@ -20,9 +20,9 @@ from typing import AsyncIterator, Optional, Union
 
 from kubeforge_workloads.serve.protocol import ApiError
 
-BATCH_WAIT_S = 0.01
-"""How long the first request of a batch waits for others to join it: long enough for concurrent arrivals,
-short against a generate call."""
+BATCH_WAIT_S = 0.02
+"""How long a batch may wait for requests that have arrived but are still being prepared (tokenized, retrieved
+for) to join it. A request that is alone starts at once; what arrives while a batch runs forms the next one."""
 QUEUE_FACTOR = 4
 """Sequences queued or running per replica, in units of max_num_seqs, before new requests get 503."""
 RETRY_AFTER_S = 1
@@ -83,6 +83,7 @@ class TransformersEngine:
         self.batch_sizes: list[int] = []
         self._pending: list[Job] = []
         self._queued_rows = 0
+        self._arriving = 0
         self._wakeup: Optional[asyncio.Event] = None
         self._worker: Optional[asyncio.Task] = None
         # One thread runs generate: the active adapter and the torch seed are per-model state.
@@ -108,9 +109,19 @@ class TransformersEngine:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     # generation
-    async def generate(self, prompt_ids: list[int], sampling: Sampling, max_tokens: int, stop: tuple[str, ...],
-                       n: int) -> AsyncIterator[Union[Delta, Finish]]:
-        """Deltas and one Finish per choice (n of them), as the batch produces them."""
+    @contextlib.contextmanager
+    def arriving(self):
+        """Around a request's preparation up to generate(): a batch about to start waits (briefly) for it."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+
+    def generate(self, prompt_ids: list[int], sampling: Sampling, max_tokens: int, stop: tuple[str, ...],
+                 n: int) -> AsyncIterator[Union[Delta, Finish]]:
+        """Queue the request now (ApiError when the queue is full); iterate the result for its deltas and one
+        Finish per choice (n of them), as the batch produces them."""
         if self._queued_rows + n > self.queue_limit:
             raise ApiError(503, f"the replica has {self._queued_rows} sequences queued or running (limit "
                                 f"{self.queue_limit}); retry shortly", type="server_overloaded",
@@ -119,14 +130,17 @@ class TransformersEngine:
             raise ApiError(400, f"n={n} is more than the engine's max_num_seqs ({self.max_num_seqs})", param="n")
         job = Job(prompt_ids, sampling, max_tokens, stop, n, asyncio.get_running_loop())
         self._submit(job)
-        finished = 0
+        return self._events(job)
+
+    async def _events(self, job: Job) -> AsyncIterator[Union[Delta, Finish]]:
+        finished, n = 0, job.n
         try:
             while finished < n:
-                event = await job.events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                finished += isinstance(event, Finish)
-                yield event
+                for event in _coalesced([await job.events.get()], job.events):
+                    if isinstance(event, BaseException):
+                        raise event
+                    finished += isinstance(event, Finish)
+                    yield event
         finally:
             job.cancelled = True  # a client that went away frees its rows in the running batch
 
@@ -147,8 +161,10 @@ class TransformersEngine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if sum(job.n for job in self._pending) < self.max_num_seqs:
-                await asyncio.sleep(self.batch_wait_s)
+            deadline = loop.time() + self.batch_wait_s
+            while self._arriving and sum(job.n for job in self._pending) < self.max_num_seqs \
+                    and loop.time() < deadline:
+                await asyncio.sleep(0.001)
             batch = self._take_batch()
             try:
                 await loop.run_in_executor(self._executor, self._run_batch, batch)
@@ -204,6 +220,19 @@ class TransformersEngine:
             return self.model.disable_adapter()
         self.model.set_adapter(name)
         return contextlib.nullcontext()
+
+
+def _coalesced(events: list, queue: asyncio.Queue) -> list:
+    """The events already waiting, consecutive deltas of one choice merged: a client that reads slower than the
+    model generates gets fewer, larger chunks instead of falling further behind."""
+    while not queue.empty():
+        event = queue.get_nowait()
+        last = events[-1]
+        if isinstance(event, Delta) and isinstance(last, Delta) and last.index == event.index:
+            events[-1] = Delta(event.index, last.text + event.text)
+        else:
+            events.append(event)
+    return events
 
 
 @dataclass
@@ -328,18 +357,24 @@ class VllmEngine:
         self.queue_limit = engine_config.max_num_seqs * QUEUE_FACTOR
         self._running = 0
 
+    def arriving(self):
+        return contextlib.nullcontext()  # vLLM batches continuously: nothing waits for arrivals
+
     chat_prompt = TransformersEngine.chat_prompt
     text_prompt = TransformersEngine.text_prompt
     count_tokens = TransformersEngine.count_tokens
 
-    async def generate(self, prompt_ids: list[int], sampling: Sampling, max_tokens: int, stop: tuple[str, ...],
-                       n: int) -> AsyncIterator[Union[Delta, Finish]]:
-        from vllm import SamplingParams, TokensPrompt
-        from vllm.lora.request import LoRARequest
-
+    def generate(self, prompt_ids: list[int], sampling: Sampling, max_tokens: int, stop: tuple[str, ...],
+                 n: int) -> AsyncIterator[Union[Delta, Finish]]:
         if self._running + n > self.queue_limit:
             raise ApiError(503, "the replica is at its queue limit; retry shortly", type="server_overloaded",
                            code="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)})
+        return self._stream(prompt_ids, sampling, max_tokens, stop, n)
+
+    async def _stream(self, prompt_ids, sampling: Sampling, max_tokens: int, stop: tuple[str, ...], n: int):
+        from vllm import SamplingParams, TokensPrompt
+        from vllm.lora.request import LoRARequest
+
         params = SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
                                 max_tokens=max_tokens, stop=list(stop) or None)
         lora = None
