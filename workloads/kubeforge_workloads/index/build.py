@@ -104,6 +104,20 @@ def chunk_documents(batch: dict, model: str, strategy: str, size: int, overlap: 
 
 # --- the driver ---------------------------------------------------------------------------------------------------
 
+class PhaseTimes:
+    """Seconds spent in each phase of a sync (result.phaseSeconds), to tell start-up costs from embedding."""
+
+    def __init__(self):
+        self.marks: list[tuple[str, float]] = []
+
+    def enter(self, phase: str) -> None:
+        self.marks.append((phase, time.monotonic()))
+
+    def seconds(self) -> dict[str, float]:
+        ends = [at for _, at in self.marks[1:]] + [time.monotonic()]
+        return {phase: round(end - at, 3) for (phase, at), end in zip(self.marks, ends)}
+
+
 @dataclass
 class Previous:
     """The current version, as far as a sync can reuse it."""
@@ -196,6 +210,8 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     import pyarrow.parquet as pq
 
     source = spec.source
+    phases = PhaseTimes()
+    phases.enter("Listing")
     heartbeat.update(phase="Listing")
     objects = list_sources(storage.store.client, source.uri, source.include, source.exclude)
     if not objects:
@@ -219,11 +235,14 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
         print(f"kubeforge: nothing changed since version {previous.version}")
         documents = previous.manifest["documents"]
         heartbeat.update(step=documents, total_steps=documents)
-        return _result(context, spec, previous.manifest, storage.prefix, previous.version, unchanged=True)
+        return {**_result(context, spec, previous.manifest, storage.prefix, previous.version, unchanged=True),
+                "phaseSeconds": phases.seconds()}
 
     heartbeat.update(phase="Reading", message=f"reading {len(to_read)} new or changed of {len(objects)} objects")
     resources = spec.resources
+    phases.enter("RayInit")
     init_ray(resources.workers * resources.cpus_per_worker + 1)
+    phases.enter("Reading")
     parsed_rows = _read(to_read, _bucket(source.uri), spec)
 
     read_objects = {o.relative: o for o in to_read}
@@ -244,6 +263,7 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     resumed_ids = set(resumed.column("document_id").to_pylist()) if resumed is not None else set()
     to_embed = [row for row in to_embed if row["document_id"] not in resumed_ids]
     done = len(plan.unchanged) + len(resumed_ids)
+    phases.enter("Embedding")
     heartbeat.update(phase="Embedding", step=done, total_steps=len(indexed),
                      message=f"embedding {len(to_embed)} new or changed documents, reusing {done}")
     embedded = []
@@ -262,6 +282,7 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
                     done += 1
             heartbeat.update(step=done)
             stall_point()
+    phases.enter("Indexing")
     heartbeat.update(phase="Indexing", step=len(indexed))
     embedded_chunks = sum(part.num_rows for part in embedded)
     resumed_chunks = resumed.num_rows if resumed is not None else 0
@@ -307,11 +328,13 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
                  "embeddedChunks": embedded_chunks, "resumedChunks": resumed_chunks,
                  "reusedChunks": table.num_rows - embedded_chunks - resumed_chunks},
     }
+    phases.enter("Writing")
     heartbeat.update(phase="Writing", message=f"writing version {version}")
     commit_version(storage.store, storage.prefix, version, out, manifest)
     removed = apply_retention(storage.store, storage.prefix, version, spec.keep_versions)
     manifest = read_manifest(storage.store, storage.prefix, version)
-    return {**_result(context, spec, manifest, storage.prefix, version), "removedVersions": removed}
+    return {**_result(context, spec, manifest, storage.prefix, version), "removedVersions": removed,
+            "phaseSeconds": phases.seconds()}
 
 
 def _documents_schema():

@@ -38,6 +38,7 @@ def sync_metrics(result: dict, build_seconds: float) -> dict[str, float]:
                "deleted_documents": sync["deletedDocuments"], "embedded_chunks": sync["embeddedChunks"],
                "resumed_chunks": sync["resumedChunks"], "reused_chunks": sync["reusedChunks"]}
     metrics.update({f"skipped_{cause}": entry["count"] for cause, entry in result["skipped"].items()})
+    metrics.update({f"seconds_{phase}": value for phase, value in (result.get("phaseSeconds") or {}).items()})
     if build_seconds > 0:
         metrics["embedded_chunks_per_second"] = round(sync["embeddedChunks"] / build_seconds, 3)
     return {key: float(value) for key, value in metrics.items()}
