@@ -73,8 +73,8 @@ def run_workload(args, attempt: int, generation: int) -> tuple[dict, float]:
     """One sync on a fresh local Ray; returns (result.json, wall seconds including interpreter and Ray start)."""
     from kubeforge.api.workload import CONTEXT_ENV, MlflowContext, StorageContext, WorkloadContext
 
-    context = WorkloadContext(kind="VectorIndex", namespace="bench", name="corpus", uid="bench-uid", generation=generation,
-                              attempt=attempt, spec=spec(args.threads, args.device),
+    context = WorkloadContext(kind="VectorIndex", namespace="bench", name="corpus", uid="bench-uid",
+                              generation=generation, attempt=attempt, spec=spec(args.threads, args.device),
                               storage=StorageContext(bucket=BUCKET, prefix=PREFIX),
                               mlflow=MlflowContext(experiment="bench/VectorIndex", run_name="corpus"))
     started = time.monotonic()

@@ -1,7 +1,8 @@
 """The VectorIndex build entrypoint as a RayJob runs it (a subprocess with KUBEFORGE_CONTEXT, local Ray, a moto S3
-server, MLflow on sqlite): a first sync over txt/md/html/pdf/jsonl documents (bad ones skipped and counted), then a second sync after
-one document changed and one was deleted, which embeds only the changed document and reuses every other
-document's chunks and vectors. The query library answers from the current version and from the one before. Every sync is an MLflow run.
+server, MLflow on sqlite): a first sync over txt/md/html/pdf/jsonl documents (bad ones skipped and counted), then a
+second sync after one document changed and one was deleted, which embeds only the changed document and reuses every
+other document's chunks and vectors. The query library answers from the current version and from the one before.
+Every sync is an MLflow run.
 
 Run under the sandbox lock:
     flock /tmp/kubeforge-sandbox.lock .venv/bin/python -m pytest tests/integration/test_index_workload.py -x -q

@@ -18,8 +18,9 @@ from kubeforge_workloads.index.sources import FORMATS, selected
 from tests.conftest import REPO_ROOT
 
 CORPUS = REPO_ROOT / "examples" / "corpus"
-EXAMPLE = VectorIndexSpec.model_validate(yaml.safe_load((REPO_ROOT / "examples" / "rag-index.yaml").read_text())["spec"])
-# Where `kubeforge dev up` puts the corpus: python -m kubeforge_workloads.seed --bucket kubeforge --corpus examples/corpus
+EXAMPLE = VectorIndexSpec.model_validate(
+    yaml.safe_load((REPO_ROOT / "examples" / "rag-index.yaml").read_text())["spec"])
+# Where `kubeforge dev up` puts the corpus (python -m kubeforge_workloads.seed --corpus examples/corpus)
 SEEDED_URI = "s3://kubeforge/seed/corpus/"
 
 
