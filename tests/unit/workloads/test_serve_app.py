@@ -3,6 +3,7 @@ adapters (and a tiny Mixtral MoE) loaded from S3 (moto's server), served in-proc
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import socket
@@ -447,6 +448,16 @@ def test_invalid_args_name_the_field(models):
         build(app_args(models, engine={"kind": "tgi"}))
     with pytest.raises(ValueError, match=r"args: base: Field required"):
         build({"endpoint": "ns/x", "engine": {"kind": "transformers"}})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_the_vllm_engine_without_vllm_installed_is_a_clear_error(models, tmp_path):
+    from kubeforge_workloads.common.errors import UserError
+    from kubeforge_workloads.serve.app import load_engine, validate_args
+
+    config = validate_args(app_args(models, engine={"kind": "vllm"}, adapters=[], templates=[]))
+    with pytest.raises(UserError, match="engine.kind vllm needs the vllm package"):
+        load_engine(config, tmp_path)
 
 
 # mixture of experts
