@@ -60,6 +60,19 @@ def test_steps_trained_again_after_a_resume_count_once(object_store):
     assert ledger["recoveries"] == [recovery.model_dump(by_alias=True)] and ledger["lastStep"] == 8
 
 
+def test_a_resume_with_no_step_left_still_records_its_recovery(object_store):
+    clock = FakeClock()
+    first = GoodputMeter(storage_of(object_store, 1), now=clock)
+    train(first, clock, range(1, 5))
+    first.close()  # killed after its last checkpoint (step 4 of 4), before it published
+    clock.now += 20.0
+    second = GoodputMeter(storage_of(object_store, 2), now=clock)
+    second.resumed(4, 40.0)
+    second.close()
+    [recovery] = second.report().recoveries
+    assert (recovery.steps_lost, recovery.recovery_seconds) == (0, 20.0)
+
+
 def test_a_new_resource_of_the_same_name_starts_its_own_clock(object_store):
     clock = FakeClock()
     assert record_first_start(storage_of(object_store, 1), clock)["startedAt"] == 1000.0

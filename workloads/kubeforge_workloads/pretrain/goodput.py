@@ -62,13 +62,15 @@ class GoodputMeter:
         now = self.now()
         self.ledger.update(lastStep=step, lastStepAt=now)
         if self._open_recovery is not None:
-            recovery, failed_at = self._open_recovery
-            recovery.recovery_seconds = round(now - failed_at, 3)
-            self.ledger["recoveries"] = [*self.ledger.get("recoveries", []), recovery.model_dump(by_alias=True)]
-            self._open_recovery = None
+            self._close_recovery(*self._open_recovery, now)
             self._write(force=True)
         else:
             self._write(force=False)
+
+    def _close_recovery(self, recovery: Recovery, failed_at: float, now: float) -> None:
+        recovery.recovery_seconds = round(now - failed_at, 3)
+        self.ledger["recoveries"] = [*self.ledger.get("recoveries", []), recovery.model_dump(by_alias=True)]
+        self._open_recovery = None
 
     def state(self) -> dict:
         """What a checkpoint of the current step keeps."""
@@ -81,6 +83,10 @@ class GoodputMeter:
                        recoveries=[Recovery.model_validate(r) for r in self.ledger.get("recoveries", [])])
 
     def close(self) -> None:
+        """At the end of the run: a resume that had no step left to train ends its recovery here."""
+        if self._open_recovery is not None:
+            recovery, failed_at = self._open_recovery
+            self._close_recovery(recovery, failed_at, self.now())
         self._write(force=True)
         self._report_failed_write()
         if self._writer is not None:
