@@ -72,3 +72,23 @@ def test_each_sync_gets_its_own_run_and_a_retried_version_continues_its_run(trac
     assert by_id[second].data.tags["kubeforge.attempt"] == "2" and by_id[second].data.metrics["build_seconds"] == 11
     assert by_id[unchanged].data.tags["kubeforge.unchanged"] == "true"
     assert by_id[unchanged].data.metrics["embedded_chunks"] == 0
+
+
+def test_an_mlflow_failure_after_the_commit_is_reported_in_the_result_not_raised(object_store, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import json
+
+    from kubeforge_workloads.common.storage import WorkloadStorage
+    from kubeforge_workloads.index.build import _track
+    from tests.unit.workloads.conftest import BUCKET
+
+    monkeypatch.chdir(tmp_path)  # were the store usable, artifacts of an experiment would go to ./mlruns
+    (tmp_path / "a-file").write_text("")
+    unreachable = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"  # a store that cannot be opened
+    ctx = context(unreachable)
+    ctx.storage.bucket = BUCKET
+    storage = WorkloadStorage(ctx, object_store)
+    object_store.put(BUCKET, storage.prefix.index_manifest_key(3), json.dumps(manifest(3)).encode())
+    outcome = _track(ctx, SPEC, storage, {**result(3), "buildSeconds": 4.0})
+    assert set(outcome) == {"trackingError"} and outcome["trackingError"].startswith("could not log the sync")
+    assert "could not log the sync to MLflow" in capsys.readouterr().out
