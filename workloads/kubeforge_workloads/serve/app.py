@@ -1,6 +1,8 @@
 """The ServingEndpoint's Serve application: an OpenAI-compatible API (the official `openai` client works
 unchanged) over the base model, its LoRA adapters, prompt templates (model `<endpoint>:<template>`) and,
-when configured, retrieval from a VectorIndex.
+when configured, retrieval from a VectorIndex: chat completions to the base model or an adapter are answered
+from the chunks retrieved for the last user message (returned in the response's extra `context` field);
+/v1/completions stays a plain continuation of the prompt.
 
     build(args)                 Ray Serve's application builder (the RayService's import path)
     create_app(config, engine)  the FastAPI app itself, what each replica serves (and what unit tests run)
@@ -167,11 +169,11 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
         return ids, sampling, max_tokens, stop, int(pick("n", 1)), context
 
     async def complete(body: SamplingRequest, messages: Optional[list[dict]], prompt: Optional[str], chat: bool):
-        route = route_of(body.model)
+        route, started = route_of(body.model), time.monotonic()
         with engine.arriving():
             ids, sampling, max_tokens, stop, n, context = await prepare(body, route, messages, prompt)
             events = engine.generate(ids, sampling, max_tokens, stop, n)
-        request_id, started = new_id("chatcmpl" if chat else "cmpl"), time.monotonic()
+        request_id = new_id("chatcmpl" if chat else "cmpl")
         kind = "chat.completion" if chat else "text_completion"
         extra = {"context": context} if context is not None and config.rag.include_context else {}
         metrics.request(route.name)
