@@ -219,6 +219,7 @@ def main() -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+        engine.close()
 
     def med(name: str, key: str):
         values = [r[key] for r in runs[name] if r[key] is not None]

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import pytest
 
@@ -153,7 +153,9 @@ def config(models):
 def engine(config, tmp_path_factory):
     from kubeforge_workloads.serve.app import load_engine
 
-    return load_engine(config, tmp_path_factory.mktemp("serve-cache"))
+    engine = load_engine(config, tmp_path_factory.mktemp("serve-cache"))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -468,7 +470,7 @@ def test_a_mixtral_style_moe_model_is_served(models, tmp_path):
     config = validate_args(app_args(models, base={"name": "moe", "uri": models["moe"]}, adapters=[], templates=[]))
     moe = load_engine(config, tmp_path)
     assert moe.model.config.model_type == "mixtral" and moe.context_length == 256
-    with LiveApp(create_app(config, moe)) as live:
+    with LiveApp(create_app(config, moe)) as live, closing(moe):
         api = client(live.url)
         first, second = chat(api, "moe"), chat(api, "moe")
         assert first.choices[0].message.content == second.choices[0].message.content

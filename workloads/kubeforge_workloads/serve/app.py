@@ -93,7 +93,10 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
-        if accepted is not None and request.url.path.startswith("/v1/"):
+        # Behind Ray Serve the app is mounted under the route prefix (root_path) and request.url.path carries
+        # it: everything but the health route is authenticated, recognised by its path inside the app.
+        inside = request.scope["path"].removeprefix(request.scope.get("root_path", "")) or "/"
+        if accepted is not None and inside != "/healthz":
             scheme, _, key = request.headers.get("authorization", "").partition(" ")
             presented = key.strip().encode()
             # Compare with every key, always: the time taken tells nothing about which key came close.

@@ -94,6 +94,10 @@ class TransformersEngine:
             self.eos_ids.add(tokenizer.eos_token_id)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
 
+    def close(self) -> None:
+        """Stop the generate thread once the running batch ends (queued requests are not answered)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
     # prompts
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         if getattr(self.tokenizer, "chat_template", None):
