@@ -433,6 +433,25 @@ def test_api_keys_401_without_or_with_a_wrong_key_and_keys_are_never_logged(conf
     assert API_KEY not in caplog.text and "sk-wrong" not in caplog.text
 
 
+def test_api_keys_are_required_under_a_route_prefix_too(config, engine):
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from kubeforge_workloads.serve.app import create_app
+
+    # Ray Serve mounts the application at its route prefix, as this Mount does.
+    mounted = Starlette(routes=[Mount("/team/demo", app=create_app(config, engine, api_keys=[API_KEY]))])
+    with LiveApp(mounted) as live:
+        url = f"http://127.0.0.1:{live.port}/team/demo/v1"
+        with pytest.raises(openai.AuthenticationError):
+            client(url, "sk-wrong").models.list()
+        with pytest.raises(openai.AuthenticationError):
+            chat(client(url), ENDPOINT)
+        assert chat(client(url, API_KEY), ENDPOINT).choices[0].message.content
+        with urllib.request.urlopen(f"http://127.0.0.1:{live.port}/team/demo/healthz", timeout=10) as response:
+            assert response.status == 200
+
+
 def test_api_keys_come_from_the_named_variable_one_per_line(monkeypatch):
     from kubeforge_workloads.serve.app import read_api_keys
 
