@@ -31,8 +31,9 @@ def test_build_deploys_on_ray_serve_and_speaks_openai(tmp_path, monkeypatch):
         try:
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
-            serve.run(build(args), name=ENDPOINT, route_prefix="/", blocking=False)
-            url = f"http://127.0.0.1:{port}/v1"
+            # mounted under a route prefix, as the operator renders it (/<namespace>/<name>)
+            serve.run(build(args), name=ENDPOINT, route_prefix="/team/demo", blocking=False)
+            url = f"http://127.0.0.1:{port}/team/demo/v1"
             with pytest.raises(openai.AuthenticationError):
                 client(url, "wrong").models.list()
             api = client(url, "second-key")
