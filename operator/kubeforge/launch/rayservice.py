@@ -22,6 +22,8 @@ from kubeforge.settings import Settings
 DEPLOYMENT_NAME = "OpenAIServer"
 """The Serve deployment `kubeforge_workloads.serve.app:build` creates (autoscaling and resources are set on it)."""
 SERVE_PORT = 8000
+REPLICA_QUEUE_FACTOR = 4
+"""kubeforge_workloads.serve.engine.QUEUE_FACTOR: requests a replica holds per batch slot before it answers 503."""
 SPEC_HASH_ANNOTATION = "kubeforge.dev/spec-hash"
 """Digest of the rendered spec: the operator re-applies only when what it would send differs."""
 
@@ -95,7 +97,10 @@ def serve_config(namespace: str, name: str, spec: ServingEndpointSpec, app: Serv
         "runtime_env": runtime_env,
         "deployments": [{
             "name": DEPLOYMENT_NAME,
-            "max_ongoing_requests": max(app.engine.max_num_seqs * 2, scaling.target_ongoing_requests),
+            # Above the replica's own queue (maxNumSeqs × 4 waiting), so overload is answered by the replica
+            # with 503 and Retry-After rather than queued silently in Ray's proxy.
+            "max_ongoing_requests": max(app.engine.max_num_seqs * REPLICA_QUEUE_FACTOR + 8,
+                                        scaling.target_ongoing_requests),
             "autoscaling_config": {"min_replicas": scaling.min_replicas,
                                    "initial_replicas": max(scaling.min_replicas, 1),
                                    "max_replicas": scaling.max_replicas,

@@ -576,3 +576,19 @@ def test_rag_answers_from_retrieved_chunks_and_returns_them(rag_config, engine):
         answer_without = chat(client(live.url), ENDPOINT, question)
         assert "context" not in (answer_without.model_extra or {})
         assert answer_without.choices[0].message.content == answer.choices[0].message.content
+
+
+def test_rag_keeps_the_best_ranked_chunks_that_fit_the_context_with_room_for_the_answer(rag_config, engine,
+                                                                                          monkeypatch):
+    from kubeforge_workloads.serve.app import RAG_PROMPT, create_app, open_retriever
+
+    question = "How do I resume training from a checkpoint?"
+    with LiveApp(create_app(rag_config, engine, retriever=open_retriever(rag_config))) as live:
+        both = chat(client(live.url), ENDPOINT, question).model_extra["context"]
+    one_chunk_prompt = RAG_PROMPT.format(context=both[0]["text"], input=question)
+    fits_one = len(engine.chat_prompt([{"role": "user", "content": one_chunk_prompt}])) + 10
+    monkeypatch.setattr(engine, "context_length", fits_one)
+    with LiveApp(create_app(rag_config, engine, retriever=open_retriever(rag_config))) as live:
+        answer = chat(client(live.url), ENDPOINT, question)  # max_tokens 10: two chunks would not fit
+    assert answer.model_extra["context"] == both[:1]
+    assert answer.usage.prompt_tokens + 10 <= fits_one

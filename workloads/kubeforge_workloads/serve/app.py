@@ -140,13 +140,22 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
             context = [{"id": h.chunk_id, "score": h.score, "source": h.metadata.get("source", h.document_id),
                         "text": h.text} for h in hits]
             rag_template = templates.get(config.rag.prompt_template) if config.rag.prompt_template else None
-            filled = fill_template(rag_template or ServedTemplate(name="rag", template=RAG_PROMPT), question,
-                                   {**body.template_args, "context": "\n\n".join(c["text"] for c in context)})
             system = [m for m in messages[:-1] if m["role"] in ("system", "developer")]
             if rag_template is not None and rag_template.system:
                 system = [{"role": "system", "content": rag_template.system}]
             history = [m for m in messages[:-1] if m["role"] not in ("system", "developer")]
-            messages = system + history + [{"role": "user", "content": filled}]
+
+            def with_context(chunks: list[dict]) -> list[dict]:
+                filled = fill_template(rag_template or ServedTemplate(name="rag", template=RAG_PROMPT), question,
+                                       {**body.template_args, "context": "\n\n".join(c["text"] for c in chunks)})
+                return system + history + [{"role": "user", "content": filled}]
+
+            # The best-ranked chunks that fit the context with room for the answer; the response lists those.
+            answer_room = getattr(body, "max_completion_tokens", None) or body.max_tokens or config.max_tokens
+            while len(context) > 1 and len(engine.chat_prompt(with_context(context))) + answer_room \
+                    > engine.context_length:
+                context = context[:-1]
+            messages = with_context(context)
         ids = engine.chat_prompt(messages) if messages is not None else engine.text_prompt(prompt)
 
         fields = body.model_fields_set
