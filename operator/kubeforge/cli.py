@@ -102,6 +102,51 @@ def query(resource: str, text: str, k: int, filters: tuple[str, ...], version, n
     sys.exit(subprocess.call(argv))
 
 
+@main.command()
+@click.argument("resource", metavar="se/NAME")
+@click.option("--template", required=True, help="the endpoint's promptTemplates entry to fill with each row")
+@click.option("--input", "input_uri", required=True, metavar="s3://BUCKET/KEY", help="a .jsonl or .parquet table")
+@click.option("--output", "output_uri", required=True, metavar="s3://BUCKET/PREFIX/",
+              help="where the results go: one JSON line per row in shards part-<first row>.jsonl")
+@click.option("--column", default="text", show_default=True, help="the column that fills the template's {input}")
+@click.option("--id-column", default="id", show_default=True, help="copied into each result as `id`")
+@click.option("--model", default=None, help="the endpoint's base model (default) or one of its adapters")
+@click.option("--block-rows", default=16, show_default=True, type=click.IntRange(min=1),
+              help="rows per output shard: the unit of progress and resume")
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0),
+              help="resubmit a failed RayJob this many times (done by this command while it follows the run)")
+@click.option("--detach", is_flag=True, help="submit and return without following (then nobody retries)")
+@click.option("--timeout", default=3600, show_default=True, help="seconds to follow before giving up")
+@click.option("-n", "--namespace", default="default", show_default=True)
+def batch(resource: str, template: str, input_uri: str, output_uri: str, column: str, id_column: str,
+          model: str | None, block_rows: int, retries: int, detach: bool, timeout: int, namespace: str) -> None:
+    """Run a ServingEndpoint's prompt template over every row of a table, as a KubeRay RayJob with Ray Data on
+    the endpoint's base model (or adapter), and print rows done/total as it goes.
+
+    Rerunning the same command resumes: shards already written are skipped. Retries are this command's, not the
+    cluster's: the RayJob has backoffLimit 0 (the local KubeRay does not implement backoffLimit), and a failed
+    attempt is resubmitted as a new RayJob `<endpoint>-b<id>-<attempt>` up to --retries times while the command
+    follows it; with --detach a failure is final. The RayJobs are owned by the endpoint (deleted with it)."""
+    from kubernetes import client
+
+    from kubeforge.batchrun import BatchError, BatchRun, endpoint_name, prepare
+    from kubeforge.cluster import load_kube_config
+    from kubeforge.settings import Settings
+    from kubeforge.storage.objectstore import S3ObjectStore
+
+    load_kube_config()
+    run = BatchRun(client.CustomObjectsApi(), S3ObjectStore(), Settings(), namespace, click.echo)
+    try:
+        endpoint = run.endpoint(endpoint_name(resource))
+        request, app = prepare(endpoint, template, model, input_uri, output_uri, column, id_column, block_rows)
+        submitted = run.submit(endpoint, request, app)
+    except BatchError as error:
+        raise click.ClickException(str(error)) from None
+    if detach:
+        return
+    sys.exit(run.follow(endpoint, submitted, app, retries, timeout))
+
+
 @main.group()
 def crds() -> None:
     """Custom resource definitions generated from the pydantic models."""

@@ -9,6 +9,7 @@
         outputs/index/v-<n>/...            VectorIndex version n: chunk table, document table, index file
         outputs/index/v-<n>/MANIFEST.json  written last: the version exists only once it does
         outputs/index/v-<n>/partial/...    embedded chunks of an unfinished build of version n, for its retry
+        batches/<id>/progress.json         rows done/total of a ServingEndpoint's batch inference run <id>
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class ResourcePrefix:
 
     def manifest_key(self, step: int) -> str:
         return self.checkpoint_key(step) + MANIFEST_FILE
+
+    def batch_progress_key(self, run_id: str) -> str:
+        return self.key("batches", run_id, PROGRESS_FILE)
 
     def failure_key(self, attempt: int) -> str:
         return self.key("attempts", str(attempt), FAILURE_FILE)

@@ -1,6 +1,6 @@
 """`python -m kubeforge_workloads.seed --bucket B [--corpus DIR]`: upload the tiny Llama, datasets and docs, and the
 documents of a corpus folder (the repo's examples/corpus, which examples/rag-index.yaml indexes) under
-<prefix>/corpus/ (idempotent)."""
+<prefix>/corpus/ and, with --reviews, the reviews table `kubeforge batch` runs over (idempotent)."""
 
 import argparse
 import tempfile
@@ -19,6 +19,8 @@ def main() -> None:
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--prefix", default="seed")
     parser.add_argument("--corpus", type=Path, help="a folder whose documents go under <prefix>/corpus/")
+    parser.add_argument("--reviews", type=Path, help="a reviews table (examples/data/reviews.jsonl) for `kubeforge "
+                        "batch`, uploaded as <prefix>/datasets/reviews/<its name>")
     args = parser.parse_args()
     s3 = boto3.client("s3")
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,6 +41,8 @@ def main() -> None:
                      for path in sorted(args.corpus.rglob("*")) if path.is_file() and path.suffix in FORMATS}
         upload_files(s3, args.bucket, documents)
         print(f"corpus: {len(documents)} documents")
+    if args.reviews:
+        upload_files(s3, args.bucket, {f"{args.prefix}/datasets/reviews/{args.reviews.name}": args.reviews})
     print(f"seeded s3://{args.bucket}/{args.prefix}/")
 
 
