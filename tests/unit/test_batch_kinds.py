@@ -59,6 +59,25 @@ def test_a_training_job_publishes_its_model_and_ema_model():
     assert obj["status"]["output"] == {"modelUri": "s3://b/m", "emaModelUri": "s3://b/e", "steps": 10}
 
 
+def test_a_training_jobs_goodput_is_shown_while_it_runs_and_its_final_account_on_success():
+    from kubeforge.storage.progress import Progress
+
+    kind = TrainingJobKind()
+    plan, obj = step(kind, resource("TrainingJob", TRAINING))
+    name = obj["status"]["attempts"][-1]["rayJob"]
+    beat = Progress.model_validate({"attempt": 1, "phase": "Training", "step": 4, "totalSteps": 10,
+                                    "updatedAt": "2026-11-24T12:00:00Z", "goodput": {
+                                        "ratio": 0.5, "productiveSeconds": 4.0, "wallSeconds": 8.0}})
+    plan, obj = step(kind, obj, Observed(rayjobs={name: {"status": {"jobDeploymentStatus": "Running",
+                                                                   "jobStatus": "RUNNING"}}}, progress=beat))
+    assert obj["status"]["goodput"] == {"ratio": 0.5, "productiveSeconds": 4.0, "wallSeconds": 8.0,
+                                        "recoveries": []}
+    final = {"ratio": 0.4, "productiveSeconds": 8.0, "wallSeconds": 20.0,
+             "recoveries": [{"attempt": 2, "resumedAtStep": 4, "stepsLost": 1, "recoverySeconds": 3.0}]}
+    plan, obj = finish(kind, obj, {"modelUri": "s3://b/m", "steps": 10, "goodput": final})
+    assert obj["status"]["goodput"] == final and "goodput" not in obj["status"]["output"]
+
+
 def test_a_vector_index_serves_its_version_and_syncs_on_its_interval_and_on_a_spec_change():
     kind = VectorIndexKind()
     plan, obj = step(kind, resource("VectorIndex", INDEX))

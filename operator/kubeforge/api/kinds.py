@@ -9,7 +9,7 @@ from kubeforge.api.evalrun import EvalRunSpec
 from kubeforge.api.finetune import FineTuneSpec
 from kubeforge.api.meta import ApiModel
 from kubeforge.api.servingendpoint import ServingEndpointSpec
-from kubeforge.api.status import CommonStatus, ServingStatus, VectorIndexStatus
+from kubeforge.api.status import CommonStatus, ServingStatus, TrainingJobStatus, VectorIndexStatus
 from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.api.vectorindex import VectorIndexSpec
 
@@ -63,7 +63,9 @@ class KindInfo:
 
 KINDS: tuple[KindInfo, ...] = (
     KindInfo("TrainingJob", "trainingjobs", "tj", TrainingJobSpec, "kubeforge_workloads.pretrain", "RayJob",
-             (PROGRESS_COLUMN,), one_shot=True),
+             (PROGRESS_COLUMN,
+              {"name": "Goodput", "type": "number", "jsonPath": ".status.goodput.ratio", "priority": 1}),
+             status_model=TrainingJobStatus, one_shot=True),
     KindInfo("FineTune", "finetunes", "ft", FineTuneSpec, "kubeforge_workloads.finetune", "RayJob",
              (PROGRESS_COLUMN,
               {"name": "Model", "type": "string", "jsonPath": ".status.output.modelUri", "priority": 1}),

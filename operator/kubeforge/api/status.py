@@ -9,6 +9,7 @@ from pydantic import Field
 
 from kubeforge.api.meta import ApiModel
 from kubeforge.api.shared import FailureReason
+from kubeforge.storage.progress import Goodput
 
 
 class Phase(str, Enum):
@@ -160,6 +161,13 @@ class CommonStatus(StatusBase):
     run: Optional[RunStatus] = None
     """The current or last run, for kinds that run again."""
     mlflow_run_id: Optional[str] = None
+
+
+class TrainingJobStatus(CommonStatus):
+    """A TrainingJob's attempts, and how much of its wall time trained the final model."""
+
+    goodput: Optional[Goodput] = None
+    """productive / wall seconds since the first attempt, and what each resume cost (from the workload)."""
 
 
 class VectorIndexStatus(CommonStatus):

@@ -351,6 +351,8 @@ def _copy_progress(status: dict, current: dict, progress: Optional[Progress], un
         return
     status["progress"] = render_progress(progress, current.get("startTime"), unit)
     current["stepReached"] = progress.step
+    if progress.goodput is not None:  # workloads that measure it (TrainingJob); its status schema keeps it
+        status["goodput"] = progress.goodput.model_dump(mode="json", by_alias=True, exclude_none=True)
     if progress.resumed_from:
         current["resumedFrom"] = progress.resumed_from
 
