@@ -27,8 +27,11 @@ def test_every_batch_kind_runs_a_loop_and_every_child_and_kind_is_watched_into_a
     wiring.register(SETTINGS, registry)
     found = handlers(registry)
     assert ("finetunes", "reconcile") in found["daemons"]
+    assert ("servingendpoints", "reconcile") in found["daemons"]
     assert ("rayjobs", "rayjobs_by_owner") in found["indexes"]
     assert ("rayjobs", "wake-owner") in found["events"]
+    assert ("rayservices", "rayservices_by_owner") in found["indexes"]
+    assert ("rayservices", "wake-owner-rayservices") in found["events"]
     for plural in ("trainingjobs", "finetunes", "vectorindexes", "servingendpoints", "evalruns"):
         assert (plural, f"{plural}_by_name") in found["indexes"]  # dependencies are read from memory
         assert (plural, f"wake-{plural}") in found["events"]
