@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 
 import openai
 import pytest
-import yaml
 
 from tests.conftest import REPO_ROOT
 

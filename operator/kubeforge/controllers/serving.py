@@ -199,8 +199,8 @@ def _mirror(run: Pass, rayservice: Optional[dict], current_spec: bool, namespace
     status = run.status
     was_ready = condition_status(run.obj, ConditionType.READY.value) == "True"
     child = (rayservice or {}).get("status") or {}
-    generation_seen = child.get("observedGeneration") == (rayservice or {}).get("metadata", {}).get("generation") \
-        if (rayservice or {}).get("metadata", {}).get("generation") is not None else True
+    generation = ((rayservice or {}).get("metadata") or {}).get("generation")
+    generation_seen = generation is None or child.get("observedGeneration") == generation  # KubeRay saw the apply
     ready_condition = next((c for c in child.get("conditions") or [] if c.get("type") == "Ready"), {})
     upgrading = next((c for c in child.get("conditions") or [] if c.get("type") == "UpgradeInProgress"), {})
     app = ((child.get("activeServiceStatus") or {}).get("applicationStatuses") or {}).get(
