@@ -13,7 +13,7 @@ from kubeforge.controllers.batch import KindBase
 from kubeforge.resilience import parse_duration
 
 OUTPUT_KEYS = ("version", "documents", "chunks", "indexUri", "metric", "dims", "type", "model", "recall", "recallK",
-               "minRecall", "sync", "unchanged", "skippedDocuments")
+               "minRecall", "sync", "unchanged", "skippedDocuments", "mlflowRunId", "trackingError", "buildSeconds")
 
 
 class VectorIndexKind(KindBase):

@@ -434,13 +434,13 @@ def test_api_keys_401_without_or_with_a_wrong_key_and_keys_are_never_logged(conf
 
 
 def test_api_keys_are_required_under_a_route_prefix_too(config, engine):
-    from starlette.applications import Starlette
-    from starlette.routing import Mount
+    from fastapi import FastAPI
 
     from kubeforge_workloads.serve.app import create_app
 
-    # Ray Serve mounts the application at its route prefix, as this Mount does.
-    mounted = Starlette(routes=[Mount("/team/demo", app=create_app(config, engine, api_keys=[API_KEY]))])
+    # Ray Serve mounts the application at its route prefix, as this mount does.
+    mounted = FastAPI()
+    mounted.mount("/team/demo", create_app(config, engine, api_keys=[API_KEY]))
     with LiveApp(mounted) as live:
         url = f"http://127.0.0.1:{live.port}/team/demo/v1"
         with pytest.raises(openai.AuthenticationError):
