@@ -63,8 +63,8 @@ def served(desired, **status):
 
 def ready_status(app_status="RUNNING", ready="True", reason="NonZeroServeEndpoints", upgrading="False"):
     return {"serviceStatus": "Running" if ready == "True" else "", "numServeEndpoints": 1 if ready == "True" else 0,
-            "activeServiceStatus": {"applicationStatuses": {"team.chat": {"status": app_status,
-                                                                          "message": "boom" if app_status != "RUNNING" else ""}}},
+            "activeServiceStatus": {"applicationStatuses": {"team.chat": {
+                "status": app_status, "message": "boom" if app_status != "RUNNING" else ""}}},
             "conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": "m"},
                            {"type": "UpgradeInProgress", "status": upgrading, "reason": "x", "message": ""}]}
 

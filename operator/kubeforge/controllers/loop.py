@@ -315,7 +315,8 @@ async def _wait_any(stop: asyncio.Future, wake: asyncio.Event, timeout: Optional
 
 
 def child_summary(body: Any) -> dict:
-    """The part of a child (RayJob, RayService) or dependency the reconcile reads, kept in the index (not whole objects)."""
+    """The part of a child (RayJob, RayService) or dependency the reconcile reads, kept in the index (not whole
+    objects)."""
     meta = body.get("metadata") or {}
     return {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "ownerReferences",
                                                   "annotations", "deletionTimestamp") if meta.get(k) is not None},
