@@ -135,9 +135,9 @@ def run(context: WorkloadContext, store) -> None:
 
         items = [{"start": start, "rows": json.dumps(rows[start:start + batch.block_rows])} for start in pending]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
-        generated = dataset.map_batches(
-            BlockWorker, fn_constructor_kwargs={"app_json": app.model_dump_json(), "batch_json": batch.model_dump_json()},
-            batch_size=1, concurrency=1, num_cpus=1, num_gpus=app.gpus_per_replica or None)
+        worker_args = {"app_json": app.model_dump_json(), "batch_json": batch.model_dump_json()}
+        generated = dataset.map_batches(BlockWorker, fn_constructor_kwargs=worker_args, batch_size=1, concurrency=1,
+                                        num_cpus=1, num_gpus=app.gpus_per_replica or None)
         for block in generated.iter_rows():
             done += int(block["count"])
             report("Generating")
