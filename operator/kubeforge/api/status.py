@@ -9,7 +9,7 @@ from pydantic import Field
 
 from kubeforge.api.meta import ApiModel
 from kubeforge.api.shared import FailureReason
-from kubeforge.storage.progress import Goodput
+from kubeforge.api.goodput import Goodput
 
 
 class Phase(str, Enum):

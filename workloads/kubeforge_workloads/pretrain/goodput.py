@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional
 
-from kubeforge.storage.progress import Goodput, Recovery
+from kubeforge.api.goodput import Goodput, Recovery
 from kubeforge_workloads.common.storage import WorkloadStorage
 
 LEDGER_FILE = "goodput.json"
