@@ -22,6 +22,10 @@ def test_build_deploys_on_ray_serve_and_speaks_openai(tmp_path, monkeypatch):
     from kubeforge_workloads.serve.app import build
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # A local Ray of its own, whatever auth an earlier sandbox in this test session left in the environment
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(key, raising=False)
     # Replicas read the keys from this variable, as the kubelet sets it from the Secret in a RayService pod.
     monkeypatch.setenv(API_KEYS_ENV, f"{API_KEY}\nsecond-key\n")
     with moto_s3():
