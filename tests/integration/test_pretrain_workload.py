@@ -196,4 +196,5 @@ def test_ddp_killed_between_checkpoints_resumes_on_one_worker(workload_env, ddp_
     print(f"2 -> 1 workers, resumed at step {newest}: max |loss diff| {after:.2e}, max |weight diff| {worst}")
     assert after <= SHRUNK_TOLERANCE and max(worst.values()) <= SHRUNK_TOLERANCE, (after, worst)
     [recovery] = result["goodput"]["recoveries"]
-    assert (recovery["attempt"], recovery["resumedAtStep"]) == (2, newest) and recovery["stepsLost"] >= 1
+    assert (recovery["attempt"], recovery["resumedAtStep"]) == (2, newest)
+    assert recovery["stepsLost"] >= (1 if newest == seen_at_kill else 0)  # a late commit may have saved them all
