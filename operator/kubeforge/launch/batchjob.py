@@ -19,7 +19,7 @@ from kubeforge.api.servingendpoint import ServingEndpointSpec
 from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
 from kubeforge.launch.names import LABEL_ATTEMPT, LABEL_KIND, LABEL_MANAGED_BY, LABEL_NAME, MANAGER, \
     child_annotations, child_name, label_value, owner_reference
-from kubeforge.launch.rayjob import RAY_API_VERSION, build_ray_cluster_spec, build_runtime_env
+from kubeforge.launch.rayjob import RAY_API_VERSION, build_runtime_env, cluster_placement
 from kubeforge.settings import Settings
 from kubeforge.storage.layout import ResourcePrefix
 
@@ -67,12 +67,7 @@ def build_batch_rayjob(endpoint: dict, request: BatchInference, app: ServeAppCon
         "backoffLimit": 0,
         "submissionMode": "K8sJobMode",
     }
-    if spec.ray.cluster_selector:
-        rayjob_spec["clusterSelector"] = dict(spec.ray.cluster_selector)
-    else:
-        rayjob_spec["rayClusterSpec"] = build_ray_cluster_spec(spec, settings)
-        rayjob_spec["shutdownAfterJobFinishes"] = True
-        rayjob_spec["ttlSecondsAfterFinished"] = settings.rayjob_ttl_seconds
+    rayjob_spec.update(cluster_placement(spec, settings))
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": "RayJob",

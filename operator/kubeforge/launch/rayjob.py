@@ -112,6 +112,15 @@ def build_runtime_env(spec: CommonSpec, context: WorkloadContext, settings: Sett
     return runtime_env
 
 
+def cluster_placement(spec: CommonSpec, settings: Settings) -> dict:
+    """Where a RayJob runs: an existing RayCluster picked by spec.ray.clusterSelector, or its own ephemeral one,
+    shut down when the job ends and deleted after the TTL."""
+    if spec.ray.cluster_selector:
+        return {"clusterSelector": dict(spec.ray.cluster_selector)}
+    return {"rayClusterSpec": build_ray_cluster_spec(spec, settings), "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": settings.rayjob_ttl_seconds}
+
+
 def build_rayjob(owner: dict, spec: CommonSpec, context: WorkloadContext, workload_module: str,
                  settings: Settings, active_deadline_seconds: Optional[int] = None) -> dict:
     """The RayJob for attempt `context.attempt` of `owner` (the Kubeforge resource as stored)."""
@@ -127,12 +136,7 @@ def build_rayjob(owner: dict, spec: CommonSpec, context: WorkloadContext, worklo
     }
     if active_deadline_seconds:
         rayjob_spec["activeDeadlineSeconds"] = active_deadline_seconds
-    if spec.ray.cluster_selector:
-        rayjob_spec["clusterSelector"] = dict(spec.ray.cluster_selector)
-    else:
-        rayjob_spec["rayClusterSpec"] = build_ray_cluster_spec(spec, settings)
-        rayjob_spec["shutdownAfterJobFinishes"] = True
-        rayjob_spec["ttlSecondsAfterFinished"] = settings.rayjob_ttl_seconds
+    rayjob_spec.update(cluster_placement(spec, settings))
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": "RayJob",
