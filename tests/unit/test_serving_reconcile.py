@@ -27,9 +27,10 @@ OBJ = {
              "auth": {"apiKeySecretRef": {"name": "chat-keys"}},
              "autoscaling": {"minReplicas": 1, "maxReplicas": 3}},
 }
-BASE_FT = {"metadata": {"name": "base-ft"}, "status": {"phase": "Succeeded", "output": {
+SUCCEEDED = {"phase": "Succeeded", "conditions": [{"type": "Ready", "status": "True"}]}
+BASE_FT = {"metadata": {"name": "base-ft"}, "status": {**SUCCEEDED, "output": {
     "mergedModelName": "team-base-ft-merged", "mergedModelVersion": "2", "modelUri": "models:/x/1"}}}
-ADAPTER_FT = {"metadata": {"name": "support-ft"}, "status": {"phase": "Succeeded", "output": {
+ADAPTER_FT = {"metadata": {"name": "support-ft"}, "status": {**SUCCEEDED, "output": {
     "adapterUri": "s3://kubeforge/team/FineTune/support-ft/outputs/adapter", "modelUri": "models:/team-support-ft/1"}}}
 INDEX = {"metadata": {"name": "docs"}, "status": {
     "phase": "Ready", "currentVersion": 4, "storagePrefix": "s3://kubeforge/team/VectorIndex/docs",
@@ -146,7 +147,7 @@ def test_dependencies_hold_back_only_the_first_deployment():
     failed_ft = {"metadata": {"name": "support-ft"}, "status": {"phase": "Failed"}}
     failed = reconcile(deps={**DEPS, ("FineTune", "support-ft"): failed_ft})
     assert conditions(failed.status)["Stalled"] == ("True", "DependencyFailed") and failed.apply == []
-    full_run = {"metadata": {"name": "support-ft"}, "status": {"phase": "Succeeded", "output": {
+    full_run = {"metadata": {"name": "support-ft"}, "status": {**SUCCEEDED, "output": {
         "fullModelUri": "s3://x/model", "modelUri": "models:/full/1"}}}
     unusable = reconcile(deps={**DEPS, ("FineTune", "support-ft"): full_run})
     assert conditions(unusable.status)["Stalled"] == ("True", "DependencyFailed")

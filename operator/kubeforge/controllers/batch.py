@@ -217,12 +217,10 @@ def _start_run(run: Pass, kind: BatchKind, spec: Any, observed: Observed, settin
     status = run.status
     needed = kind.dependencies(spec)
     found = {key: observed.dependencies.get(key) for key in needed}
-    failed = [f"{k} {n}" for (k, n), dep in found.items() if dep is not None and _has_failed(dep)]
+    failed, waiting = unready_dependencies(found)
     if failed:
         return _dependency_failed(run, f"{', '.join(failed)} failed; fix or re-create "
                                        f"{'it' if len(failed) == 1 else 'them'} and this resource continues")
-    waiting = [f"{k} {n}" + (" (not found)" if dep is None else "") for (k, n), dep in found.items()
-               if condition_status(dep, ConditionType.READY.value) != "True"]
     if waiting:
         run.set_phase(Phase.WAITING, ready=False, reconciling=True, stalled=False,
                       reason=Reason.WAITING_FOR_DEPENDENCY, message=f"waiting for {', '.join(waiting)} to become Ready")
@@ -255,6 +253,14 @@ def _start_run(run: Pass, kind: BatchKind, spec: Any, observed: Observed, settin
         status["attempts"] = attempts[-ATTEMPT_HISTORY:]
         status.pop("restarts", None)
     return _record_attempt(run, number, retry=False)
+
+
+def unready_dependencies(found: dict[Dependency, Optional[dict]]) -> tuple[list[str], list[str]]:
+    """("<Kind> <name>" of the dependencies that failed, of those not Ready yet, "(not found)" marked)."""
+    failed = [f"{k} {n}" for (k, n), dep in found.items() if dep is not None and _has_failed(dep)]
+    waiting = [f"{k} {n}" + (" (not found)" if dep is None else "") for (k, n), dep in found.items()
+               if condition_status(dep, ConditionType.READY.value) != "True"]
+    return failed, waiting
 
 
 def _has_failed(dependency: dict) -> bool:

@@ -16,7 +16,7 @@ from kubeforge.api.serveapp import (API_KEYS_ENV, EngineConfig, ServeAppConfig, 
                                     ServedTemplate)
 from kubeforge.api.servingendpoint import Engine, ServingEndpointSpec
 from kubeforge.api.status import ConditionType, Phase, Reason
-from kubeforge.controllers.batch import Dependency, DependencyUnusable, _has_failed
+from kubeforge.controllers.batch import Dependency, DependencyUnusable, unready_dependencies
 from kubeforge.controllers.common import Pass, Plan, summarize, validation_message
 from kubeforge.controllers.conditions import condition_status
 from kubeforge.controllers.finetune import finetune_model_uri
@@ -143,9 +143,7 @@ def reconcile_endpoint(obj: dict, observed: ServingObserved, now: datetime, sett
     current = observed.rayservices.get(child_name)
     deployed = current is not None
     found = {key: observed.dependencies.get(key) for key in dependencies(spec)}
-    failed = [f"{k} {n}" for (k, n), dep in found.items() if dep is not None and _has_failed(dep)]
-    waiting = [f"{k} {n}" + (" (not found)" if dep is None else "") for (k, n), dep in found.items()
-               if not _usable(k, dep)]
+    failed, waiting = unready_dependencies(found)
     if failed or waiting:
         # A deployed endpoint keeps serving what it resolved before; only the first deployment waits.
         if not deployed:
@@ -183,14 +181,6 @@ def reconcile_endpoint(obj: dict, observed: ServingObserved, now: datetime, sett
         if not deployed:
             run.event("Normal", "Deploying", f"RayService {child_name} created")
     return _mirror(run, current, applied_hash == wanted_hash, meta["namespace"], meta["name"], settings)
-
-
-def _usable(kind: str, dependency: Optional[dict]) -> bool:
-    if dependency is None:
-        return False
-    if kind == "FineTune":
-        return (dependency.get("status") or {}).get("phase") == Phase.SUCCEEDED.value
-    return condition_status(dependency, ConditionType.READY.value) == "True"
 
 
 def _mirror(run: Pass, rayservice: Optional[dict], current_spec: bool, namespace: str, name: str,
