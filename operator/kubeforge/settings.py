@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     condition and attempt changes are written at once."""
     event_coalesce_seconds: float = Field(default=0.2, ge=0, le=5)
     """After a watch event wakes a resource, wait this long for the rest of a burst before the pass."""
+    deletion_quiet_seconds: float = Field(default=30.0, gt=0)
+    """deletionPolicy Delete sweeps a deleted resource's prefix until a sweep this long after the last one finds
+    it empty: a stopping workload may still write (a pod's default termination grace period is 30 s)."""
     startup_jitter_seconds: float = Field(default=5.0, ge=0)
     """A restarted operator spreads the first passes of the resources it finds over this many seconds."""
     rayjob_ttl_seconds: int = Field(default=3600, ge=0)

@@ -22,6 +22,7 @@ from kubeforge.api.meta import FINALIZER, GROUP, VERSION
 from kubeforge.cluster import CHILD_PLURALS, RAY_GROUP, RAY_VERSION, RAYJOBS, RAYSERVICES, Cluster
 from kubeforge.controllers import batch
 from kubeforge.controllers.common import Event, resource_prefix
+from kubeforge.controllers.deletion import sweep_prefix
 from kubeforge.controllers.loop import Cache, Clock, ResourceLoop, ServingLoop, child_summary
 from kubeforge.controllers.observe import latest_status_patch, needs_observation
 from kubeforge.controllers.registry import BATCH_KINDS
@@ -245,8 +246,10 @@ def _register_loop(kind, loop_class, children_index: str, settings: Settings, re
             except Exception:  # an invalid spec never wrote data
                 return
             prefix = resource_prefix(dict(body), parsed, settings)
-            removed = store.delete_prefix(prefix.bucket, prefix.prefix + "/")
-            log.info("deletionPolicy Delete: removed %d objects under %s", removed, prefix.uri())
+            again = sweep_prefix(store, prefix, settings.deletion_quiet_seconds)
+            if again:
+                log.info("%s", again)
+                raise kopf.TemporaryError(again, delay=settings.deletion_quiet_seconds)
 
 
 def _register_unsupported(info, settings: Settings, registry) -> None:

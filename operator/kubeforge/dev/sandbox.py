@@ -281,7 +281,9 @@ def start_operator(state: SandboxState) -> None:
         "KUBEFORGE_RECONCILE_PERIOD_SECONDS": os.environ.get("KUBEFORGE_RECONCILE_PERIOD_SECONDS", "2"),
         # A sandbox is watched by a person (or a test): heartbeats read and progress shown every 2 s.
         **{f"KUBEFORGE_{name}": os.environ.get(f"KUBEFORGE_{name}", value) for name, value in (
-            ("HEARTBEAT_POLL_SECONDS", "2"), ("PROGRESS_WRITE_SECONDS", "2"), ("STARTUP_JITTER_SECONDS", "1"))},
+            ("HEARTBEAT_POLL_SECONDS", "2"), ("PROGRESS_WRITE_SECONDS", "2"), ("STARTUP_JITTER_SECONDS", "1"),
+            # A local Ray job is gone seconds after its stop; a sandbox deletion need not wait a pod's grace period.
+            ("DELETION_QUIET_SECONDS", "8"))},
         "KUBEFORGE_WORKLOAD_IMAGE": "local"})
 
 
