@@ -7,10 +7,12 @@ after a quiet period, until one finds the prefix empty."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from kubeforge.storage.layout import ResourcePrefix
-from kubeforge.storage.objectstore import ObjectStore
+
+if TYPE_CHECKING:
+    from kubeforge.storage.objectstore import ObjectStore
 
 
 def sweep_prefix(store: ObjectStore, prefix: ResourcePrefix, quiet_seconds: float) -> Optional[str]:
