@@ -122,6 +122,8 @@ def batch_samples(name: str) -> list[Sample]:
     stale["metadata"]["generation"] = 2
 
     samples = [
+        # kstatus cannot tell a custom resource its controller has not seen yet from one without conditions
+        # (status.go Compute: "Resource is current"); Argo CD is told to wait.
         Sample(name, "no status", fresh, "Progressing", "Current"),
         Sample(name, "Waiting/WaitingForDependency", waiting, "Progressing", "InProgress", "waiting for"),
         Sample(name, "Waiting/DependencyFailed", dependency_failed, "Degraded", "Failed"),
