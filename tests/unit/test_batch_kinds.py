@@ -3,6 +3,7 @@
 import copy
 from datetime import datetime, timedelta, timezone
 
+from kubeforge.api.kinds import KINDS
 from kubeforge.controllers.batch import Observed, reconcile
 from kubeforge.controllers.registry import BATCH_KINDS
 from kubeforge.controllers.trainingjob import TrainingJobKind
@@ -39,7 +40,7 @@ BUILT = {"version": 3, "documents": 12, "chunks": 80, "indexUri": "s3://kubeforg
 
 
 def test_every_batch_kind_with_a_workload_has_a_controller():
-    assert set(BATCH_KINDS) == {"TrainingJob", "FineTune", "VectorIndex"}
+    assert set(BATCH_KINDS) == {info.kind for info in KINDS if info.shape == "RayJob"}
 
 
 def test_a_cpu_training_job_asking_for_fp16_is_refused_with_what_to_do():

@@ -40,7 +40,7 @@ class Gated(KindBase):
     info = kind_info("FineTune")
     progress_unit = "rows"
 
-    def verdict(self, result):
+    def verdict(self, spec, result):
         if result["score"] >= 0.8:
             return Verdict(passed=True)
         return Verdict(passed=False, reason="GateFailed", message=f"score {result['score']} < 0.8")

@@ -19,7 +19,6 @@ from pydantic import Field
 
 from kubeforge.api.finetune import DATA_URI_PATTERN
 from kubeforge.api.meta import DEFAULT_EMPTY_OBJECT, ApiModel
-from kubeforge.api.servingendpoint import SERVED_NAME_PATTERN
 from kubeforge.api.shared import NAME_PATTERN, BatchSpec, cel
 
 JUDGE_SCALE = (0, 3)
@@ -27,6 +26,8 @@ BUILTIN_CRITERIA = ("correctness", "comprehensiveness", "readability", "relevanc
 """Criteria with a built-in rubric and few-shot examples (kubeforge_workloads.evaluate.rubrics); the first three,
 weighted 60/20/20, are the default."""
 DEFAULT_WEIGHTS = {"correctness": 0.6, "comprehensiveness": 0.2, "readability": 0.2}
+SERVED_MODEL_PATTERN = r"^[a-z0-9]([-a-z0-9_.:]*[a-z0-9])?$"
+"""A name in a ServingEndpoint's status.models: the base, an adapter, or <endpoint>:<prompt template>."""
 
 
 class EvalDataset(ApiModel):
@@ -46,7 +47,7 @@ class EvalTarget(ApiModel):
 
     endpoint_ref: Optional[str] = Field(default=None, pattern=NAME_PATTERN, max_length=253)
     """ServingEndpoint (same namespace) whose answers are generated and judged."""
-    model: Optional[str] = Field(default=None, pattern=SERVED_NAME_PATTERN, max_length=128)
+    model: Optional[str] = Field(default=None, pattern=SERVED_MODEL_PATTERN, max_length=128)
     """Which of the endpoint's models answers (its status.models: base, an adapter, a prompt template).
     Default: the endpoint's first model."""
     vector_index_refs: list[Annotated[str, Field(pattern=NAME_PATTERN, max_length=253)]] = Field(
@@ -129,7 +130,7 @@ class JudgeSpec(ApiModel):
 
     endpoint_ref: Optional[str] = Field(default=None, pattern=NAME_PATTERN, max_length=253)
     """ServingEndpoint (same namespace) that grades."""
-    model: Optional[str] = Field(default=None, pattern=SERVED_NAME_PATTERN, max_length=128)
+    model: Optional[str] = Field(default=None, pattern=SERVED_MODEL_PATTERN, max_length=128)
     """Which of judge.endpointRef's models grades. Default: its first."""
     openai_compatible: Optional[OpenAICompatible] = None
     temperature: float = Field(default=0.1, ge=0, le=2)

@@ -9,7 +9,7 @@ from kubeforge.api.evalrun import EvalRunSpec
 from kubeforge.api.finetune import FineTuneSpec
 from kubeforge.api.meta import ApiModel
 from kubeforge.api.servingendpoint import ServingEndpointSpec
-from kubeforge.api.status import CommonStatus, ServingStatus, TrainingJobStatus, VectorIndexStatus
+from kubeforge.api.status import CommonStatus, EvalRunStatus, ServingStatus, TrainingJobStatus, VectorIndexStatus
 from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.api.vectorindex import VectorIndexSpec
 
@@ -82,8 +82,12 @@ KINDS: tuple[KindInfo, ...] = (
              status_model=ServingStatus),
     KindInfo("EvalRun", "evalruns", "er", EvalRunSpec, "kubeforge_workloads.evaluate", "RayJob",
              (PROGRESS_COLUMN,
-              {"name": "Passed", "type": "boolean", "jsonPath": ".status.output.passed"}),
-             one_shot=True),
+              {"name": "Passed", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Passed")].status',
+               "description": "Whether every gate condition held"},
+              {"name": "Score", "type": "number", "jsonPath": ".status.summary.judgeScore",
+               "description": "Weighted judge score, 0-3"},
+              {"name": "Failed-Rows", "type": "integer", "jsonPath": ".status.rows.failed", "priority": 1}),
+             status_model=EvalRunStatus, one_shot=True),
 )
 
 

@@ -51,6 +51,9 @@ class Reason(str, Enum):
     DEPENDENCY_FAILED = "DependencyFailed"
     """A dependency ended Failed (or cannot give what this resource needs from it); re-checked when it changes."""
     SERVING = "Serving"
+    GATE_PASSED = "GatePassed"
+    GATE_FAILED = "GateFailed"
+    """An EvalRun's gate did not hold: a verdict on the evaluated model, not an infrastructure failure (no retry)."""
 
 
 class Condition(ApiModel):
@@ -186,6 +189,36 @@ class VectorIndexStatus(CommonStatus):
     skipped: Optional[dict[str, Any]] = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     """Documents left out of the current version, by cause (count and examples)."""
+
+
+class EvalRows(ApiModel):
+    total: Optional[int] = None
+    """Questions in the dataset."""
+    scored: Optional[int] = None
+    """Rows answered and judged (or answered, without a judge)."""
+    failed: Optional[int] = None
+    """Rows kept as error rows: the endpoint did not answer, or the judge's reply stayed invalid."""
+
+
+class GateResult(ApiModel):
+    metric: str
+    op: str
+    value: float
+    """The threshold."""
+    actual: Optional[float] = None
+    """The run's value; absent when the run did not produce the metric."""
+    passed: bool
+
+
+class EvalRunStatus(CommonStatus):
+    """An EvalRun's headline numbers and its gate."""
+
+    summary: Optional[dict[str, Any]] = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    """judgeScore (0-3), judge per criterion, retrieval per index and metric@k, latency, the row counts."""
+    rows: Optional[EvalRows] = None
+    gate: list[GateResult] = Field(default_factory=list)
+    """Each gate condition with the run's value; condition Passed says whether all held."""
 
 
 class ReplicaStatus(ApiModel):

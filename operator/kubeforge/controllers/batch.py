@@ -86,20 +86,25 @@ class BatchKind(Protocol):
         """What a run takes from its Ready dependencies' status (recorded in status.inputs and handed to the
         workload); raises DependencyUnusable when a dependency cannot provide it."""
 
-    def verdict(self, result: dict) -> Verdict:
+    def verdict(self, spec: Any, result: dict) -> Verdict:
         """Whether a run that produced `result` succeeded."""
 
     def output(self, result: dict) -> dict:
         """status.output from the workload's outputs/result.json."""
 
-    def summary(self, result: dict, finished_at: str) -> dict:
-        """Top-level status fields a successful run sets (a VectorIndex's currentVersion, documents, chunks)."""
+    def summary(self, spec: Any, result: dict, finished_at: str) -> dict:
+        """Top-level status fields a run's result sets (a VectorIndex's currentVersion, documents, chunks; an
+        EvalRun's scores, also when its verdict failed)."""
 
     def ready_message(self, status: dict, run_number: int) -> str:
         """Re-runnable kinds: the Ready message once a run succeeded."""
 
-    def conditions(self, result: dict) -> list[tuple[str, bool, str, str]]:
-        """Conditions of the kind's own a successful run sets, beside kstatus': (type, status, reason, message)."""
+    def conditions(self, spec: Any, result: dict) -> list[tuple[str, bool, str, str]]:
+        """Conditions of the kind's own a run's result sets, beside kstatus': (type, status, reason, message)."""
+
+    def secret_env(self, spec: Any, inputs: dict[str, Any]) -> list[dict]:
+        """Env vars of the Ray pods taken from Secrets (`valueFrom.secretKeyRef`): resolved by the kubelet, so
+        a key never enters the RayJob or the workload context."""
 
     def next_run_at(self, spec: Any, last_run_end: Optional[datetime]) -> Optional[datetime]:
         """Re-runnable kinds: when the next scheduled run is due (None: only on a spec change)."""
@@ -120,19 +125,22 @@ class KindBase:
     def inputs(self, spec: Any, dependencies: dict[Dependency, dict]) -> dict[str, Any]:
         return {}
 
-    def verdict(self, result: dict) -> Verdict:
+    def verdict(self, spec: Any, result: dict) -> Verdict:
         return Verdict(passed=True)
 
     def output(self, result: dict) -> dict:
         return dict(result)
 
-    def summary(self, result: dict, finished_at: str) -> dict:
+    def summary(self, spec: Any, result: dict, finished_at: str) -> dict:
         return {}
 
     def ready_message(self, status: dict, run_number: int) -> str:
         return f"run {run_number} succeeded"
 
-    def conditions(self, result: dict) -> list[tuple[str, bool, str, str]]:
+    def conditions(self, spec: Any, result: dict) -> list[tuple[str, bool, str, str]]:
+        return []
+
+    def secret_env(self, spec: Any, inputs: dict[str, Any]) -> list[dict]:
         return []
 
     def next_run_at(self, spec: Any, last_run_end: Optional[datetime]) -> Optional[datetime]:
@@ -330,7 +338,8 @@ def _finished(run: Pass) -> Plan:
 def _rayjob_for(kind: BatchKind, obj: dict, spec: BatchSpec, attempt: int, inputs: Optional[dict],
                 settings: Settings) -> dict:
     context = workload_context(obj, spec, attempt, settings, inputs)
-    return build_rayjob(obj, spec, context, kind.info.workload, settings)
+    return build_rayjob(obj, spec, context, kind.info.workload, settings,
+                        secret_env=kind.secret_env(spec, inputs or {}))
 
 
 def _record_attempt(run: Pass, number: int, retry: bool) -> Plan:
@@ -386,9 +395,16 @@ def _end_run(run: Pass, outcome: str) -> None:
 
 def _succeeded(run: Pass, kind: BatchKind, spec: Any, current: dict, observed: Observed) -> Plan:
     _end(current, outcome="Succeeded", endTime=run.now_text)
-    verdict = kind.verdict(observed.result or {})
+    verdict = kind.verdict(spec, observed.result or {})
     if observed.result is not None:
         run.status["output"] = kind.output(observed.result)
+    if observed.result is not None and (verdict.passed or kind.info.one_shot):
+        # A one-shot kind's failed verdict still reports what was measured; a re-runnable kind keeps serving
+        # its previous result's summary.
+        run.status.update(kind.summary(spec, observed.result, run.now_text))
+        for type_, value, reason, message in kind.conditions(spec, observed.result):
+            run.status["conditions"] = set_condition(run.status.get("conditions") or [], type_, value, reason,
+                                                     message, run.generation, run.now_text)
     if not verdict.passed:
         _end_run(run, "Failed")
         run.keeps_previous = False
@@ -396,11 +412,6 @@ def _succeeded(run: Pass, kind: BatchKind, spec: Any, current: dict, observed: O
                       message=verdict.message or f"the result did not pass ({verdict.reason})")
         return run.done()
     _end_run(run, "Succeeded")
-    if observed.result is not None:
-        run.status.update(kind.summary(observed.result, run.now_text))
-        for type_, value, reason, message in kind.conditions(observed.result):
-            run.status["conditions"] = set_condition(run.status.get("conditions") or [], type_, value, reason,
-                                                     message, run.generation, run.now_text)
     if kind.info.one_shot:
         run.set_phase(Phase.SUCCEEDED, ready=True, reconciling=False, stalled=False, reason=Reason.SUCCEEDED,
                       message=f"succeeded after {current['number']} attempt(s)")

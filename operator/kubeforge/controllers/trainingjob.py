@@ -25,6 +25,6 @@ class TrainingJobKind(KindBase):
     def output(self, result: dict) -> dict:
         return {key: result[key] for key in OUTPUT_KEYS if result.get(key) is not None}
 
-    def summary(self, result: dict, finished_at: str) -> dict:
+    def summary(self, spec: TrainingJobSpec, result: dict, finished_at: str) -> dict:
         # The workload's final account includes the last resume, which a heartbeat may not have shown.
         return {"goodput": result["goodput"]} if result.get("goodput") else {}

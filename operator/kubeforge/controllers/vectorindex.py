@@ -28,13 +28,13 @@ class VectorIndexKind(KindBase):
             return None
         return last_run_end + parse_duration(spec.sync.interval)
 
-    def summary(self, result: dict, finished_at: str) -> dict:
+    def summary(self, spec: VectorIndexSpec, result: dict, finished_at: str) -> dict:
         return {"currentVersion": result.get("version"), "documents": result.get("documents"),
                 "chunks": result.get("chunks"), "lastSyncTime": result.get("lastSyncTime") or finished_at,
                 "quality": {f"recallAt{result.get('recallK', 10)}": result.get("recall")},
                 "skipped": result.get("skipped") or {}}
 
-    def conditions(self, result: dict) -> list[tuple[str, bool, str, str]]:
+    def conditions(self, spec: VectorIndexSpec, result: dict) -> list[tuple[str, bool, str, str]]:
         recall, minimum = result.get("recall"), result.get("minRecall")
         if recall is None or minimum is None:
             return []

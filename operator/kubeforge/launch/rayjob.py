@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -103,6 +103,20 @@ def build_ray_cluster_spec(spec: CommonSpec, settings: Settings) -> dict:
     return strategic_merge(cluster, spec.ray.ray_cluster_spec or {}, RAY_CLUSTER_SPEC, "spec.ray.rayClusterSpec")
 
 
+def with_secret_env(cluster: dict, env: list[dict]) -> dict:
+    """`env` (items with valueFrom.secretKeyRef) in the main container of every Ray pod, replacing same-named
+    items: the kubelet resolves them, so a key never enters the Ray object, the context or status."""
+    if not env:
+        return cluster
+    cluster = copy.deepcopy(cluster)
+    names = {item["name"] for item in env}
+    for group in [cluster["headGroupSpec"], *(cluster.get("workerGroupSpecs") or [])]:
+        for container in group["template"]["spec"]["containers"][:1]:
+            kept = [item for item in container.get("env") or [] if item.get("name") not in names]
+            container["env"] = kept + copy.deepcopy(env)
+    return cluster
+
+
 def build_runtime_env(spec: CommonSpec, context: WorkloadContext, settings: Settings) -> dict:
     env_vars = {CONTEXT_ENV: context.model_dump_json(), "HF_HUB_OFFLINE": "1"}
     if settings.mlflow_tracking_uri:
@@ -122,8 +136,10 @@ def cluster_placement(spec: CommonSpec, settings: Settings) -> dict:
 
 
 def build_rayjob(owner: dict, spec: CommonSpec, context: WorkloadContext, workload_module: str,
-                 settings: Settings, active_deadline_seconds: Optional[int] = None) -> dict:
-    """The RayJob for attempt `context.attempt` of `owner` (the Kubeforge resource as stored)."""
+                 settings: Settings, active_deadline_seconds: Optional[int] = None,
+                 secret_env: Sequence[dict] = ()) -> dict:
+    """The RayJob for attempt `context.attempt` of `owner` (the Kubeforge resource as stored); `secret_env` goes
+    into the pods of its own cluster (one picked by clusterSelector must already have it)."""
     meta = owner["metadata"]
     name = attempt_name(meta["name"], context.attempt)
     rayjob_spec: dict[str, Any] = {
@@ -137,6 +153,8 @@ def build_rayjob(owner: dict, spec: CommonSpec, context: WorkloadContext, worklo
     if active_deadline_seconds:
         rayjob_spec["activeDeadlineSeconds"] = active_deadline_seconds
     rayjob_spec.update(cluster_placement(spec, settings))
+    if "rayClusterSpec" in rayjob_spec:
+        rayjob_spec["rayClusterSpec"] = with_secret_env(rayjob_spec["rayClusterSpec"], list(secret_env))
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": "RayJob",

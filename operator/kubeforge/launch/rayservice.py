@@ -5,7 +5,6 @@ byte-identical object, and nothing that changes from one reconcile to the next i
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from typing import Any
@@ -16,7 +15,7 @@ from kubeforge.api.serveapp import API_KEYS_ENV, IMPORT_PATH, ServeAppConfig
 from kubeforge.api.servingendpoint import ServingEndpointSpec
 from kubeforge.launch.names import MAX_CHILD_NAME, child_annotations, child_labels, is_dns1035_label, name_hash, \
     owner_reference
-from kubeforge.launch.rayjob import RAY_API_VERSION, build_ray_cluster_spec, deep_merge
+from kubeforge.launch.rayjob import RAY_API_VERSION, build_ray_cluster_spec, deep_merge, with_secret_env
 from kubeforge.settings import Settings
 
 DEPLOYMENT_NAME = "OpenAIServer"
@@ -58,13 +57,8 @@ def _with_api_key_env(cluster: dict, spec: ServingEndpointSpec) -> dict:
     if spec.auth is None:
         return cluster
     ref = spec.auth.api_key_secret_ref
-    env = {"name": API_KEYS_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-    cluster = copy.deepcopy(cluster)
-    groups = [cluster["headGroupSpec"], *(cluster.get("workerGroupSpecs") or [])]
-    for group in groups:
-        for container in group["template"]["spec"]["containers"][:1]:
-            container["env"] = [e for e in container.get("env") or [] if e.get("name") != API_KEYS_ENV] + [env]
-    return cluster
+    return with_secret_env(cluster, [{"name": API_KEYS_ENV,
+                                      "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}])
 
 
 def _serving_cluster(spec: ServingEndpointSpec, settings: Settings) -> dict:
