@@ -1,0 +1,1 @@
+"""EvalRun workload: retrieval metrics of VectorIndexes and LLM-judged answers of a ServingEndpoint."""
