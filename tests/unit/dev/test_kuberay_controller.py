@@ -1,6 +1,7 @@
 """LocalKubeRay.sync against fakes of the API and of Ray's JobSubmissionClient: ids recorded before submission,
 adoption after a restart, transient Ray trouble retried, odd input failed with a message (no crash loop)."""
 
+import json
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -53,8 +54,15 @@ class FakeJobs:
 class FakeCore:
     """Namespaces (with annotations) and the events the controller records."""
 
-    def __init__(self, namespace_annotations=None):
+    def __init__(self, namespace_annotations=None, serve_services=()):
         self.namespace_annotations, self.events = dict(namespace_annotations or {}), []
+        self.serve_services = [SimpleNamespace(metadata=SimpleNamespace(name=name, namespace=namespace),
+                                               spec=SimpleNamespace(ports=[SimpleNamespace(port=8000)]))
+                               for namespace, name in serve_services]
+
+    def list_service_for_all_namespaces(self, label_selector):
+        assert label_selector == "ray.io/serve=true"
+        return SimpleNamespace(items=self.serve_services)
 
     def read_namespace(self, name):
         return SimpleNamespace(metadata=SimpleNamespace(annotations=self.namespace_annotations))
@@ -76,6 +84,18 @@ def rayjob(name="j", **spec):
                          "resourceVersion": "1"},
             "spec": {"entrypoint": "python -c 1", "runtimeEnvYAML": "env_vars:\n  A: b\n",
                      "rayClusterSpec": cluster_spec(), **spec}}
+
+
+
+def test_a_job_reaches_serve_services_by_their_cluster_dns_names_through_the_local_proxy():
+    core = FakeCore(serve_services=[("team", "assistant-serve-svc")])
+    kuberay, api, jobs = controller(rayjob(), core=core)
+    kuberay.serve_port = 18000
+    kuberay.sync(api.obj)
+    (_, _, runtime_env), = jobs.submitted
+    aliases = json.loads(runtime_env["env_vars"]["KUBEFORGE_SERVICE_ALIASES"])
+    assert aliases == {f"assistant-serve-svc.team{suffix}:8000": "127.0.0.1:18000"
+                       for suffix in ("", ".svc", ".svc.cluster.local")}
 
 
 NODE = Node({"cpu": 4.0, "memory": 16.0 * 2**30, "pods": 110.0}, {"kubernetes.io/hostname": "local"})

@@ -37,6 +37,9 @@ FINALIZER = "ray.io/rayjob-finalizer"
 CHAOS_ANNOTATION = "chaos.kubeforge.dev/action"
 CHAOS_LAST_ANNOTATION = "chaos.kubeforge.dev/last"
 SERVE_URL_ANNOTATION = "kubeforge.dev/local-serve-url"
+SERVICE_ALIASES_ENV = "KUBEFORGE_SERVICE_ALIASES"
+"""JSON {"<host>:<port>": "<host>:<port>"} in every local job's env: in-cluster Service addresses the sandbox
+serves locally (kubeforge_workloads.common.endpoints rewrites URLs with it; unset on a real cluster)."""
 JOB_MARKER_ENV = processes.JOB_MARKER_ENV
 SUBMISSION_RETRY_SECONDS = 120
 # On a Namespace: RayJobs in it stay Initializing this many seconds after their startTime, as if their Ray pods
@@ -137,6 +140,7 @@ class LocalKubeRay:
         env_vars = {**self.container_env(rayjob), **(runtime_env.get("env_vars") or {})}
         runtime_env["env_vars"] = {k: str(v) for k, v in _local_env(env_vars).items()}
         runtime_env["env_vars"][JOB_MARKER_ENV] = job_id
+        runtime_env["env_vars"][SERVICE_ALIASES_ENV] = json.dumps(self.service_aliases(), sort_keys=True)
         runtime_env["env_vars"][STALL_FILE_ENV] = str(self.stall_file(job_id))
         runtime_env["env_vars"][MEMORY_FILE_ENV] = str(self.memory_file(job_id))
         return runtime_env
@@ -503,6 +507,15 @@ class LocalKubeRay:
             text = response.read().decode()
         return json.loads(text) if text.strip() else None
 
+    def service_aliases(self) -> dict[str, str]:
+        """Cluster DNS, locally: every RayService's `<name>-serve-svc` (by the names a pod resolves) to the one
+        local Serve proxy. Like Kubernetes' service env vars, the Services existing when the job starts."""
+        services = self.core.list_service_for_all_namespaces(label_selector="ray.io/serve=true").items
+        local = f"127.0.0.1:{self.serve_port}"
+        return {f"{host}:{port.port}": local for svc in services
+                for host in _service_hostnames(svc.metadata.name, svc.metadata.namespace)
+                for port in svc.spec.ports or []}
+
     def serve_url(self, route_prefix: str = "/") -> str:
         return f"http://127.0.0.1:{self.serve_port}{route_prefix if route_prefix.startswith('/') else '/' + route_prefix}"
 
@@ -705,3 +718,7 @@ def _loop(controller: LocalKubeRay, interval: float) -> None:
         except Exception:
             log.exception("sync pass failed; retrying")
         time.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def _service_hostnames(name: str, namespace: str) -> tuple[str, ...]:
+    return (f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local")
