@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from kubeforge.controllers.batch import Observed, reconcile
 from kubeforge.controllers.registry import BATCH_KINDS
@@ -24,7 +23,8 @@ NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
 SETTINGS = Settings(bucket="kubeforge", reconcile_period_seconds=2)
 INDEX_DEP = ("VectorIndex", "docs")
 READY_INDEX = {"metadata": {"name": "docs", "generation": 1}, "status": {
-    "phase": "Ready", "currentVersion": 4, "observedGeneration": 1, "storagePrefix": "s3://kubeforge/team/VectorIndex/docs",
+    "phase": "Ready", "currentVersion": 4, "observedGeneration": 1,
+    "storagePrefix": "s3://kubeforge/team/VectorIndex/docs",
     "output": {"version": 4, "indexUri": "s3://kubeforge/team/VectorIndex/docs/versions/4"},
     "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded"}]}}
 RUNNING_INDEX = {"metadata": {"name": "docs"}, "status": {
@@ -47,8 +47,8 @@ INVALID_SPECS: dict[str, dict] = {kind: {**spec, "notAField": True} for kind, sp
 RESULTS: dict[str, dict] = {
     "TrainingJob": {"modelUri": "s3://b/m", "steps": 10, "resourceUid": "u-1"},
     "FineTune": {"modelUri": "models:/m/1", "adapterUri": "s3://b/a", "resourceUid": "u-1"},
-    "VectorIndex": {"version": 3, "documents": 12, "chunks": 80, "indexUri": "s3://kubeforge/team/VectorIndex/r/versions/3",
-                    "metric": "cosine", "dims": 384, "recall": 1.0},
+    "VectorIndex": {"version": 3, "documents": 12, "chunks": 80, "metric": "cosine", "dims": 384, "recall": 1.0,
+                    "indexUri": "s3://kubeforge/team/VectorIndex/r/versions/3"},
     "EvalRun": {"metrics": {"retrieval/docs/ndcg@5": 0.8, "retrieval/ndcg@5": 0.8}},
 }
 DONE = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}

@@ -57,7 +57,7 @@ def test_each_phase_of_each_kind_has_the_health_argo_cd_needs(sample):
 
 def test_every_phase_the_mapping_names_is_sampled_for_every_kind():
     cases = {(s.kind, s.case) for s in SAMPLES}
-    for kind in ("TrainingJob", "FineTune", "VectorIndex", "EvalRun", "ServingEndpoint"):
+    for kind in (info.kind for info in KINDS):
         for needed in ("no status", "Waiting/WaitingForDependency", "Waiting/DependencyFailed", "Failed/InvalidSpec",
                        "stale observedGeneration"):
             assert (kind, needed) in cases

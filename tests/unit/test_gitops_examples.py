@@ -18,7 +18,8 @@ CRDS = REPO / "tests" / "fixtures" / "gitops-crds"
 SCHEMAS = {
     ("argoproj.io/v1alpha1", "Application"): (CRDS / "argoproj.io_applications.yaml", "v1alpha1"),
     ("source.toolkit.fluxcd.io/v1", "GitRepository"): (CRDS / "source.toolkit.fluxcd.io_gitrepositories.yaml", "v1"),
-    ("kustomize.toolkit.fluxcd.io/v1", "Kustomization"): (CRDS / "kustomize.toolkit.fluxcd.io_kustomizations.yaml", "v1"),
+    ("kustomize.toolkit.fluxcd.io/v1", "Kustomization"): (CRDS / "kustomize.toolkit.fluxcd.io_kustomizations.yaml",
+                                                          "v1"),
 }
 
 
@@ -47,10 +48,12 @@ def test_the_schemas_refuse_a_missing_required_field_and_a_wrong_type():
     kustomization["spec"]["wait"] = "yes"
     path, version = SCHEMAS[("kustomize.toolkit.fluxcd.io/v1", "Kustomization")]
     errors = schema_errors(crd_schema(path, version), kustomization)
-    assert any("'sourceRef' is a required property" in e for e in errors) and any(e.startswith("spec.wait") for e in errors)
+    assert any("'sourceRef' is a required property" in e for e in errors)
+    assert any(e.startswith("spec.wait") for e in errors)
     del application["spec"]["destination"]
     path, version = SCHEMAS[("argoproj.io/v1alpha1", "Application")]
-    assert any("'destination' is a required property" in e for e in schema_errors(crd_schema(path, version), application))
+    errors = schema_errors(crd_schema(path, version), application)
+    assert any("'destination' is a required property" in e for e in errors)
 
 
 def test_both_deploy_the_pipeline_folder_and_wait_for_its_health():
