@@ -303,13 +303,14 @@ def create_workload_secret(state: SandboxState) -> None:
 
 
 def seed(state: SandboxState) -> None:
-    """The tiny Llama, datasets, docs, the examples/corpus documents and the reviews table the examples use,
-    uploaded to the bucket."""
+    """The tiny Llama, datasets, docs, the examples/corpus documents, the reviews table and the EvalRun question
+    sets the examples use, uploaded to the bucket."""
     log = state.log_path("seed")
     with open(log, "ab") as handle:
         result = subprocess.run([sys.executable, "-m", "kubeforge_workloads.seed", "--bucket", BUCKET,
                                  "--corpus", str(REPO_ROOT / "examples" / "corpus"),
-                                 "--reviews", str(REPO_ROOT / "examples" / "data" / "reviews.jsonl")],
+                                 "--reviews", str(REPO_ROOT / "examples" / "data" / "reviews.jsonl"),
+                                 "--eval", str(REPO_ROOT / "examples" / "data" / "eval")],
                                 env={**os.environ, **state.client_env()}, stdout=handle, stderr=subprocess.STDOUT,
                                 cwd=REPO_ROOT)
     if result.returncode != 0:

@@ -1,6 +1,7 @@
 """`python -m kubeforge_workloads.seed --bucket B [--corpus DIR]`: upload the tiny Llama, datasets and docs, and the
 documents of a corpus folder (the repo's examples/corpus, which examples/rag-index.yaml indexes) under
-<prefix>/corpus/ and, with --reviews, the reviews table `kubeforge batch` runs over (idempotent)."""
+<prefix>/corpus/ and, with --reviews, the reviews table `kubeforge batch` runs over, with --eval the EvalRuns'
+question sets (idempotent)."""
 
 import argparse
 import tempfile
@@ -21,6 +22,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="a folder whose documents go under <prefix>/corpus/")
     parser.add_argument("--reviews", type=Path, help="a reviews table (examples/data/reviews.jsonl) for `kubeforge "
                         "batch`, uploaded as <prefix>/datasets/reviews/<its name>")
+    parser.add_argument("--eval", type=Path, help="a folder of question sets (examples/data/eval) for EvalRuns, "
+                        "uploaded under <prefix>/datasets/eval/")
     args = parser.parse_args()
     s3 = boto3.client("s3")
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,6 +46,9 @@ def main() -> None:
         print(f"corpus: {len(documents)} documents")
     if args.reviews:
         upload_files(s3, args.bucket, {f"{args.prefix}/datasets/reviews/{args.reviews.name}": args.reviews})
+    if args.eval:
+        upload_files(s3, args.bucket, {f"{args.prefix}/datasets/eval/{path.name}": path
+                                       for path in sorted(args.eval.glob("*.jsonl"))})
     print(f"seeded s3://{args.bucket}/{args.prefix}/")
 
 
