@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.unit.schemas import crd_schema, schema_errors
@@ -69,8 +68,7 @@ def test_both_deploy_the_pipeline_folder_and_wait_for_its_health():
 
 def test_the_pipeline_folder_holds_kubeforge_objects_the_tools_place_in_their_namespace():
     folder = REPO / PIPELINE
-    if not folder.is_dir():  # the lead adds it with the pipeline's sandbox test (issue 14)
-        pytest.skip(f"{PIPELINE}/ does not exist yet")
+    assert folder.is_dir(), f"{PIPELINE}/ is missing: examples/gitops deploys it"
     docs = [doc for path in sorted(folder.glob("*.y*ml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
     assert {doc["kind"] for doc in docs if doc["apiVersion"].startswith("kubeforge.dev/")} >= {
         "VectorIndex", "FineTune", "ServingEndpoint", "EvalRun"}
