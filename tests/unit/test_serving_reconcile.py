@@ -195,3 +195,16 @@ def test_gpus_select_vllm_and_an_unmet_prerequisite_holds_the_first_deployment()
 
     plan = reconcile(unmet=[Unmet()])
     assert plan.apply == [] and conditions(plan.status)["Stalled"] == ("True", "KubeRayMissing")
+
+
+def test_an_embedding_model_is_served_listed_and_its_name_must_not_clash():
+    import yaml
+
+    with_embeddings = copy.deepcopy(OBJ)
+    with_embeddings["spec"]["embeddings"] = {"name": "minilm"}
+    plan = reconcile(with_embeddings)
+    assert plan.status["models"][-1] == {"name": "minilm", "type": "embedding", "source": "all-MiniLM-L6-v2"}
+    app = yaml.safe_load(plan.apply[0]["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert app["embeddings"] == {"name": "minilm", "model": "all-MiniLM-L6-v2", "normalize": True}
+    with_embeddings["spec"]["embeddings"]["name"] = "support"
+    assert "support is used twice" in reconcile(with_embeddings).status["message"]

@@ -43,6 +43,14 @@ class ServedRetrieval(BaseModel):
     include_context: bool = True
 
 
+class ServedEmbeddings(BaseModel):
+    name: str
+    """The OpenAI `model` name of /v1/embeddings."""
+    model: str
+    """What kubeforge_workloads.index.embedding.load_model loads: a bundled name, s3:// or a hub name."""
+    normalize: bool = True
+
+
 class EngineConfig(BaseModel):
     kind: Literal["transformers", "vllm"]
     max_model_len: Optional[int] = None
@@ -65,6 +73,7 @@ class ServeAppConfig(BaseModel):
     adapters: list[ServedModel] = []
     templates: list[ServedTemplate] = []
     rag: Optional[ServedRetrieval] = None
+    embeddings: Optional[ServedEmbeddings] = None
     api_keys_env: Optional[str] = None
     """Name of the environment variable holding the accepted keys; None: no authentication."""
     gpus_per_replica: int = Field(default=0, ge=0)

@@ -126,6 +126,18 @@ class Auth(ApiModel):
     """Requests must send `Authorization: Bearer <key>` with one of this Secret's keys."""
 
 
+class EmbeddingsSpec(ApiModel):
+    """A sentence-embedding model served at /v1/embeddings (OpenAI's embeddings API) next to the chat model."""
+
+    name: str = Field(default="embeddings", pattern=SERVED_NAME_PATTERN, max_length=128)
+    """The model name clients pass. Default: embeddings."""
+    model: str = Field(default="all-MiniLM-L6-v2", min_length=1, max_length=512)
+    """A sentence-transformers model: all-MiniLM-L6-v2 (bundled), an s3:// directory, or a hub name where the
+    hub is reachable. Default: all-MiniLM-L6-v2."""
+    normalize: bool = True
+    """Unit-length vectors, so a dot product is the cosine similarity. Default: true."""
+
+
 class ServingEndpointSpec(CommonSpec):
     """A long-running OpenAI-compatible endpoint on Ray Serve."""
 
@@ -141,6 +153,8 @@ class ServingEndpointSpec(CommonSpec):
     """Prompts served as models of their own. Default: none."""
     rag: Optional[RagSpec] = None
     """Retrieval-augmented generation from a VectorIndex. Unset: no retrieval."""
+    embeddings: Optional[EmbeddingsSpec] = None
+    """An embedding model served at /v1/embeddings. Unset: no embeddings route."""
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, json_schema_extra=DEFAULT_EMPTY_OBJECT)
     """Replica autoscaling."""
     auth: Optional[Auth] = None

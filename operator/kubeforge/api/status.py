@@ -232,7 +232,7 @@ class ServedModelStatus(ApiModel):
     name: str
     """What clients pass as the OpenAI `model`."""
     type: str
-    """base, adapter or template."""
+    """base, adapter, template or embedding."""
     source: Optional[str] = None
     """Where its weights came from (models:/<name>/<version>, s3://…), or the model a template runs on."""
 

@@ -12,8 +12,8 @@ from typing import Any, Optional
 from pydantic import ValidationError
 
 from kubeforge.api.kinds import kind_info
-from kubeforge.api.serveapp import (API_KEYS_ENV, EngineConfig, ServeAppConfig, ServedModel, ServedRetrieval,
-                                    ServedTemplate)
+from kubeforge.api.serveapp import (API_KEYS_ENV, EngineConfig, ServeAppConfig, ServedEmbeddings, ServedModel,
+                                    ServedRetrieval, ServedTemplate)
 from kubeforge.api.servingendpoint import Engine, ServingEndpointSpec
 from kubeforge.api.status import ConditionType, Phase, Reason
 from kubeforge.controllers.batch import Dependency, DependencyUnusable, unready_dependencies
@@ -58,10 +58,11 @@ def validate(spec: ServingEndpointSpec, name: str) -> list[str]:
         problems.append(f"spec.engineSettings.tensorParallelSize {spec.engine_settings.tensor_parallel_size} "
                         f"is more than the {gpus} GPU(s) of one replica (spec.resources.gpusPerWorker)")
     served = [name] + [a.name for a in spec.adapters] + [f"{name}:{t.name}" for t in spec.prompt_templates]
+    served += [spec.embeddings.name] if spec.embeddings else []
     taken = sorted({n for n in served if served.count(n) > 1})
     if taken:
         problems.append(f"model names must be unique, and {', '.join(taken)} is used twice (the endpoint's own "
-                        "name is its base model's): rename the adapter or template")
+                        "name is its base model's): rename the adapter, template or embeddings model")
     templates = {t.name for t in spec.prompt_templates}
     if spec.rag and spec.rag.prompt_template and spec.rag.prompt_template not in templates:
         problems.append(f"spec.rag.promptTemplate {spec.rag.prompt_template!r} is not in spec.promptTemplates "
@@ -115,6 +116,8 @@ def app_config(obj: dict, spec: ServingEndpointSpec, inputs: dict[str, Any]) -> 
         templates=[ServedTemplate(name=t.name, template=t.template, system=t.system, parameters=t.parameters)
                    for t in spec.prompt_templates],
         rag=rag,
+        embeddings=(ServedEmbeddings(name=spec.embeddings.name, model=spec.embeddings.model,
+                                     normalize=spec.embeddings.normalize) if spec.embeddings else None),
         api_keys_env=API_KEYS_ENV if spec.auth else None,
         gpus_per_replica=spec.resources.gpus_per_worker,
     )
@@ -124,6 +127,8 @@ def served_models(name: str, spec: ServingEndpointSpec, inputs: dict[str, Any]) 
     models = [{"name": name, "type": "base", "source": inputs["model"]}]
     models += [{"name": a, "type": "adapter", "source": uri} for a, uri in inputs["adapters"].items()]
     models += [{"name": f"{name}:{t.name}", "type": "template", "source": name} for t in spec.prompt_templates]
+    if spec.embeddings:
+        models.append({"name": spec.embeddings.name, "type": "embedding", "source": spec.embeddings.model})
     return models
 
 

@@ -592,3 +592,52 @@ def test_rag_keeps_the_best_ranked_chunks_that_fit_the_context_with_room_for_the
         answer = chat(client(live.url), ENDPOINT, question)  # max_tokens 10: two chunks would not fit
     assert answer.model_extra["context"] == both[:1]
     assert answer.usage.prompt_tokens + 10 <= fits_one
+
+
+# embeddings
+
+@pytest.fixture(scope="module")
+def embedding_app(models, engine):
+    from kubeforge_workloads.serve.app import create_app, validate_args
+    from kubeforge_workloads.serve.embeddings import open_embedder
+
+    config = validate_args(app_args(models, embeddings={"name": "minilm", "model": "all-MiniLM-L6-v2"}))
+    with LiveApp(create_app(config, engine, api_keys=[API_KEY], embedder=open_embedder(config))) as live:
+        yield live
+
+
+def test_embeddings_match_sentence_transformers_through_the_openai_client_as_float_and_base64(embedding_app):
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from kubeforge_workloads.index.embedding import model_path
+
+    texts = ["How do I resume training?", "Ray Serve autoscales replicas."]
+    api = client(embedding_app.url, API_KEY)
+    assert "minilm" in {m.id for m in api.models.list()}
+    floats = api.embeddings.create(model="minilm", input=texts, encoding_format="float")
+    packed = api.embeddings.create(model="minilm", input=texts)  # the client asks for base64 and decodes it
+    expected = SentenceTransformer(model_path("all-MiniLM-L6-v2"), device="cpu").encode(
+        texts, normalize_embeddings=True)
+    for response in (floats, packed):
+        vectors = np.array([item.embedding for item in sorted(response.data, key=lambda d: d.index)])
+        assert vectors.shape == (2, 384)
+        np.testing.assert_allclose(vectors, expected, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        assert response.model == "minilm" and response.usage.prompt_tokens > len(texts)
+
+
+def test_embedding_errors_are_openai_shaped(embedding_app, served):
+    api = client(embedding_app.url, API_KEY)
+    with pytest.raises(openai.NotFoundError, match="does not embed here"):
+        api.embeddings.create(model=ENDPOINT, input="x")
+    with pytest.raises(openai.BadRequestError, match="cannot shorten"):
+        api.embeddings.create(model="minilm", input="x", dimensions=128)
+    with pytest.raises(openai.BadRequestError, match="token ids"):
+        api.embeddings.create(model="minilm", input=[[1, 2, 3]])
+    with pytest.raises(openai.BadRequestError, match="POST /v1/embeddings"):
+        chat(api, "minilm")
+    with pytest.raises(openai.AuthenticationError):
+        client(embedding_app.url, "wrong").embeddings.create(model="minilm", input="x")
+    with pytest.raises(openai.NotFoundError, match="embedding models: none"):
+        client(served.url).embeddings.create(model="minilm", input="x")

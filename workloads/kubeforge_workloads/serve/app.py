@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 from pydantic import ValidationError
 
 from kubeforge.api.serveapp import ServeAppConfig, ServedTemplate
+from kubeforge_workloads.serve.embeddings import EmbeddingRequest, open_embedder
 from kubeforge_workloads.serve.engine import QUEUE_FACTOR, Delta, Sampling
 from kubeforge_workloads.serve.metrics import ServeMetrics
 from kubeforge_workloads.serve.protocol import (
@@ -56,15 +57,19 @@ class _Route:
         self.name, self.adapter, self.template = name, adapter, template
 
 
-def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]] = None, retriever=None):
+def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]] = None, retriever=None,
+               embedder=None):
     """The FastAPI app serving `engine` as `config` describes. `api_keys` None accepts every request;
-    `retriever` (an opened index version with .search(text, k)) is required when config.rag is set."""
+    `retriever` (an opened index version with .search(text, k)) is required when config.rag is set, `embedder`
+    (serve.embeddings.Embedder) when config.embeddings is."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
 
     if config.rag is not None and retriever is None:
         raise ValueError("config.rag is set: pass the opened index version as retriever")
+    if config.embeddings is not None and embedder is None:
+        raise ValueError("config.embeddings is set: pass the loaded model as embedder")
     templates = {t.name: t for t in config.templates}
     if config.rag and config.rag.prompt_template and config.rag.prompt_template not in templates:
         raise ValueError(f"rag.prompt_template {config.rag.prompt_template!r} is not one of the templates "
@@ -112,13 +117,25 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
         cards += [model_card(a.name, created, parent=config.base.name) for a in config.adapters]
         cards += [model_card(name, created, parent=config.base.name)
                   for name, route in routes.items() if route.template is not None]
+        if config.embeddings:
+            cards.append(model_card(config.embeddings.name, created))
         return {"object": "list", "data": cards}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest):
+        if config.embeddings is None or body.model != config.embeddings.name:
+            served = [config.embeddings.name] if config.embeddings else []
+            raise ApiError(404, f"model {body.model!r} does not embed here; embedding models: {served or 'none'}",
+                           param="model", code="model_not_found")
+        return await asyncio.to_thread(embedder.respond, body)
 
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok"}
 
     def route_of(model: str) -> _Route:
+        if config.embeddings and model == config.embeddings.name:
+            raise ApiError(400, f"{model!r} is an embedding model: POST /v1/embeddings", param="model")
         if model not in routes:
             raise ApiError(404, f"model {model!r} does not exist here; GET /v1/models lists {sorted(routes)}",
                            param="model", code="model_not_found")
@@ -328,10 +345,11 @@ def build(args: dict):
             self.api_keys = read_api_keys(self.config.api_keys_env)
             self.engine = load_engine(self.config)
             self.retriever = open_retriever(self.config)
+            self.embedder = open_embedder(self.config)
             log.info("serving %s: models %s", self.config.endpoint,
                      [self.config.base.name] + [a.name for a in self.config.adapters])
 
         def __serve_build_asgi_app__(self):
-            return create_app(self.config, self.engine, self.api_keys, self.retriever)
+            return create_app(self.config, self.engine, self.api_keys, self.retriever, self.embedder)
 
     return OpenAIServer.bind(config.model_dump_json())
