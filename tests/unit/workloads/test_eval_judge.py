@@ -97,8 +97,9 @@ def test_default_criteria_weigh_60_20_20_and_custom_weights_are_normalised():
     assert weighted_score({"correctness": 3, "comprehensiveness": 0, "readability": 0}, criteria) == pytest.approx(1.8)
     assert weighted_score({"correctness": 0, "comprehensiveness": 3, "readability": 3}, criteria) == pytest.approx(1.2)
     custom = criteria_of(JudgeSpec.model_validate({"endpointRef": "judge", "criteria": [
-        {"name": "relevance", "weight": 0.5}, {"name": "tone", "weight": 0.5, "rubric": "3: polite ... 0: rude"}]}))
-    assert [(c.name, c.weight) for c in custom] == [("relevance", 0.5), ("tone", 0.5)]
+        {"name": "relevance", "weight": 0.5}, {"name": "tone", "weight": 0.25, "rubric": "3: polite ... 0: rude"}]}))
+    assert [c.name for c in custom] == ["relevance", "tone"]
+    assert [c.weight for c in custom] == [pytest.approx(2 / 3), pytest.approx(1 / 3)]
     assert custom[0].rubric == BUILTIN["relevance"].text and custom[1].examples == ()
 
     rows = [{"score": weighted_score(s, criteria), "scores": s, "error": None} for s in (
