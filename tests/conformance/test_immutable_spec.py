@@ -28,3 +28,27 @@ def test_failure_policy_and_deletion_policy_of_a_created_finetune_may_change(cus
         G, V, NS, P, "tunable", {"spec": {"failurePolicy": {"maxRestarts": 7}, "deletionPolicy": "Delete"}})
     assert patched["spec"]["failurePolicy"]["maxRestarts"] == 7 and patched["spec"]["deletionPolicy"] == "Delete"
     assert patched["metadata"]["generation"] == 2
+
+
+def test_a_created_trainingjob_may_change_its_resources_only_within_its_batch_rules(custom):
+    import copy
+
+    import yaml
+
+    from tests.conftest import REPO_ROOT
+
+    example = yaml.safe_load((REPO_ROOT / "examples" / "trainingjob.yaml").read_text())
+    body = {**copy.deepcopy(example), "metadata": {"name": "shrinkable"}}
+    custom.create_namespaced_custom_object(G, V, NS, "trainingjobs", body)
+    workers = body["spec"]["resources"]["workers"]
+    patched = custom.patch_namespaced_custom_object(G, V, NS, "trainingjobs", "shrinkable",
+                                                    {"spec": {"resources": {"workers": workers - 1}}})
+    assert patched["spec"]["resources"]["workers"] == workers - 1 and patched["metadata"]["generation"] == 2
+    with pytest.raises(ApiException) as info:
+        custom.patch_namespaced_custom_object(G, V, NS, "trainingjobs", "shrinkable",
+                                              {"spec": {"training": {"maxSteps": 999}}})
+    assert "except failurePolicy, deletionPolicy and resources" in status_of(info.value)["message"]
+    with pytest.raises(ApiException) as info:  # the example's 4 sequences per step cannot be split over 3 workers
+        custom.patch_namespaced_custom_object(G, V, NS, "trainingjobs", "shrinkable",
+                                              {"spec": {"resources": {"workers": 3}}})
+    assert "divisible by resources.workers" in status_of(info.value)["message"]

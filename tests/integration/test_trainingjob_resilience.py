@@ -4,9 +4,9 @@ reaches Succeeded after exactly two restarts, each attempt resumed from the newe
 committed (no step trained twice beyond what it trained after that checkpoint), with per-step losses, final and EMA
 weights == the uninterrupted run's.
 
-Resuming on fewer workers (2 -> 1) is tested on the workload (tests/integration/test_pretrain_workload.py): the CRD
-refuses an edit of spec.resources on a created TrainingJob (SPEC_FIELDS_MUTABLE_AFTER_CREATION), so the sandbox
-has no path to it yet.
+Resuming on fewer workers: a user shrinks spec.resources.workers 2 -> 1 (the one spec edit a created TrainingJob
+accepts besides the failure and deletion policies) after a node is lost; the next attempt runs on one worker from
+the killed attempt's checkpoint and ends with the uninterrupted run's losses (the same global batch, accumulated).
 """
 
 from __future__ import annotations
@@ -144,3 +144,33 @@ def test_killed_twice_succeeds_after_two_restarts_with_the_same_losses_and_weigh
     assert 0 < goodput["ratio"] < 1
 
     print(f"killed twice: resumed at {newest_at_failure}, goodput {json.dumps(goodput)}")
+
+
+def test_after_a_lost_node_a_user_shrinks_it_to_one_worker_and_it_resumes_with_the_same_losses(sandbox):
+    name = "tj-shrunk"
+    apply(sandbox, trainingjob("tj-steady"))  # the reference (unchanged if the test above applied it)
+    apply(sandbox, trainingjob(name, step_delay=1.0))
+    objects = Objects(sandbox, name)
+    sandbox.wait_for(lambda: objects.reached(1, EVERY + 2, EVERY), f"{name}: past its first checkpoint",
+                     timeout=400, interval=0.3)
+    sandbox.kubectl("patch", "trainingjob", name, "--type", "merge", "-p", '{"spec":{"resources":{"workers":1}}}')
+    chaos(sandbox, "kill", f"{name}-1", "--reason", "NodeLost")
+    wait_failed_attempts(sandbox, name, 1)
+    resumed_from = objects.committed()[-1]
+
+    second = sandbox.wait_for(
+        lambda: (got := sandbox.kubectl("get", "rayjob", f"{name}-2", "-o", "json", check=False)).returncode == 0
+        and got, f"RayJob {name}-2", timeout=120, interval=0.5)
+    groups = json.loads(second.stdout)["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert [g["replicas"] for g in groups] == [1]
+    final = wait_final(sandbox, name)
+    assert final["phase"] == "Succeeded", json.dumps(final, indent=1)
+    assert [a["outcome"] for a in final["attempts"]] == ["Failed", "Succeeded"]
+    assert checkpoint_step_of(final["attempts"][1].get("resumedFrom")) == resumed_from
+    assert wait_final(sandbox, "tj-steady")["phase"] == "Succeeded"
+    reference, losses = step_losses(sandbox, "tj-steady"), step_losses(sandbox, name)
+    assert sorted(losses) == sorted(reference) == list(range(1, STEPS + 1))
+    # Up to the resume the same workers computed the same steps; after it one worker accumulates what two
+    # computed side by side, equal up to the order of floating-point sums.
+    assert all(losses[step] == reference[step] for step in range(1, resumed_from + 1))
+    assert max(abs(losses[step] - reference[step]) for step in reference) < 1e-5

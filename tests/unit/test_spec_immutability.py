@@ -84,13 +84,16 @@ def test_an_unchanged_spec_and_a_removed_optional_field_are_judged_by_presence()
 def test_one_shot_kinds_are_immutable_and_long_running_kinds_reconcile_changes(info):
     rules = _transition_rules(info)
     if info.kind in ("FineTune", "TrainingJob", "EvalRun"):
+        exempt = ("failurePolicy, deletionPolicy and resources" if info.kind == "TrainingJob"
+                  else "failurePolicy and deletionPolicy")
         assert [r["message"] for r in rules] == [
-            f"spec is immutable once created, except failurePolicy and deletionPolicy: delete and re-create the "
-            f"{info.kind} to change it"]
+            f"spec is immutable once created, except {exempt}: delete and re-create the {info.kind} to change it"]
         fields = {f.alias for f in info.spec_model.model_fields.values()}
-        for name in fields - set(SPEC_FIELDS_MUTABLE_AFTER_CREATION):
+        mutable = set(SPEC_FIELDS_MUTABLE_AFTER_CREATION) | ({"resources"} if info.kind == "TrainingJob" else set())
+        assert set(info.mutable_after_creation) == mutable
+        for name in fields - mutable:
             assert f"self.{name} == oldSelf.{name}" in rules[0]["rule"], name
-        for name in SPEC_FIELDS_MUTABLE_AFTER_CREATION:
+        for name in mutable:
             assert f"self.{name}" not in rules[0]["rule"]
     else:
         assert rules == []

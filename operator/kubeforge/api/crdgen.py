@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from kubeforge.api.kinds import KINDS, SPEC_FIELDS_MUTABLE_AFTER_CREATION, KindInfo
+from kubeforge.api.kinds import KINDS, KindInfo
 from kubeforge.api.meta import CATEGORY, GROUP, VERSION
 
 _DROP_KEYS = {"title", "$defs"}
@@ -84,14 +84,15 @@ def _with_default(description: str, default: Any) -> str:
 
 
 def immutable_spec_rule(info: KindInfo) -> dict:
-    """CEL transition rule refusing changes to every spec field except SPEC_FIELDS_MUTABLE_AFTER_CREATION.
+    """CEL transition rule refusing changes to every spec field but the kind's mutable_after_creation.
 
     Compared field by field (presence, then value) rather than `self == oldSelf`, so the exempt fields may change."""
     fixed = [field.alias or name for name, field in info.spec_model.model_fields.items()
-             if (field.alias or name) not in SPEC_FIELDS_MUTABLE_AFTER_CREATION]
+             if (field.alias or name) not in info.mutable_after_creation]
     rule = " && ".join(f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})"
                        for f in fixed)
-    exempt = " and ".join(SPEC_FIELDS_MUTABLE_AFTER_CREATION)
+    mutable = info.mutable_after_creation
+    exempt = ", ".join(mutable[:-1]) + f" and {mutable[-1]}"
     return {"rule": rule,
             "message": f"spec is immutable once created, except {exempt}: delete and re-create the {info.kind} "
                        f"to change it"}

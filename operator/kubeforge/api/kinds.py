@@ -29,10 +29,11 @@ PROGRESS_COLUMN = {"name": "Progress", "type": "string", "jsonPath": ".status.pr
 
 
 SPEC_FIELDS_MUTABLE_AFTER_CREATION = ("failurePolicy", "deletionPolicy")
-"""The only spec fields a one-shot kind accepts changes to once created. Only the operator reads them, afresh at
+"""The spec fields every one-shot kind accepts changes to once created. Only the operator reads them, afresh at
 each decision: failurePolicy (maxRestarts, backoff, hangTimeout, startTimeout, rules) when it watches or retries an
 attempt, deletionPolicy when the resource is deleted. Changing them cannot put a running attempt, or the checkpoint
-the next attempt resumes from, out of step with the spec. Every other field shapes what the workload computes."""
+the next attempt resumes from, out of step with the spec. Every other field shapes what the workload computes,
+except where a kind says otherwise (KindInfo.also_mutable)."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,18 @@ class KindInfo:
     extra_columns: tuple[dict, ...] = field(default_factory=tuple)
     status_model: type[ApiModel] = CommonStatus
     one_shot: bool = False
+    also_mutable: tuple[str, ...] = ()
+    """Spec fields this one-shot kind accepts changes to besides SPEC_FIELDS_MUTABLE_AFTER_CREATION, taking effect
+    at the next attempt. TrainingJob: resources, so a job that lost nodes resumes on fewer workers: globalBatchSize
+    is fixed, gradient accumulation absorbs the worker count, and the sampler re-shards from the checkpoint, so
+    the optimisation is the same (tests/integration/test_pretrain_workload.py measures it)."""
     """Runs once to completion (TrainingJob, FineTune, EvalRun): its spec is immutable after creation except
     SPEC_FIELDS_MUTABLE_AFTER_CREATION, so a retry never resumes work done under another spec. Long-running kinds
     (VectorIndex, ServingEndpoint) reconcile spec changes instead."""
+
+    @property
+    def mutable_after_creation(self) -> tuple[str, ...]:
+        return SPEC_FIELDS_MUTABLE_AFTER_CREATION + self.also_mutable
 
     @property
     def singular(self) -> str:
@@ -65,7 +75,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("TrainingJob", "trainingjobs", "tj", TrainingJobSpec, "kubeforge_workloads.pretrain", "RayJob",
              (PROGRESS_COLUMN,
               {"name": "Goodput", "type": "number", "jsonPath": ".status.goodput.ratio", "priority": 1}),
-             status_model=TrainingJobStatus, one_shot=True),
+             status_model=TrainingJobStatus, one_shot=True, also_mutable=("resources",)),
     KindInfo("FineTune", "finetunes", "ft", FineTuneSpec, "kubeforge_workloads.finetune", "RayJob",
              (PROGRESS_COLUMN,
               {"name": "Model", "type": "string", "jsonPath": ".status.output.modelUri", "priority": 1}),
