@@ -427,16 +427,16 @@ class Store:
             new = merge_patch(current, patch)
         elif kind == "application/strategic-merge-patch+json":
             if rtype.schema is not None or rtype.key == CRD_KEY:
-                raise ApiError(415, f"the body of the request was in an unknown format - accepted media types "
-                                    f"include: application/json-patch+json, application/merge-patch+json, "
-                                    f"application/apply-patch+yaml", "UnsupportedMediaType")
+                raise ApiError(415, "the body of the request was in an unknown format - accepted media types "
+                                    "include: application/json-patch+json, application/merge-patch+json, "
+                                    "application/apply-patch+yaml", "UnsupportedMediaType")
             if not isinstance(patch, dict):
                 raise ApiError(400, "a strategic merge patch must be a JSON object")
             new = strategic_merge_patch(current, patch, STRATEGIES.get(rtype.key, {}))
         else:
-            raise ApiError(415, f"the body of the request was in an unknown format - accepted media types include: "
-                                f"application/json-patch+json, application/merge-patch+json, "
-                                f"application/apply-patch+yaml, application/strategic-merge-patch+json",
+            raise ApiError(415, "the body of the request was in an unknown format - accepted media types include: "
+                                "application/json-patch+json, application/merge-patch+json, "
+                                "application/apply-patch+yaml, application/strategic-merge-patch+json",
                            "UnsupportedMediaType")
         if not isinstance(new, dict):
             raise ApiError(422, "the patched object must be an object")
