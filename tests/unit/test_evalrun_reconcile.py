@@ -23,21 +23,21 @@ SPEC = {"dataset": {"uri": "s3://kubeforge/seed/eval/questions.jsonl"},
                  {"metric": "retrieval/docs-small/ndcg@5", "value": 0.5}]}
 
 
-def ready(kind, name, status, spec=None):
-    return {"kind": kind, "metadata": {"name": name}, "spec": spec or {},
-            "status": {**status, "conditions": [{"type": "Ready", "status": "True"}]}}
+def ready(name, status):
+    """A dependency as the operator's index keeps it: metadata and status, no spec."""
+    return {"metadata": {"name": name}, "status": {**status, "conditions": [{"type": "Ready", "status": "True"}]}}
 
 
-ENDPOINT = ready("ServingEndpoint", "assistant",
+ENDPOINT = ready("assistant",
                  {"url": "http://assistant-serve-svc.team.svc:8000/team/assistant/v1",
-                  "models": [{"name": "assistant", "type": "base"}, {"name": "docs-lora", "type": "adapter"}]},
-                 spec={"auth": {"apiKeySecretRef": {"name": "assistant-keys"}}})
-JUDGE = ready("ServingEndpoint", "judge", {"url": "http://judge-serve-svc.team.svc:8000/team/judge/v1",
+                  "models": [{"name": "assistant", "type": "base"}, {"name": "docs-lora", "type": "adapter"}],
+                  "apiKeySecret": {"name": "assistant-keys", "key": "api-keys"}})
+JUDGE = ready("judge", {"url": "http://judge-serve-svc.team.svc:8000/team/judge/v1",
                                           "models": [{"name": "judge", "type": "base"}]})
 
 
 def index(name, version):
-    return ready("VectorIndex", name, {"currentVersion": version,
+    return ready(name, {"currentVersion": version,
                                        "storagePrefix": f"s3://kubeforge/team/VectorIndex/{name}"})
 
 

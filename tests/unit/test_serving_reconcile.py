@@ -109,6 +109,7 @@ def test_the_endpoint_deploys_then_mirrors_readiness_and_applies_only_on_change(
     assert conditions(plan.status)["Reconciling"] == ("True", "Deploying")
     assert plan.status["url"] == "http://chat-serve-svc.team.svc:8000/team/chat/v1"
     assert [m["name"] for m in plan.status["models"]] == ["chat", "support", "chat:reviews"]
+    assert plan.status["apiKeySecret"] == {"name": "chat-keys", "key": "api-keys"}  # for clients, e.g. EvalRuns
     obj = with_status(OBJ, plan)
     child = served(desired, **ready_status(app_status="DEPLOYING", ready="False", reason="Initializing"))
     plan = reconcile(obj, child)

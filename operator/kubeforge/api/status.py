@@ -237,6 +237,11 @@ class ServedModelStatus(ApiModel):
     """Where its weights came from (models:/<name>/<version>, s3://…), or the model a template runs on."""
 
 
+class SecretKeyStatus(ApiModel):
+    name: str
+    key: str
+
+
 class ServingStatus(StatusBase):
     """Status of a ServingEndpoint: a long-running RayService, not attempts."""
 
@@ -247,3 +252,6 @@ class ServingStatus(StatusBase):
     replicas: Optional[ReplicaStatus] = None
     ray_service: Optional[str] = None
     """Name of the RayService child."""
+    api_key_secret: Optional[SecretKeyStatus] = None
+    """The Secret (and key) holding the keys the endpoint accepts, for clients in the namespace (an EvalRun mounts
+    it); absent: the endpoint accepts every request."""

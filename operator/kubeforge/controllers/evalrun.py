@@ -73,9 +73,9 @@ def _endpoint_input(kind_name: str, name: str, dependency: dict, model: Optional
         raise DependencyUnusable(f"{kind_name} {name} serves {', '.join(served)}; {field} {model!r} is not one "
                                  "of them: set it to one of those names")
     entry = {"name": name, "url": status["url"], "model": model or served[0]}
-    auth = ((dependency.get("spec") or {}).get("auth") or {}).get("apiKeySecretRef")
-    if auth:
-        entry.update(apiKeyEnv=key_env, apiKeySecret={"name": auth["name"], "key": auth.get("key", "api-keys")})
+    secret = status.get("apiKeySecret")  # what the endpoint accepts; the operator's index keeps no spec
+    if secret:
+        entry.update(apiKeyEnv=key_env, apiKeySecret={"name": secret["name"], "key": secret["key"]})
     return entry
 
 

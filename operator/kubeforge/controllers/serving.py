@@ -179,6 +179,10 @@ def reconcile_endpoint(obj: dict, observed: ServingObserved, now: datetime, sett
         return _stalled_invalid(run, str(error))
     status.update(inputs=inputs, rayService=child_name, url=endpoint_url(meta["namespace"], meta["name"]),
                   models=served_models(meta["name"], spec, inputs))
+    if spec.auth:
+        status["apiKeySecret"] = {"name": spec.auth.api_key_secret_ref.name, "key": spec.auth.api_key_secret_ref.key}
+    else:
+        status.pop("apiKeySecret", None)
     wanted_hash = desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
     applied_hash = ((current or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
     if applied_hash != wanted_hash:
