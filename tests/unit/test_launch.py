@@ -29,6 +29,10 @@ def example_objects():
                 yield pytest.param(doc, id=f"{path.stem}-{doc['metadata']['name']}")
 
 
+def finetune_example() -> dict:
+    return next(p.values[0] for p in example_objects() if p.values[0]["kind"] == "FineTune")
+
+
 def rayjob_for(obj, attempt=1, settings=SETTINGS, **spec_overrides):
     info = next(i for i in KINDS if i.kind == obj["kind"])
     spec = info.spec_model.model_validate({**obj["spec"], **spec_overrides})
@@ -54,13 +58,13 @@ def test_example_rayjobs_validate_against_kuberay_crd(obj):
              "runtimeEnv": {"pip": ["rich"], "env_vars": {"FOO": "1"}}}},
 ])
 def test_variants_validate_against_kuberay_crd(overrides):
-    obj = next(iter(example_objects())).values[0]
+    obj = finetune_example()
     rayjob = rayjob_for(obj, **overrides)
     assert schema_errors(crd_schema(KUBERAY_CRDS / "ray.io_rayjobs.yaml", "v1"), rayjob) == []
 
 
 def test_rayjob_shape():
-    obj = next(iter(example_objects())).values[0]
+    obj = finetune_example()
     rayjob = rayjob_for(obj, attempt=3)
     spec = rayjob["spec"]
     assert rayjob["metadata"]["name"] == f"{obj['metadata']['name']}-3"
@@ -74,13 +78,13 @@ def test_rayjob_shape():
 
 
 def test_cluster_selector_replaces_the_ephemeral_cluster():
-    obj = next(iter(example_objects())).values[0]
+    obj = finetune_example()
     spec = rayjob_for(obj, ray={"clusterSelector": {"ray.io/cluster": "shared"}})["spec"]
     assert "rayClusterSpec" not in spec and spec["clusterSelector"] == {"ray.io/cluster": "shared"}
 
 
 def test_user_runtime_env_cannot_override_the_context():
-    obj = next(iter(example_objects())).values[0]
+    obj = finetune_example()
     spec = rayjob_for(obj, ray={"runtimeEnv": {"env_vars": {CONTEXT_ENV: "{}", "X": "1"}}})["spec"]
     env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
     assert env["X"] == "1" and env[CONTEXT_ENV] != "{}"
@@ -146,7 +150,7 @@ GPU = {"workers": 2, "gpusPerWorker": 1, "gpuType": "H100", "memory": "16Gi", "c
 
 
 def test_platform_defaults_reach_every_ray_pod_and_validate_against_kuberay():
-    obj = next(iter(example_objects())).values[0]
+    obj = finetune_example()
     rayjob = rayjob_for(obj, settings=PLATFORM, resources=GPU)
     assert schema_errors(crd_schema(KUBERAY_CRDS / "ray.io_rayjobs.yaml", "v1"), rayjob) == []
     head, worker = pod_templates(rayjob)
@@ -165,7 +169,7 @@ def test_platform_defaults_reach_every_ray_pod_and_validate_against_kuberay():
 
 
 def test_kubeforge_defaults_set_no_platform_fields_and_no_gpu_selector_without_its_label():
-    obj = next(iter(example_objects())).values[0]
+    obj = finetune_example()
     head, worker = pod_templates(rayjob_for(obj, resources=GPU))
     assert set(head) == set(worker) == {"spec"}
     assert set(worker["spec"]) == {"containers", "securityContext"}  # gpuType alone selects no node
@@ -175,7 +179,7 @@ def test_kubeforge_defaults_set_no_platform_fields_and_no_gpu_selector_without_i
 
 
 def test_a_resource_override_merges_with_the_defaults_instead_of_replacing_lists():
-    obj = next(iter(example_objects())).values[0]
+    obj = finetune_example()
     override = {"headGroupSpec": {"template": {"spec": {
         "imagePullSecrets": [{"name": "team-cred"}],
         "containers": [{"name": "ray-head", "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
@@ -211,7 +215,7 @@ def test_ray_pods_pass_the_restricted_pod_security_standard(obj, settings):
 
 def test_the_restricted_check_refuses_ray_pods_without_the_security_contexts():
     """What Ray pods looked like before: a namespace enforcing restricted refuses them."""
-    obj = next(iter(example_objects())).values[0]
+    obj = finetune_example()
     bare = SETTINGS.model_copy(update={"ray_pod_security_context": {}, "ray_container_security_context": {}})
     found = violations(pod_templates(rayjob_for(obj, settings=bare))[0]["spec"])
     assert found == ["allowPrivilegeEscalation must be false: container ray-head",
@@ -227,7 +231,7 @@ def test_the_restricted_check_refuses_ray_pods_without_the_security_contexts():
 
 
 def test_the_workload_secret_is_mounted_optional_only_when_not_required():
-    obj = next(iter(example_objects())).values[0]
+    obj = finetune_example()
     for required in (True, False):
         settings = SETTINGS.model_copy(update={"workload_env_secret_required": required})
         for template in pod_templates(rayjob_for(obj, settings=settings)):
@@ -236,7 +240,7 @@ def test_the_workload_secret_is_mounted_optional_only_when_not_required():
 
 
 def test_a_list_item_without_its_merge_key_names_the_field():
-    obj = next(iter(example_objects())).values[0]
+    obj = finetune_example()
     with pytest.raises(ValueError, match=r"^spec\.ray\.rayClusterSpec\.headGroupSpec\.template\.spec\.containers\[0\] "
                                          "has no 'name'"):
         rayjob_for(obj, ray={"rayClusterSpec": {"headGroupSpec": {"template": {"spec": {"containers": [{}]}}}}})
