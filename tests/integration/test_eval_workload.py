@@ -346,9 +346,11 @@ def test_eval_run_scores_counts_error_rows_resumes_and_logs_to_mlflow(eval_env):
     prompts = {item.path for item in client.list_artifacts(run.info.run_id, "eval/judge_prompts")}
     assert prompts == {f"eval/judge_prompts/{c}.txt" for c in CRITERIA}
 
-    # the same EvalRun again, as the RayJob runs its entrypoint: the same numbers (latency is the clock's)
+    # the same EvalRun again, as the RayJob runs its entrypoint, with MLflow unusable: the same numbers (latency is
+    # the clock's), and the tracking failure reported rather than failing the run
+    unusable = f"sqlite:///{eval_env['tmp']}/mlflow.db/under-a-file.db"  # its folder is a file
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT / "workloads")]),
-           "KUBEFORGE_CONTEXT": json.dumps(_context("again", 1, eval_env["tracking_uri"]))}
+           "KUBEFORGE_CONTEXT": json.dumps(_context("again", 1, unusable))}
     finished = subprocess.run([sys.executable, "-m", "kubeforge_workloads.evaluate"], env=env, cwd=eval_env["tmp"],
                               capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -358,3 +360,4 @@ def test_eval_run_scores_counts_error_rows_resumes_and_logs_to_mlflow(eval_env):
         return {name: value for name, value in metrics.items() if not name.startswith("latency/")}
 
     assert steady(again["metrics"]) == steady(result["metrics"]) and again["rows"] == result["rows"]
+    assert "mlflowRunId" not in again and "could not log the evaluation to MLflow" in again["trackingError"]
