@@ -49,8 +49,9 @@ def test_every_builtin_criterion_has_one_example_per_score():
 
 
 @pytest.mark.parametrize("reply", [
-    "not json", '```json\n{"score": 2, "justification": "ok"}\n```', '[2, "ok"]', '{"score": "2", "justification": "x"}',
-    '{"score": 2.0, "justification": "x"}', '{"score": true, "justification": "x"}', '{"score": 4, "justification": "x"}',
+    "not json", '```json\n{"score": 2, "justification": "ok"}\n```', '[2, "ok"]',
+    '{"score": "2", "justification": "x"}', '{"score": 2.0, "justification": "x"}',
+    '{"score": true, "justification": "x"}', '{"score": 4, "justification": "x"}',
     '{"score": -1, "justification": "x"}', '{"score": 2}', '{"score": 2, "justification": 7}',
 ])
 def test_replies_are_parsed_strictly(reply):
