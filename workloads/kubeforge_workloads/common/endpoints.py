@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from kubeforge_workloads.common.errors import WorkloadError
+from kubeforge_workloads.common.errors import UserError, WorkloadError
 
 SERVICE_ALIASES_ENV = "KUBEFORGE_SERVICE_ALIASES"
 TRANSPORT_ATTEMPTS = 4
@@ -52,7 +52,7 @@ class ChatReply:
 
 
 class RequestRejected(Exception):
-    """The endpoint answered 4xx (other than 429): this request cannot succeed as sent."""
+    """The endpoint answered 4xx (other than 401, 403, 404 and 429): this request cannot succeed as sent."""
 
 
 class ChatEndpoint:
@@ -102,6 +102,10 @@ class ChatEndpoint:
             if response.status_code == 429 or response.status_code >= 500:
                 problem = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
+            if response.status_code in (401, 403, 404):
+                # Every request would fail alike: a wrong key, URL or model, not a bad row.
+                raise UserError(f"{self.name} at {self.url} answered HTTP {response.status_code} for model "
+                                f"{self.model!r}: {response.text[:200]}; check its URL, model and API key Secret")
             if response.status_code >= 400:
                 raise RequestRejected(f"{self.name} answered HTTP {response.status_code}: {response.text[:300]}")
             try:
