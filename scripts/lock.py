@@ -130,6 +130,14 @@ def pip_report(requirements: list[str], constraints: dict[str, str], no_deps: bo
         return json.loads(report.read_text())["install"]
 
 
+def previous_reasons() -> dict[str, str]:
+    """name -> why, from the current GPU lock's header: the pins it took against the CPU lock."""
+    if not GPU_LOCK.exists():
+        return {}
+    return {canonicalize_name(name): why for name, why in
+            re.findall(r"^#   ([A-Za-z0-9_.-]+): (.+?) \(CPU lock: ", GPU_LOCK.read_text(), re.MULTILINE)}
+
+
 def lock_gpu() -> None:
     cpu = read_lock(CPU_LOCK)
     [vllm] = pip_report([VLLM], {}, no_deps=True)
@@ -143,6 +151,15 @@ def lock_gpu() -> None:
         if name in cpu and cpu[name] not in requirement.specifier:
             overridden[name] = f"vLLM requires {requirement.specifier}"
     constraints = {name: version for name, version in cpu.items() if name not in overridden}
+    # Like pip-compile, keep what the current GPU lock resolved where the CPU lock does not decide (CUDA wheels)
+    # or was overridden last time, with the reason it gave: left free, pip backtracks through every CUDA wheel
+    # release and gives up (resolution-too-deep). A kept pin that no longer fits is dropped by the loop below.
+    previous, reasons = read_lock(GPU_LOCK), previous_reasons()
+    for name, version in previous.items():
+        if name not in cpu or (name in reasons and cpu[name] != version):
+            constraints[name] = version
+            if name in reasons:
+                overridden.setdefault(name, reasons[name])
     constraints["vllm"] = vllm_version
     while True:
         try:
