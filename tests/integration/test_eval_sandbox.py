@@ -14,6 +14,7 @@ import time
 
 import pytest
 import yaml
+from fastapi import FastAPI, Request  # at module level: the handler's annotations are resolved in this namespace
 
 from tests.conftest import REPO_ROOT
 
@@ -97,7 +98,8 @@ def test_the_chunking_example_shows_both_indexes_side_by_side_in_status_and_mlfl
     logged = MlflowClient(sandbox.state.mlflow_url).get_run(status["output"]["mlflowRunId"]).data.metrics
     for name, metrics in retrieval.items():
         for metric, value in metrics.items():
-            assert logged[f"retrieval/{name}/{metric}"] == pytest.approx(value, abs=1e-9)
+            # MLflow refuses '@' in metric names: ndcg@5 is logged as ndcg_at_5
+            assert logged[f"retrieval/{name}/{metric.replace('@', '_at_')}"] == pytest.approx(value, abs=1e-9)
 
 
 class ScriptedJudge:
@@ -106,7 +108,6 @@ class ScriptedJudge:
 
     def __init__(self):
         import uvicorn
-        from fastapi import FastAPI, Request
 
         self.requests: list[tuple[str, str]] = []
         app = FastAPI()
@@ -116,7 +117,8 @@ class ScriptedJudge:
             body = await request.json()
             prompt = body["messages"][-1]["content"]
             criterion = re.search(r"Grade the answer on (\w+)\.", prompt).group(1)
-            question = re.search(r"Question: (.*)", prompt).group(1)
+            # the row's question, not a few-shot example's (those are followed by "Answer:")
+            question = re.search(r"Question: (.*)\n\n(?:Expected answer|Answer to grade):", prompt).group(1)
             self.requests.append((criterion, question))
             content = json.dumps({"score": SCORES[criterion], "justification": f"scripted {criterion}"})
             if ALWAYS_MALFORMED in question.lower():
