@@ -159,6 +159,7 @@ def test_a_held_gate_succeeds_with_passed_true_and_the_headline_numbers_in_statu
     assert status["summary"]["judgeScore"] == 2.4 and status["summary"]["judge"]["correctness"] == 2.5
     assert status["summary"]["retrieval"] == {"docs-small": {"ndcg@5": 0.71}, "docs-large": {"ndcg@5": 0.64}}
     assert status["rows"] == {"total": 20, "scored": 20, "failed": 0}
+    assert (status["summary"]["latencyP50Seconds"], status["summary"]["latencyP95Seconds"]) == (0.2, 0.4)
     assert [g["passed"] for g in status["gate"]] == [True, True, True]  # the two conditions and failed rows
     assert status["output"]["mlflowRunId"] == "abc"
 

@@ -15,7 +15,8 @@ from kubeforge.controllers.batch import Dependency, DependencyUnusable, KindBase
 ENDPOINT_KEY_ENV = "KUBEFORGE_ENDPOINT_API_KEY"
 JUDGE_KEY_ENV = "KUBEFORGE_JUDGE_API_KEY"
 FAILED_FRACTION = "rows/failedFraction"
-LATENCY_METRICS = ("latency/p50Seconds", "latency/p95Seconds")
+LATENCY_SUMMARY = {"latency/p50Seconds": "latencyP50Seconds", "latency/p95Seconds": "latencyP95Seconds"}
+"""Latency metrics and their status.summary keys (JSONPath-friendly, for printer columns)."""
 COMPARE = {GateOp.GE: operator.ge, GateOp.LE: operator.le, GateOp.GT: operator.gt, GateOp.LT: operator.lt}
 OUTPUT_KEYS = ("metrics", "rows", "resultsUri", "mlflowRunId", "trackingError")
 
@@ -24,7 +25,7 @@ def known_metrics(spec: EvalRunSpec) -> set[str]:
     """Every metric name a run of this spec produces: what a gate may name."""
     names = {FAILED_FRACTION}
     if spec.target.endpoint_ref:
-        names.update(LATENCY_METRICS)
+        names.update(LATENCY_SUMMARY)
     if spec.judge:
         names.add("judge/score")
         names.update(f"judge/{name}" for name in criteria_names(spec))
@@ -161,9 +162,9 @@ class EvalRunKind(KindBase):
         retrieval = {name: (entry or {}).get("metrics") or {} for name, entry in (result.get("indexes") or {}).items()}
         if retrieval:
             summary["retrieval"] = retrieval
-        for metric in LATENCY_METRICS:
+        for metric, key in LATENCY_SUMMARY.items():
             if metric in metrics:
-                summary[metric.replace("latency/", "latency").replace("p", "P", 1)] = metrics[metric]
+                summary[key] = metrics[metric]
         return {"summary": summary, "rows": result.get("rows") or {}, "gate": evaluate_gate(spec, result)}
 
     def conditions(self, spec: EvalRunSpec, result: dict) -> list[tuple[str, bool, str, str]]:
