@@ -64,14 +64,15 @@ def _describe(entry: dict) -> str:
     return f"{entry['metric']} {shown} (needs {entry['op']} {entry['value']:g})"
 
 
-def _endpoint_input(kind_name: str, name: str, dependency: dict, model: Optional[str], key_env: str,
+def _endpoint_input(name: str, dependencies: dict[Dependency, dict], model: Optional[str], key_env: str,
                     field: str) -> dict:
+    dependency = dependencies[("ServingEndpoint", name)]
     status = dependency.get("status") or {}
     served = [m.get("name") for m in status.get("models") or []]
     if not status.get("url") or not served:
-        raise DependencyUnusable(f"{kind_name} {name} reports no URL or models yet")
+        raise DependencyUnusable(f"ServingEndpoint {name} reports no URL or models yet")
     if model and model not in served:
-        raise DependencyUnusable(f"{kind_name} {name} serves {', '.join(served)}; {field} {model!r} is not one "
+        raise DependencyUnusable(f"ServingEndpoint {name} serves {', '.join(served)}; {field} {model!r} is not one "
                                  "of them: set it to one of those names")
     entry = {"name": name, "url": status["url"], "model": model or served[0]}
     secret = status.get("apiKeySecret")  # what the endpoint accepts; the operator's index keeps no spec
@@ -119,13 +120,11 @@ class EvalRunKind(KindBase):
         inputs: dict[str, Any] = {}
         target = spec.target
         if target.endpoint_ref:
-            inputs["endpoint"] = _endpoint_input("ServingEndpoint", target.endpoint_ref,
-                                                 dependencies[("ServingEndpoint", target.endpoint_ref)],
-                                                 target.model, ENDPOINT_KEY_ENV, "spec.target.model")
+            inputs["endpoint"] = _endpoint_input(target.endpoint_ref, dependencies, target.model, ENDPOINT_KEY_ENV,
+                                                 "spec.target.model")
         if spec.judge and spec.judge.endpoint_ref:
-            inputs["judge"] = _endpoint_input("ServingEndpoint", spec.judge.endpoint_ref,
-                                              dependencies[("ServingEndpoint", spec.judge.endpoint_ref)],
-                                              spec.judge.model, JUDGE_KEY_ENV, "spec.judge.model")
+            inputs["judge"] = _endpoint_input(spec.judge.endpoint_ref, dependencies, spec.judge.model,
+                                              JUDGE_KEY_ENV, "spec.judge.model")
         elif spec.judge:
             inputs["judge"] = _external_judge(spec.judge.openai_compatible)
         indexes = {}
