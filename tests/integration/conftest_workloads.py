@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ from typing import Callable, Optional
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.moto_s3 import moto_s3_server
 
 BUCKET = "kubeforge"
 NAMESPACE = "ns"
 EXPERIMENT = f"{NAMESPACE}/FineTune"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -106,25 +100,12 @@ class WorkloadEnv:
 
 @pytest.fixture(scope="module")
 def workload_env(tmp_path_factory):
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
     tmp = tmp_path_factory.mktemp("workloads")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    s3_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-              "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in s3_env}
-    os.environ.update(s3_env)
-    try:
+    with moto_s3_server(BUCKET) as s3_env:
         import boto3
         import mlflow
 
         s3 = boto3.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
         tracking_uri = f"sqlite:///{tmp}/mlflow.db"
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.create_experiment(EXPERIMENT, artifact_location=(tmp / "mlartifacts").as_uri())
@@ -138,10 +119,3 @@ def workload_env(tmp_path_factory):
                                 cwd=tmp, capture_output=True, text=True, timeout=180)
         assert seeded.returncode == 0, seeded.stderr
         yield WorkloadEnv(env=env, tmp=tmp, tracking_uri=tracking_uri, s3=s3)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()

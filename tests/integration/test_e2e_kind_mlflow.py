@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest_workloads import free_port
+from tests.moto_s3 import free_port
 
 RUN_SH = REPO_ROOT / "tests" / "e2e-kind" / "run.sh"
 

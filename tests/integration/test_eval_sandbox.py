@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 
@@ -17,6 +16,7 @@ import yaml
 from fastapi import FastAPI, Request  # at module level: the handler's annotations are resolved in this namespace
 
 from tests.conftest import REPO_ROOT
+from tests.moto_s3 import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -130,9 +130,7 @@ class ScriptedJudge:
                                  "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import subprocess
@@ -29,7 +28,7 @@ import pytest
 from fastapi import Request  # module level: FastAPI resolves the handler's string annotations from its globals
 
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest_workloads import free_port
+from tests.moto_s3 import free_port, moto_s3_server
 
 BUCKET = "kubeforge"
 NAMESPACE = "ns"
@@ -193,47 +192,29 @@ def build_index(store, prefix, chunk_size: int) -> int:
 
 @pytest.fixture(scope="module")
 def eval_env(tmp_path_factory):
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     tmp = tmp_path_factory.mktemp("eval")
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    s3_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-              "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in (*s3_env, "KUBEFORGE_SERVICE_ALIASES", "KUBEFORGE_ENDPOINT_API_KEY")}
-    try:
-        with ScriptedOpenAI() as openai:
-            aliases = json.dumps({"chat-serve-svc.ns.svc:8000": f"127.0.0.1:{openai.port}",
-                                  "judge-serve-svc.ns.svc:8000": f"127.0.0.1:{openai.port}"})
-            os.environ.update({**s3_env, "KUBEFORGE_SERVICE_ALIASES": aliases,
-                               "KUBEFORGE_ENDPOINT_API_KEY": f"\n{API_KEY}\nkey-2\n"})
-            import boto3
-            import mlflow
+    with moto_s3_server(BUCKET), ScriptedOpenAI() as openai, pytest.MonkeyPatch.context() as environ:
+        environ.setenv("KUBEFORGE_SERVICE_ALIASES", json.dumps({
+            "chat-serve-svc.ns.svc:8000": f"127.0.0.1:{openai.port}",
+            "judge-serve-svc.ns.svc:8000": f"127.0.0.1:{openai.port}"}))
+        environ.setenv("KUBEFORGE_ENDPOINT_API_KEY", f"\n{API_KEY}\nkey-2\n")
+        import boto3
+        import mlflow
 
-            from kubeforge.storage.layout import ResourcePrefix
-            from kubeforge.storage.objectstore import S3ObjectStore
+        from kubeforge.storage.layout import ResourcePrefix
+        from kubeforge.storage.objectstore import S3ObjectStore
 
-            s3 = boto3.client("s3")
-            s3.create_bucket(Bucket=BUCKET)
-            s3.put_object(Bucket=BUCKET, Key=DATASET_KEY,
-                          Body="".join(json.dumps(row) + "\n" for row in QUESTIONS).encode())
-            store = S3ObjectStore(s3)
-            chunks = {name: build_index(store, ResourcePrefix(BUCKET, f"{NAMESPACE}/VectorIndex/{name}"), size)
-                      for name, size in (("small", 16), ("large", 64))}
-            assert chunks["small"] > chunks["large"] >= len(CORPUS)
-            tracking_uri = f"sqlite:///{tmp}/mlflow.db"
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.create_experiment(EXPERIMENT, artifact_location=(tmp / "mlartifacts").as_uri())
-            yield {"s3": s3, "store": store, "openai": openai, "tracking_uri": tracking_uri, "tmp": tmp}
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        moto.stop()
+        s3 = boto3.client("s3")
+        s3.put_object(Bucket=BUCKET, Key=DATASET_KEY,
+                      Body="".join(json.dumps(row) + "\n" for row in QUESTIONS).encode())
+        store = S3ObjectStore(s3)
+        chunks = {name: build_index(store, ResourcePrefix(BUCKET, f"{NAMESPACE}/VectorIndex/{name}"), size)
+                  for name, size in (("small", 16), ("large", 64))}
+        assert chunks["small"] > chunks["large"] >= len(CORPUS)
+        tracking_uri = f"sqlite:///{tmp}/mlflow.db"
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=(tmp / "mlartifacts").as_uri())
+        yield {"s3": s3, "store": store, "openai": openai, "tracking_uri": tracking_uri, "tmp": tmp}
 
 
 def _context(name: str, attempt: int, tracking_uri: str) -> dict:

@@ -11,7 +11,6 @@ Run under the sandbox lock:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -19,7 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.integration.conftest_workloads import Finished, WorkloadEnv, free_port
+from tests.integration.conftest_workloads import Finished, WorkloadEnv
+from tests.moto_s3 import moto_s3_server
 from tests.unit.workloads.minimal_pdf import minimal_pdf
 
 BUCKET = "kubeforge"
@@ -52,26 +52,15 @@ DOCUMENTS = {
 
 @pytest.fixture(scope="module")
 def index_env(tmp_path_factory):
-    from moto.server import ThreadedMotoServer
-
     from tests.conftest import REPO_ROOT
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     tmp = tmp_path_factory.mktemp("index")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    s3_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-              "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in s3_env}
-    os.environ.update(s3_env)
-    try:
+    with moto_s3_server(BUCKET) as s3_env:
         import boto3
 
         import mlflow
 
         s3 = boto3.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
         for name, body in DOCUMENTS.items():
             s3.put_object(Bucket=BUCKET, Key=SOURCE + name, Body=body)
         tracking_uri = f"sqlite:///{tmp}/mlflow.db"
@@ -85,13 +74,6 @@ def index_env(tmp_path_factory):
         env.pop("RAY_ADDRESS", None)
         env.pop("KUBEFORGE_CONTEXT", None)
         yield WorkloadEnv(env=env, tmp=tmp, tracking_uri=tracking_uri, s3=s3)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
 
 
 def _context(attempt: int, generation: int) -> dict:

@@ -4,25 +4,20 @@ and never touches a neighbour's prefix."""
 
 from __future__ import annotations
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from kubeforge.controllers.deletion import sweep_prefix
 from kubeforge.storage.layout import ResourcePrefix
 from kubeforge.storage.objectstore import S3ObjectStore
+from tests.moto_s3 import in_process_s3_store
 
 BUCKET = "kubeforge"
 
 
 @pytest.fixture
 def store(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield S3ObjectStore(client)
+    with in_process_s3_store(BUCKET, monkeypatch) as store:
+        yield store
 
 
 def put(store: S3ObjectStore, key: str) -> None:

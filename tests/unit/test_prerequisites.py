@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import tempfile
 from pathlib import Path
 
@@ -20,14 +19,9 @@ from kubeforge.prerequisites import (KUBERAY_MISSING, MISSING_SECRET, MLFLOW_UNA
                                      object_store_problem, workload_prerequisites, workload_secret_exists)
 from kubeforge.settings import Settings
 from tests.conftest import KUBERAY_CRDS, REPO_ROOT
+from tests.moto_s3 import free_port
 
 SETTINGS = Settings()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def api_client_of(server) -> client.ApiClient:

@@ -3,12 +3,10 @@ fresh MLflow store."""
 
 from __future__ import annotations
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
-from kubeforge.storage.objectstore import S3ObjectStore
+from tests.moto_s3 import in_process_s3_store
 
 BUCKET = "kfbucket"
 
@@ -21,12 +19,8 @@ def finetune_context(attempt: int) -> WorkloadContext:
 
 @pytest.fixture
 def object_store(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield S3ObjectStore(client)
+    with in_process_s3_store(BUCKET, monkeypatch) as store:
+        yield store
 
 
 @pytest.fixture

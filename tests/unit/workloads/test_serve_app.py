@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import socket
 import threading
 import time
 import urllib.error
@@ -16,6 +15,8 @@ from contextlib import closing, contextmanager
 
 import pytest
 
+from tests.moto_s3 import free_port, moto_s3_server
+
 openai = pytest.importorskip("openai")
 
 BUCKET = "serving"
@@ -24,39 +25,9 @@ REVIEW_TEMPLATE = "Review of {product}: {input}\nSentiment in {language}:"
 API_KEY = "sk-kubeforge-test-0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
 def moto_s3():
     """moto's S3 server on loopback (reachable from Ray workers too), with the AWS_* environment pointing at it."""
-    import os
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
+    return moto_s3_server(BUCKET)
 
 
 def build_models(root) -> dict[str, str]:
