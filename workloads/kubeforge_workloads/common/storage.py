@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from kubeforge.api.workload import WorkloadContext
 from kubeforge.storage.layout import ResourcePrefix, parse_s3_uri
@@ -125,3 +126,15 @@ def download_uri(store: S3ObjectStore, uri: str, local_dir: Path) -> Path:
         raise UserError(f"{uri} does not exist in the object store")
     download_files(store.client, bucket, {item: local_dir / item[len(root):] for item in keys})
     return local_dir
+
+
+def run_entrypoint(run: Callable[[WorkloadContext, "WorkloadStorage"], object], what: str) -> None:
+    """A RayJob entrypoint: the context from the environment, `run` under run_workload (a failure is classified,
+    reported to the attempt's failure.json and becomes the exit code), then how long it took."""
+    from kubeforge_workloads.common.errors import run_workload
+
+    context = WorkloadContext.from_env()
+    storage = WorkloadStorage(context)
+    started = time.monotonic()
+    run_workload(lambda: run(context, storage), storage.write_failure)
+    print(f"kubeforge: {what} finished in {time.monotonic() - started:.1f}s", flush=True)

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from kubeforge.api.workload import WorkloadContext
+
+
+def tracked(what: str, log: Callable[[], str]) -> dict:
+    """{"mlflowRunId": log()}, or {"trackingError": why} when MLflow failed: for results already committed to the
+    object store, where an MLflow outage is reported rather than failing the run."""
+    try:
+        return {"mlflowRunId": log()}
+    except Exception as error:
+        message = f"could not log {what} to MLflow: {type(error).__name__}: {error}"[:300]
+        print(f"kubeforge: {message}", flush=True)
+        return {"trackingError": message}
 
 
 def ensure_experiment(client, name: str) -> str:

@@ -13,7 +13,6 @@ outputs/result.json:
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from pydantic import ValidationError
@@ -22,9 +21,9 @@ from kubeforge.api.evalrun import EvalRunSpec
 from kubeforge.api.workload import WorkloadContext
 from kubeforge_workloads.common.chaos import stall_point
 from kubeforge_workloads.common.endpoints import ChatEndpoint
-from kubeforge_workloads.common.errors import UserError, run_workload
+from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.heartbeat import Heartbeat
-from kubeforge_workloads.common.storage import WorkloadStorage
+from kubeforge_workloads.common.storage import WorkloadStorage, run_entrypoint
 from kubeforge_workloads.evaluate.aggregate import headline_metrics, row_counts
 from kubeforge_workloads.evaluate.answer import RowPlan, evaluate_row, row_result
 from kubeforge_workloads.evaluate.dataset import EvalRow, load_rows
@@ -155,19 +154,11 @@ def _track(context: WorkloadContext, spec: EvalRunSpec, criteria: list[Criterion
            result: dict) -> dict:
     """{"mlflowRunId": id}, or {"trackingError": why}: the results are in the object store either way, so an
     MLflow outage is reported, not a failed run."""
+    from kubeforge_workloads.common.tracking import tracked
     from kubeforge_workloads.evaluate.tracking import log_evaluation
 
-    try:
-        return {"mlflowRunId": log_evaluation(context, spec, criteria, rows, result)}
-    except Exception as error:
-        message = f"could not log the evaluation to MLflow: {type(error).__name__}: {error}"[:300]
-        print(f"kubeforge: {message}", flush=True)
-        return {"trackingError": message}
+    return tracked("the evaluation", lambda: log_evaluation(context, spec, criteria, rows, result))
 
 
 def main() -> None:
-    context = WorkloadContext.from_env()
-    storage = WorkloadStorage(context)
-    started = time.monotonic()
-    run_workload(lambda: run(context, storage), storage.write_failure)
-    print(f"kubeforge: EvalRun finished in {time.monotonic() - started:.1f}s", flush=True)
+    run_entrypoint(run, "EvalRun")

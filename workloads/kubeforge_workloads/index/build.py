@@ -24,9 +24,9 @@ from kubeforge.api.vectorindex import VectorIndexSpec
 from kubeforge.api.workload import WorkloadContext
 from kubeforge.storage.layout import INDEX_CHUNKS_FILE, INDEX_DOCUMENTS_FILE, INDEX_VECTORS_FILE, ResourcePrefix
 from kubeforge_workloads.common.chaos import stall_point
-from kubeforge_workloads.common.errors import UserError, run_workload
+from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.heartbeat import Heartbeat
-from kubeforge_workloads.common.storage import WorkloadStorage, utcnow
+from kubeforge_workloads.common.storage import WorkloadStorage, run_entrypoint, utcnow
 from kubeforge_workloads.index import engine
 from kubeforge_workloads.index.embedding import max_chunk_tokens, model_path
 from kubeforge_workloads.index.partial import FLUSH_SECONDS, PartialChunks, embedded_table, load_partial
@@ -193,15 +193,14 @@ def run(context: WorkloadContext, storage: WorkloadStorage) -> None:
 def _track(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStorage, result: dict) -> dict:
     """The sync's MLflow run: {"mlflowRunId": id}, or {"trackingError": why} when MLflow failed. The version is
     committed by now and serves queries either way, so an MLflow outage is reported, not a failed sync."""
+    from kubeforge_workloads.common.tracking import tracked
     from kubeforge_workloads.index.tracking import log_sync
 
-    try:
+    def log() -> str:
         manifest = read_manifest(storage.store, storage.prefix, result["version"])
-        return {"mlflowRunId": log_sync(context, spec, result, manifest, result["buildSeconds"])}
-    except Exception as error:
-        message = f"could not log the sync to MLflow: {type(error).__name__}: {error}"[:300]
-        print(f"kubeforge: {message}", flush=True)
-        return {"trackingError": message}
+        return log_sync(context, spec, result, manifest, result["buildSeconds"])
+
+    return tracked("the sync", log)
 
 
 def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStorage, heartbeat: Heartbeat,
@@ -454,8 +453,4 @@ def _result(context: WorkloadContext, spec: VectorIndexSpec, manifest: dict, pre
 
 
 def main() -> None:
-    context = WorkloadContext.from_env()
-    storage = WorkloadStorage(context)
-    started = time.monotonic()
-    run_workload(lambda: run(context, storage), storage.write_failure)
-    print(f"kubeforge: VectorIndex sync finished in {time.monotonic() - started:.1f}s", flush=True)
+    run_entrypoint(run, "VectorIndex sync")
