@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from kubeforge.api.trainingjob import TextFormat, TrainingJobSpec
+from kubeforge.api.trainingjob import DatasetFormat, TrainingJobSpec
 from kubeforge.storage.layout import parse_s3_uri
 from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.raytrain import run_train_driver
@@ -16,7 +16,7 @@ def preflight(spec: TrainingJobSpec, storage: WorkloadStorage) -> None:
     if spec.precompute is not None and spec.precompute.enabled:
         raise UserError("spec.precompute is not supported by this workload version yet: remove it (the text is "
                         "tokenized and packed at start-up)")
-    if spec.dataset.format == TextFormat.TOKENIZED_SHARDS:
+    if spec.dataset.format == DatasetFormat.TOKENIZED_SHARDS:
         raise UserError("spec.dataset.format tokenized-shards is not supported by this workload version yet: "
                         "use jsonl-text")
     bucket, key = parse_s3_uri(spec.dataset.uri)
