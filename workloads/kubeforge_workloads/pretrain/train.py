@@ -1,9 +1,13 @@
-"""The per-worker pretraining loop: a plain torch loop (no Trainer) over the global sampler, DDP or FSDP2, a
-scheduled EMA, and checkpoints through the Checkpointer with torch distributed checkpoint (every rank writes its
-own shard files and RNG state; rank 0 writes the manifest last, in the background).
+"""The per-worker training loop of a TrainingJob: a plain torch loop (no Trainer) over the global sampler, DDP or
+FSDP2, a scheduled EMA, and checkpoints through the Checkpointer with torch distributed checkpoint (every rank
+writes its own shard files and RNG state; rank 0 writes the manifest last, in the background).
 
 What a checkpoint restores: model, optimizer (DCP, sharded under FSDP), EMA once started (DCP), every rank's RNG
 state; the learning-rate schedule and the sampler position are functions of the step alone.
+
+`TrainingLoop` is that loop, the same for every task; what a task trains (its data, model, the loss of one
+micro-batch, its tracking parameters and its export) are the methods a task overrides: `Pretraining` for causal
+LMs here, `DiffusionPretraining` (diffusion.py) for latent diffusion U-Nets.
 """
 
 from __future__ import annotations
@@ -39,7 +43,11 @@ def train_loop(config: dict) -> None:
     """Runs in every Ray Train worker; again in a new worker group when Ray Train restarts one in the attempt."""
     with worker_attempt(config) as (context, rank, storage, heartbeat):
         spec = TrainingJobSpec.model_validate(context.spec)
-        Pretraining(context, spec, storage, rank, heartbeat).run()
+        if spec.diffusion:
+            from kubeforge_workloads.pretrain.diffusion import DiffusionPretraining as task
+        else:
+            task = Pretraining
+        task(context, spec, storage, rank, heartbeat).run()
 
 
 def rng_state() -> dict:
@@ -68,7 +76,7 @@ def decoder_layers(model) -> list:
     return [module for module in model.modules() if type(module).__name__.endswith("DecoderLayer")]
 
 
-class Pretraining:
+class TrainingLoop:
     clock = staticmethod(time.time)
     """Step times and goodput's wall time (a test replaces it with a deterministic clock)."""
 
@@ -103,19 +111,11 @@ class Pretraining:
             from ray.train.torch import get_device
 
             self.device = get_device()
-        self.tokenizer = self.load_tokenizer()
-        from kubeforge_workloads.pretrain.data import load_sequences
-
-        self.sequences = load_sequences(spec, self.tokenizer, self.cache, self.storage.store)
-        self.sampler = GlobalSampler(len(self.sequences), training.global_batch_size,
-                                     spec.dataset.shuffle_seed if spec.dataset.shuffle_seed is not None
-                                     else training.seed)
-        self.total_steps = training.max_steps or max(1, int(training.epochs * self.sampler.steps_per_epoch))
+        self.load_data()
+        self.total_steps = self.plan_steps()
         torch.manual_seed(training.seed)
         random.seed(training.seed)
-        model = self.build_model()
-        self.hf_config = model.config
-        self.model = self.wrap(model)
+        self.model = self.wrap(self.build_model())
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=training.learning_rate,
                                            weight_decay=training.weight_decay)
         from transformers import get_scheduler
@@ -125,46 +125,67 @@ class Pretraining:
         self.ema = ScheduledEMA(spec.ema.decay, ema_start_step(self.total_steps, spec.ema.start_fraction)) \
             if spec.ema else None
         start = self.restore()
+        self.prepare(start)
         if self.rank == 0:
             self.start_tracking()
         self.train(start)
         self.finish()
 
-    def load_tokenizer(self):
-        from transformers import AutoTokenizer
+    # what a task defines
+    def load_data(self) -> None:
+        """Read the training data (every rank, before the model is built)."""
+        raise NotImplementedError
 
-        uri, field = ((self.spec.tokenizer.uri, "spec.tokenizer.uri") if self.spec.tokenizer
-                      else (self.spec.model.uri, "spec.model.uri"))
-        tokenizer = AutoTokenizer.from_pretrained(load_model_dir(uri, self.cache / "tokenizer", self.storage.store,
-                                                                 field=field))
-        if tokenizer.eos_token_id is None:
-            raise UserError(f"{field} {uri}: the tokenizer has no end-of-sequence token to separate texts with")
-        return tokenizer
+    def plan_steps(self) -> int:
+        """Optimizer steps of the whole run."""
+        raise NotImplementedError
 
     def build_model(self):
-        from transformers import AutoConfig, AutoModelForCausalLM
+        """The trained module, unwrapped, on the CPU (built after seeding, so its initial weights follow the seed)."""
+        raise NotImplementedError
 
-        source = self.spec.model
-        if source.uri:
-            model_dir = load_model_dir(source.uri, self.cache / "model", self.storage.store, field="spec.model.uri")
-            return AutoModelForCausalLM.from_pretrained(model_dir)
-        fields = dict(source.config or {})
-        model_type = fields.pop("model_type", None)
-        if not model_type:
-            raise UserError("spec.model.config needs model_type (e.g. llama) to build a model from scratch")
-        fields.setdefault("vocab_size", len(self.tokenizer))
-        try:
-            config = AutoConfig.for_model(model_type, **fields)
-        except (ValueError, TypeError) as error:
-            raise UserError(f"spec.model.config is not a valid transformers config: {error}") from error
-        return AutoModelForCausalLM.from_config(config)
+    def sharded_blocks(self, model) -> list:
+        """The repeated blocks FSDP shards one by one."""
+        raise NotImplementedError
+
+    def checkpoint_activations(self, model) -> None:
+        raise NotImplementedError
+
+    def prepare(self, start: int) -> None:
+        """After the restore, before the first step from `start`: the work that needs to know where training
+        resumes (not counted as productive step time)."""
+
+    def micro_batches(self, step: int) -> list:
+        """This rank's micro-batches of global step `step` (0-based), ready for micro_batch_loss."""
+        raise NotImplementedError
+
+    def micro_batch_loss(self, batch, step: int, index: int):
+        """The mean loss of micro-batch `index` of this rank at `step` (inside autocast)."""
+        raise NotImplementedError
+
+    def step_items(self, step: int) -> int:
+        """What one global step processes (tokens, images), for the throughput in the heartbeat."""
+        raise NotImplementedError
+
+    def epoch_at(self, done: int) -> float:
+        raise NotImplementedError
+
+    def tracking_params(self) -> dict:
+        raise NotImplementedError
+
+    def after_checkpoint(self, step: int) -> None:
+        """Collective, on every rank after checkpoint `step` was handed to the background commit."""
+
+    def export(self, model_state: dict, ema_state: Optional[dict]) -> dict:
+        """On rank 0 after training: publish the model; returns what goes into result.json."""
+        raise NotImplementedError
 
     def wrap(self, model):
-        """DDP, or FSDP2 per decoder layer (SHARD_GRAD_OP keeps parameters gathered between forward and
+        """DDP, or FSDP2 per block (SHARD_GRAD_OP keeps parameters gathered between forward and
         backward); NO_SHARD and a single worker need no sharding."""
         parallelism = self.spec.parallelism
         if parallelism.activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.checkpoint_activations(model)
         model.to(self.device)
         sharded = (parallelism.strategy == Strategy.FSDP
                    and parallelism.fsdp_sharding_strategy != FsdpShardingStrategy.NO_SHARD)
@@ -172,7 +193,7 @@ class Pretraining:
             from torch.distributed.fsdp import fully_shard
 
             reshard = parallelism.fsdp_sharding_strategy == FsdpShardingStrategy.FULL_SHARD
-            for layer in decoder_layers(model):
+            for layer in self.sharded_blocks(model):
                 fully_shard(layer, reshard_after_forward=reshard)
             return fully_shard(model, reshard_after_forward=reshard)
         if self.distributed and self.world > 1:
@@ -259,25 +280,18 @@ class Pretraining:
             for older in self.cache.glob("save-*"):
                 if older != local:
                     shutil.rmtree(older, ignore_errors=True)
-            self.checkpointer.save_in_background(step, files_by_rank, local, step / self.sampler.steps_per_epoch,
+            self.checkpointer.save_in_background(step, files_by_rank, local, self.epoch_at(step),
                                                  on_committed=lambda uri: self.beat(last_checkpoint=uri))
         else:
             shutil.rmtree(local, ignore_errors=True)
+        self.after_checkpoint(step)
         self.beat(phase="Training")
 
     # training
     def start_tracking(self) -> None:
         from kubeforge_workloads.common.tracking import MetricsBuffer, start_run
 
-        t = self.spec.training
-        params = {"model": self.spec.model.uri or (self.spec.model.config or {}).get("model_type"),
-                  "strategy": self.spec.parallelism.strategy.value,
-                  "sharding": self.spec.parallelism.fsdp_sharding_strategy.value, "workers": self.world,
-                  "global_batch_size": t.global_batch_size, "micro_batch_size": t.micro_batch_size,
-                  "sequence_length": t.sequence_length, "learning_rate": t.learning_rate,
-                  "scheduler": t.scheduler.value, "warmup_steps": t.warmup_steps, "total_steps": self.total_steps,
-                  "seed": t.seed, "precision": t.precision.value,
-                  "ema_decay": self.spec.ema.decay if self.spec.ema else None, "sequences": len(self.sequences)}
+        params = self.tracking_params()
         remembered = (self.storage.get_json("mlflow_run.json") or {}).get("runId")
         self.run_id = start_run(self.context, params, remembered)
         self.storage.put_json({"runId": self.run_id}, "mlflow_run.json")
@@ -303,10 +317,7 @@ class Pretraining:
         import torch.distributed as dist
 
         training = self.spec.training
-        micro = training.micro_batch_size
-        accumulation = training.global_batch_size // (self.world * micro)
         delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
-        tokens_per_step = training.global_batch_size * training.sequence_length
         self.model.train()
         self.beat(phase="Training", total_steps=self.total_steps)
         self.last_loss = None
@@ -314,10 +325,10 @@ class Pretraining:
             chaos.stall_point()
             started = self.clock()
             local_loss = torch.zeros((), dtype=torch.float64)
-            for ids in self.sampler.micro_batches(step, self.rank, self.world, micro):
-                batch = self.sequences[ids].to(self.device)
+            batches = self.micro_batches(step)
+            for index, batch in enumerate(batches):
                 with self.autocast():
-                    loss = self.model(input_ids=batch, labels=batch).loss / accumulation
+                    loss = self.micro_batch_loss(batch, step, index) / len(batches)
                 loss.backward()
                 local_loss += float(loss.detach())
             if training.gradient_clipping:
@@ -334,7 +345,7 @@ class Pretraining:
             if delay:
                 time.sleep(delay)
             if self.rank == 0:
-                self.step_finished(done, self.clock() - started, tokens_per_step)
+                self.step_finished(done, self.clock() - started, self.step_items(step))
             if done % training.checkpoint_every_steps == 0 or done == self.total_steps:
                 self.save(done)
 
@@ -342,7 +353,7 @@ class Pretraining:
         """On rank 0 after each optimizer step (its checkpoint not yet saved): metrics, goodput, heartbeat."""
         self.metrics.add({"loss": self.last_loss, "learning_rate": self.scheduler.get_last_lr()[0]}, done)
         self.goodput.step_finished(done, seconds)
-        self.beat(step=done, epoch=round(done / self.sampler.steps_per_epoch, 4), loss=self.last_loss,
+        self.beat(step=done, epoch=round(self.epoch_at(done), 4), loss=self.last_loss,
                   throughput=round(tokens / max(seconds, 1e-6), 1), goodput=self.goodput.report())
 
     # output
@@ -368,9 +379,7 @@ class Pretraining:
         self.goodput.close()
         self.beat(phase="Registering")
         self.metrics.flush()
-        from kubeforge_workloads.pretrain.publish import publish
-
-        result = {**publish(self, model_state, ema_state), "resumedFrom": self.resumed_from,
+        result = {**self.export(model_state, ema_state), "resumedFrom": self.resumed_from,
                   "goodput": self.goodput.report().model_dump(by_alias=True, exclude_none=True)}
         self.storage.put_json(result, "result.json")
         import mlflow
@@ -379,3 +388,92 @@ class Pretraining:
         self.beat(phase="Done", step=self.total_steps, goodput=self.goodput.report())
         if self.heartbeat:
             self.heartbeat.beat()
+
+
+class Pretraining(TrainingLoop):
+    """task: causal-lm: a transformers causal LM on packed token sequences."""
+
+    def load_data(self) -> None:
+        from kubeforge_workloads.pretrain.data import load_sequences
+
+        spec, training = self.spec, self.spec.training
+        self.tokenizer = self.load_tokenizer()
+        self.sequences = load_sequences(spec, self.tokenizer, self.cache, self.storage.store)
+        self.sampler = GlobalSampler(len(self.sequences), training.global_batch_size,
+                                     spec.dataset.shuffle_seed if spec.dataset.shuffle_seed is not None
+                                     else training.seed)
+
+    def plan_steps(self) -> int:
+        training = self.spec.training
+        return training.max_steps or max(1, int(training.epochs * self.sampler.steps_per_epoch))
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        uri, field = ((self.spec.tokenizer.uri, "spec.tokenizer.uri") if self.spec.tokenizer
+                      else (self.spec.model.uri, "spec.model.uri"))
+        tokenizer = AutoTokenizer.from_pretrained(load_model_dir(uri, self.cache / "tokenizer", self.storage.store,
+                                                                 field=field))
+        if tokenizer.eos_token_id is None:
+            raise UserError(f"{field} {uri}: the tokenizer has no end-of-sequence token to separate texts with")
+        return tokenizer
+
+    def build_model(self):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        source = self.spec.model
+        if source.uri:
+            model_dir = load_model_dir(source.uri, self.cache / "model", self.storage.store, field="spec.model.uri")
+            model = AutoModelForCausalLM.from_pretrained(model_dir)
+        else:
+            fields = dict(source.config or {})
+            model_type = fields.pop("model_type", None)
+            if not model_type:
+                raise UserError("spec.model.config needs model_type (e.g. llama) to build a model from scratch")
+            fields.setdefault("vocab_size", len(self.tokenizer))
+            try:
+                config = AutoConfig.for_model(model_type, **fields)
+            except (ValueError, TypeError) as error:
+                raise UserError(f"spec.model.config is not a valid transformers config: {error}") from error
+            model = AutoModelForCausalLM.from_config(config)
+        self.hf_config = model.config
+        return model
+
+    def sharded_blocks(self, model) -> list:
+        return decoder_layers(model)
+
+    def checkpoint_activations(self, model) -> None:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def micro_batches(self, step: int) -> list:
+        micro = self.spec.training.micro_batch_size
+        return [self.sequences[ids] for ids in self.sampler.micro_batches(step, self.rank, self.world, micro)]
+
+    def micro_batch_loss(self, batch, step: int, index: int):
+        batch = batch.to(self.device)
+        return self.model(input_ids=batch, labels=batch).loss
+
+    def step_items(self, step: int) -> int:
+        return self.spec.training.global_batch_size * self.spec.training.sequence_length
+
+    def epoch_at(self, done: int) -> float:
+        return done / self.sampler.steps_per_epoch
+
+    def tracking_params(self) -> dict:
+        t = self.spec.training
+        return {"model": self.spec.model.uri or (self.spec.model.config or {}).get("model_type"),
+                "strategy": self.spec.parallelism.strategy.value,
+                "sharding": self.spec.parallelism.fsdp_sharding_strategy.value, "workers": self.world,
+                "global_batch_size": t.global_batch_size, "micro_batch_size": t.micro_batch_size,
+                "sequence_length": t.sequence_length, "learning_rate": t.learning_rate,
+                "scheduler": t.scheduler.value, "warmup_steps": t.warmup_steps, "total_steps": self.total_steps,
+                "seed": t.seed, "precision": t.precision.value,
+                "ema_decay": self.spec.ema.decay if self.spec.ema else None, "sequences": len(self.sequences)}
+
+    def export(self, model_state: dict, ema_state: Optional[dict]) -> dict:
+        from kubeforge_workloads.pretrain.publish import publish, save_hf
+
+        exports = {"model": lambda directory: save_hf(self, model_state, directory)}
+        if ema_state is not None:
+            exports["ema-model"] = lambda directory: save_hf(self, ema_state, directory)
+        return publish(self, exports, ema_artifact="ema-model")
