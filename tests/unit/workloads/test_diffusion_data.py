@@ -1,0 +1,188 @@
+"""The diffusion workload's data side: image-caption pairs from tar shards and Parquet (bad samples skipped and
+named), pixels, the seed's shapes dataset and tiny components, and the latent cache (keyed, computed once, reused)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge_workloads.common.errors import DataError, UserError
+from kubeforge_workloads.common.storage import upload_tree
+from kubeforge_workloads.pretrain.images import pixels, read_pairs
+from kubeforge_workloads.seed.shapes import shape_samples, write_parquet, write_shapes, write_webdataset
+from tests.unit.workloads.conftest import BUCKET
+
+
+def diffusion_spec(uri: str, fmt: str = "webdataset", **changes) -> TrainingJobSpec:
+    spec = {"task": "diffusion",
+            "model": {"unet": {"config": {"sample_size": 4}}, "vae": {"config": {"latent_channels": 4}},
+                      "textEncoder": {"uri": f"s3://{BUCKET}/seed/models/tiny-clip"},
+                      "tokenizer": {"uri": f"s3://{BUCKET}/seed/models/tiny-clip"}},
+            "dataset": {"uri": uri, "format": fmt},
+            "training": {"globalBatchSize": 4, "microBatchSize": 4},
+            "phases": [{"resolution": 32, "steps": 10}],
+            "precompute": {"latents": True, "dtype": "fp16"}}
+    for path, value in changes.items():
+        target = spec
+        *parents, leaf = path.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return TrainingJobSpec.model_validate(spec)
+
+
+def _upload(store, local: Path, prefix: str) -> str:
+    upload_tree(store.client, local, BUCKET, prefix)
+    return f"s3://{BUCKET}/{prefix}"
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return shape_samples(count=12, seed=3)
+
+
+def test_both_formats_give_the_same_pairs_in_the_same_order(object_store, samples, tmp_path):
+    write_webdataset(tmp_path / "wds", samples, shards=3)
+    write_parquet(tmp_path / "pq" / "part-0.parquet", samples[:5])
+    write_parquet(tmp_path / "pq" / "part-1.parquet", samples[5:])
+    from_tars = read_pairs(diffusion_spec(_upload(object_store, tmp_path / "wds", "d/wds/")), object_store,
+                           tmp_path / "c1")
+    from_parquet = read_pairs(diffusion_spec(_upload(object_store, tmp_path / "pq", "d/pq/"), "parquet"),
+                              object_store, tmp_path / "c2")
+    assert from_tars.images == from_parquet.images == [image for image, _ in samples]
+    assert from_tars.captions == from_parquet.captions == [caption for _, caption in samples]
+    assert from_tars.ids[:2] == ["shard-00000.tar/000000", "shard-00000.tar/000001"]
+    assert from_tars.ids[-1] == "shard-00002.tar/000011"
+    assert from_parquet.ids[4:6] == ["part-0.parquet row 4", "part-1.parquet row 0"]
+    assert not from_tars.skipped and not from_parquet.skipped
+
+
+def test_a_single_parquet_file_with_hugging_face_image_structs_and_own_column_names(object_store, samples, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = pa.array([{"bytes": image, "path": None} for image, _ in samples],
+                      type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    pq.write_table(pa.table({"img": images, "text": [caption for _, caption in samples]}), tmp_path / "hf.parquet")
+    object_store.client.upload_file(str(tmp_path / "hf.parquet"), BUCKET, "d/hf.parquet")
+    spec = diffusion_spec(f"s3://{BUCKET}/d/hf.parquet", "parquet", **{"dataset.imageField": "img",
+                                                                       "dataset.captionField": "text"})
+    pairs = read_pairs(spec, object_store, tmp_path / "c")
+    assert pairs.images == [image for image, _ in samples]
+    assert pairs.ids[3] == "hf.parquet row 3"
+
+
+def test_a_missing_column_names_the_spec_field(object_store, samples, tmp_path):
+    write_parquet(tmp_path / "p.parquet", samples, caption_field="text")
+    object_store.client.upload_file(str(tmp_path / "p.parquet"), BUCKET, "d/p.parquet")
+    with pytest.raises(DataError, match=r"p.parquet has no column 'caption' \(spec.dataset.captionField\)"):
+        read_pairs(diffusion_spec(f"s3://{BUCKET}/d/p.parquet", "parquet"), object_store, tmp_path / "c")
+
+
+def _truncated(png: bytes) -> bytes:
+    return png[: len(png) // 2]
+
+
+def test_corrupt_images_and_empty_captions_are_skipped_and_named_in_tars(object_store, samples, tmp_path):
+    bad = list(samples)
+    bad[2] = (_truncated(bad[2][0]), bad[2][1])
+    bad[7] = (bad[7][0], "   ")
+    write_webdataset(tmp_path / "wds", bad, shards=2)
+    # A sample whose caption file is missing, and one whose image is.
+    with tarfile.open(tmp_path / "wds" / "shard-00001.tar", "a") as archive:
+        for name, data in (("extra-a.png", samples[0][0]), ("extra-b.txt", b"a caption without an image")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    pairs = read_pairs(diffusion_spec(_upload(object_store, tmp_path / "wds", "d/bad/")), object_store,
+                       tmp_path / "c")
+    assert pairs.skipped == {"corruptImage": {"count": 1, "examples": ["shard-00000.tar/000002"]},
+                             "emptyCaption": {"count": 1, "examples": ["shard-00001.tar/000007"]},
+                             "missingCaption": {"count": 1, "examples": ["shard-00001.tar/extra-a"]},
+                             "missingImage": {"count": 1, "examples": ["shard-00001.tar/extra-b"]}}
+    assert len(pairs) == len(samples) - 2
+    assert "shard-00000.tar/000002" not in pairs.ids and "shard-00001.tar/000007" not in pairs.ids
+    assert pairs.captions == [caption for index, (_, caption) in enumerate(samples) if index not in (2, 7)]
+    assert "skipped 4 of" in pairs.skipped_summary() and "corruptImage 1 (shard-00000.tar/000002)" in \
+        pairs.skipped_summary()
+
+
+def test_corrupt_images_and_empty_captions_are_skipped_and_named_in_parquet(object_store, samples, tmp_path):
+    bad = list(samples)
+    bad[1] = (b"\x89PNG\r\n\x1a\n not really", bad[1][1])
+    bad[4] = (bad[4][0], "")
+    write_parquet(tmp_path / "pq" / "part-0.parquet", bad)
+    pairs = read_pairs(diffusion_spec(_upload(object_store, tmp_path / "pq", "d/pq/"), "parquet"), object_store,
+                       tmp_path / "c")
+    assert pairs.skipped == {"corruptImage": {"count": 1, "examples": ["part-0.parquet row 1"]},
+                             "emptyCaption": {"count": 1, "examples": ["part-0.parquet row 4"]}}
+    assert len(pairs) == len(samples) - 2
+
+
+def test_examples_are_capped_but_the_count_is_not(object_store, samples, tmp_path):
+    write_parquet(tmp_path / "pq" / "part-0.parquet", [(image, "") for image, _ in samples[:8]] + samples[8:])
+    pairs = read_pairs(diffusion_spec(_upload(object_store, tmp_path / "pq", "d/pq/"), "parquet"), object_store,
+                       tmp_path / "c")
+    assert pairs.skipped["emptyCaption"]["count"] == 8
+    assert pairs.skipped["emptyCaption"]["examples"] == [f"part-0.parquet row {i}" for i in range(5)]
+
+
+def test_nothing_usable_is_a_data_error_naming_the_uri(object_store, samples, tmp_path):
+    write_parquet(tmp_path / "pq" / "part-0.parquet", [(image, " ") for image, _ in samples[:3]])
+    uri = _upload(object_store, tmp_path / "pq", "d/empty/")
+    with pytest.raises(DataError, match=rf"{uri}: no usable image-caption pairs .*emptyCaption 3"):
+        read_pairs(diffusion_spec(uri, "parquet"), object_store, tmp_path / "c")
+
+
+def test_a_prefix_without_shards_is_a_user_error(object_store, tmp_path):
+    object_store.put(BUCKET, "d/none/readme.md", b"no shards here")
+    with pytest.raises(UserError, match=r"s3://kfbucket/d/none/ holds no .tar files \(spec.dataset.uri\)"):
+        read_pairs(diffusion_spec(f"s3://{BUCKET}/d/none/"), object_store, tmp_path / "c")
+
+
+def test_the_fingerprint_follows_the_shards_contents(object_store, samples, tmp_path):
+    write_webdataset(tmp_path / "wds", samples, shards=2)
+    uri = _upload(object_store, tmp_path / "wds", "d/fp/")
+    first = read_pairs(diffusion_spec(uri), object_store, tmp_path / "c1").fingerprint
+    assert read_pairs(diffusion_spec(uri), object_store, tmp_path / "c2").fingerprint == first
+    write_webdataset(tmp_path / "wds", samples[::-1], shards=2)
+    _upload(object_store, tmp_path / "wds", "d/fp/")
+    assert read_pairs(diffusion_spec(uri), object_store, tmp_path / "c3").fingerprint != first
+
+
+def test_pixels_are_rgb_in_minus_one_to_one_short_side_resized_and_centre_cropped():
+    import numpy as np
+    from PIL import Image
+
+    # 40x20 grey-alpha image: left quarter black, the middle white, right quarter black.
+    array = np.zeros((20, 40), dtype=np.uint8)
+    array[:, 10:30] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="L").convert("LA").save(buffer, format="PNG")
+    batch = pixels([buffer.getvalue(), shape_samples(1)[0][0]], 16)
+    assert batch.shape == (2, 3, 16, 16) and batch.dtype.__str__() == "torch.float32"
+    assert batch.min() >= -1.0 and batch.max() <= 1.0
+    # Short side 20 -> 16: the long side becomes 32; the centre crop keeps columns 8..24 of it, which are the
+    # white middle (8..24 of 32 is 10..30 of 40), so the cropped image is white apart from resampling at its edges.
+    assert batch[0, :, :, 2:14].min() > 0.9
+    assert batch[1].min() < 0 < batch[1].max()
+
+
+def test_the_seed_dataset_is_deterministic(tmp_path):
+    first = write_shapes(tmp_path / "a")
+    second = write_shapes(tmp_path / "b")
+    names = sorted(path.name for path in first.iterdir())
+    assert names == ["shard-00000.tar", "shard-00001.tar"]
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    parquet_a = write_shapes(tmp_path / "pa", parquet=True)
+    parquet_b = write_shapes(tmp_path / "pb", parquet=True)
+    assert parquet_a.read_bytes() == parquet_b.read_bytes()
+    samples = shape_samples()
+    assert len(samples) == 64 and len({caption for _, caption in samples}) == 64
+    assert samples[0][1].startswith("a ") and samples[0][1].endswith(" background")
+    assert shape_samples(seed=1) != samples
