@@ -135,11 +135,13 @@ check_endpoint() {
     key="${key%%$'\n'*}"
     auth=(-H "Authorization: Bearer ${key}")
     code="$(curl -sS --retry 15 --retry-connrefused --retry-delay 2 -o /dev/null -w '%{http_code}' \
-      "http://127.0.0.1:${SERVE_LOCAL_PORT}${path}/models")"
+      "http://127.0.0.1:${SERVE_LOCAL_PORT}${path}/models")" \
+      || die "servingendpoint/${name}: nothing answered ${path}/models through port-forward to service/${service}"
     [[ "${code}" == "401" ]] || die "servingendpoint/${name}: /v1/models without an API key answered ${code}, not 401"
   fi
   models="$(curl -fsS --retry 15 --retry-connrefused --retry-delay 2 ${auth[@]+"${auth[@]}"} \
-    "http://127.0.0.1:${SERVE_LOCAL_PORT}${path}/models")"
+    "http://127.0.0.1:${SERVE_LOCAL_PORT}${path}/models")" \
+    || die "servingendpoint/${name}: GET ${path}/models${secret:+ with the first key of Secret ${secret}} failed"
   stop_port_forward
   echo "${models}"
   for adapter in $(kubectl -n "${WORK_NS}" get servingendpoint "${name}" -o jsonpath='{.spec.adapters[*].name}'); do
