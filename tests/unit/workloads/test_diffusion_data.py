@@ -186,3 +186,35 @@ def test_the_seed_dataset_is_deterministic(tmp_path):
     assert len(samples) == 64 and len({caption for _, caption in samples}) == 64
     assert samples[0][1].startswith("a ") and samples[0][1].endswith(" background")
     assert shape_samples(seed=1) != samples
+
+
+def test_tiny_clip_is_deterministic_loads_from_one_directory_and_fits_the_tiny_unet(tmp_path):
+    import hashlib
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from kubeforge_workloads.seed.shapes import (TEXT_MAX_LENGTH, TINY_UNET_CONFIG, TINY_VAE_CONFIG, VAE_DOWNSCALE,
+                                                 all_captions, build_tiny_clip)
+
+    first, second = build_tiny_clip(tmp_path / "a"), build_tiny_clip(tmp_path / "b")
+    for path in sorted(first.iterdir()):
+        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256((second / path.name).read_bytes()).digest()
+    tokenizer, text_encoder = AutoTokenizer.from_pretrained(first), CLIPTextModel.from_pretrained(first)
+    assert type(tokenizer).__name__ == "CLIPTokenizer" and tokenizer.model_max_length == TEXT_MAX_LENGTH
+    caption = "a red circle on a blue background"
+    assert tokenizer.convert_ids_to_tokens(tokenizer(caption)["input_ids"]) == \
+        ["<|startoftext|>", *(word + "</w>" for word in caption.split()), "<|endoftext|>"]
+    assert max(len(tokenizer(text)["input_ids"]) for text in all_captions()) <= TEXT_MAX_LENGTH
+    ids = tokenizer([caption, "an unseen prompt, much longer than any seed caption " * 3], padding="max_length",
+                    max_length=TEXT_MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+    torch.manual_seed(0)
+    vae, unet = AutoencoderKL(**TINY_VAE_CONFIG), UNet2DConditionModel(**TINY_UNET_CONFIG)
+    with torch.no_grad():
+        hidden = text_encoder(ids)[0]
+        latents = vae.encode(torch.zeros(2, 3, 32, 32)).latent_dist.mean
+        assert latents.shape == (2, 4, 32 // VAE_DOWNSCALE, 32 // VAE_DOWNSCALE)
+        assert latents.shape[-1] == unet.config.sample_size
+        noise = unet(latents, torch.tensor([1, 500]), encoder_hidden_states=hidden).sample
+    assert noise.shape == latents.shape and hidden.shape == (2, TEXT_MAX_LENGTH, unet.config.cross_attention_dim)

@@ -1,4 +1,6 @@
-"""`python -m kubeforge_workloads.seed --bucket B [--corpus DIR]`: upload the tiny Llama, datasets and docs, and the
+"""`python -m kubeforge_workloads.seed --bucket B [--corpus DIR]`: upload the tiny Llama, datasets and docs, the tiny
+CLIP text encoder with its tokenizer and the shapes image-caption dataset of task: diffusion (tar shards under
+<prefix>/datasets/shapes/, the same pairs as Parquet under <prefix>/datasets/shapes-parquet/), and the
 documents of a corpus folder (the repo's examples/corpus, which examples/rag-index.yaml indexes) under
 <prefix>/corpus/ and, with --reviews, the reviews table `kubeforge batch` runs over, with --eval the EvalRuns'
 question sets (idempotent)."""
@@ -13,6 +15,7 @@ from kubeforge_workloads.common.storage import upload_files, upload_tree
 from kubeforge_workloads.index.sources import FORMATS
 from kubeforge_workloads.seed.build import build_tiny_llama, write_datasets
 from kubeforge_workloads.seed.docs import DOCS
+from kubeforge_workloads.seed.shapes import build_tiny_clip, write_shapes
 
 
 def main() -> None:
@@ -38,6 +41,12 @@ def main() -> None:
         for name, text in DOCS.items():
             (docs / name).write_text(text + "\n")
         upload_tree(s3, docs, args.bucket, f"{args.prefix}/docs/")
+        clip = build_tiny_clip(root / "tiny-clip")
+        print(f"model: {upload_tree(s3, clip, args.bucket, f'{args.prefix}/models/tiny-clip/')} files")
+        shards = upload_tree(s3, write_shapes(root / "shapes"), args.bucket, f"{args.prefix}/datasets/shapes/")
+        upload_tree(s3, write_shapes(root / "shapes-parquet", parquet=True).parent, args.bucket,
+                    f"{args.prefix}/datasets/shapes-parquet/")
+        print(f"shapes: {shards} tar shards and one Parquet file")
     if args.corpus:
         # Documents only: the folder also holds the script that writes its PDF.
         documents = {f"{args.prefix}/corpus/{path.relative_to(args.corpus).as_posix()}": path
