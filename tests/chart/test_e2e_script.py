@@ -95,7 +95,8 @@ def test_images_are_built_by_build_images_sh_with_the_names_kind_loads():
     built = [c[c.index("-t") + 1] for c in commands]
     assert built == [config()["OPERATOR_IMAGE"], config()["WORKLOADS_IMAGE"]]
     # The CPU variant: kind has no GPU (scripts/build-images.sh builds it without CUDA wheels).
-    assert "RAY_IMAGE=rayproject/ray:2.60.0-py311-cpu" in commands[1]
+    assert {"RAY_IMAGE=rayproject/ray:2.60.0-py311-cpu", "WORKLOAD_EXTRAS=workloads", "CONSTRAINTS=constraints-cpu.txt",
+            "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"} <= set(commands[1])
     assert 'kind load docker-image --name "${CLUSTER}" "${OPERATOR_IMAGE}" "${WORKLOADS_IMAGE}"' in text
     assert 'if [[ "${SKIP_BUILD}" != "1" ]]; then' in text
 
