@@ -85,3 +85,19 @@ def test_index_versions_count_only_with_their_manifest_in_numeric_order():
             ResourcePrefix.for_resource("bucket", "team-a", "VectorIndex", "docs-2").index_manifest_key(12)]
     assert committed_index_versions(prefix, keys) == [9, 10]
     assert index_versions_present(prefix, keys) == [2, 9, 10, 11]
+
+
+def test_the_precompute_cache_is_shared_by_the_bucket_and_outside_every_resource_prefix():
+    from kubeforge.storage.layout import precompute_cache_prefix
+
+    key = "0123456789abcdef" * 4
+    cache = precompute_cache_prefix(key)
+    assert cache == f"_precompute/{key}/"
+    # The same for every resource: nothing of the resource enters the prefix, and no resource's prefix contains it
+    # or is contained in it (deleting a resource's prefix keeps the cache; a namespace cannot be named _precompute).
+    for prefix in (ResourcePrefix.for_resource("bucket", "team-a", "TrainingJob", "sd"),
+                   ResourcePrefix.for_resource("bucket", "precompute", "TrainingJob", "sd")):
+        assert not cache.startswith(prefix.prefix + "/") and not prefix.key("x").startswith(cache)
+    for bad in ("", "../other", "ABCDEF0123456789", "0123456789abcdef/x", "short"):
+        with pytest.raises(ValueError, match="hex digest"):
+            precompute_cache_prefix(bad)

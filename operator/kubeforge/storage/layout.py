@@ -10,6 +10,11 @@
         outputs/index/v-<n>/MANIFEST.json  written last: the version exists only once it does
         outputs/index/v-<n>/partial/...    embedded chunks of an unfinished build of version n, for its retry
         batches/<id>/progress.json         rows done/total of a ServingEndpoint's batch inference run <id>
+
+    s3://<bucket>/_precompute/<cache key>/ inputs a workload computed once (e.g. diffusion latents), keyed by a hash
+        shard files ...                    of everything they depend on; outside every resource's prefix, so later
+        MANIFEST.json                      attempts, re-runs and other resources with the same inputs reuse them;
+                                           written last: the cache exists only once it does
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ INDEX_DOCUMENTS_FILE = "documents.parquet"
 INDEX_VECTORS_FILE = "index.faiss"
 _INDEX_VERSION_DIR = re.compile(r"outputs/index/v-(\d+)/$")
 _INDEX_VERSION_AT_START = re.compile(r"v-(\d+)/")
+PRECOMPUTE_ROOT = "_precompute"
+"""Not a valid namespace name (those start with a letter or digit), so no resource's prefix can collide with it."""
+_CACHE_KEY = re.compile(r"^[0-9a-f]{16,128}$")
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,14 @@ def checkpoint_step_of(uri: Optional[str]) -> Optional[int]:
     resumedFrom hold it); None when there is none."""
     match = _STEP_AT_END.search(uri or "")
     return int(match.group(1)) if match else None
+
+
+def precompute_cache_prefix(cache_key: str) -> str:
+    """The key prefix, in the resource's bucket, of the precomputed inputs with this cache key (a hex digest of what
+    they were computed from); its MANIFEST.json is written last."""
+    if not _CACHE_KEY.match(cache_key):
+        raise ValueError(f"a precompute cache key is a lowercase hex digest, not {cache_key!r}")
+    return f"{PRECOMPUTE_ROOT}/{cache_key}/"
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -218,3 +218,220 @@ def test_tiny_clip_is_deterministic_loads_from_one_directory_and_fits_the_tiny_u
         assert latents.shape[-1] == unet.config.sample_size
         noise = unet(latents, torch.tensor([1, 500]), encoder_hidden_states=hidden).sample
     assert noise.shape == latents.shape and hidden.shape == (2, TEXT_MAX_LENGTH, unet.config.cross_attention_dim)
+
+
+# --- the latent cache -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    """The seed's tiny CLIP (tokenizer and text encoder) and a tiny VAE from its config, seeded."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from kubeforge_workloads.seed.shapes import TINY_VAE_CONFIG, build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**TINY_VAE_CONFIG).eval()
+    return vae, CLIPTextModel.from_pretrained(clip).eval(), AutoTokenizer.from_pretrained(clip)
+
+
+def trainingjob_storage(store, attempt: int, name: str = "sd"):
+    from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
+    from kubeforge_workloads.common.storage import WorkloadStorage
+
+    context = WorkloadContext(kind="TrainingJob", namespace="ns", name=name, uid=f"uid-{name}", generation=1,
+                              attempt=attempt, spec={}, storage=StorageContext(bucket=BUCKET,
+                                                                               prefix=f"ns/TrainingJob/{name}"),
+                              mlflow=MlflowContext(experiment="e", run_name=name))
+    return WorkloadStorage(context, store)
+
+
+class CountingEncode:
+    """Counts calls of vae.encode (set on the instance, so it shadows the method) and passes them on."""
+
+    def __init__(self, vae, monkeypatch):
+        self.calls, self.original = 0, vae.encode
+        monkeypatch.setattr(vae, "encode", self, raising=False)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.original(*args, **kwargs)
+
+
+@pytest.fixture
+def shapes_pairs(object_store, samples, tmp_path):
+    write_webdataset(tmp_path / "wds", samples, shards=2)
+    uri = _upload(object_store, tmp_path / "wds", "seed/datasets/shapes/")
+    return uri, read_pairs(diffusion_spec(uri), object_store, tmp_path / "read")
+
+
+def test_the_cache_key_follows_every_input_and_nothing_else():
+    from kubeforge_workloads.pretrain.latents import cache_key
+
+    uri = f"s3://{BUCKET}/d/"
+    base = cache_key(diffusion_spec(uri), 32, "dataset-1", "encoders-1")
+    assert base == cache_key(diffusion_spec(uri), 32, "dataset-1", "encoders-1")
+    changed = {
+        "resolution": cache_key(diffusion_spec(uri), 64, "dataset-1", "encoders-1"),
+        "dtype": cache_key(diffusion_spec(uri, **{"precompute.dtype": "bf16"}), 32, "dataset-1", "encoders-1"),
+        "dataset contents": cache_key(diffusion_spec(uri), 32, "dataset-2", "encoders-1"),
+        "encoder weights": cache_key(diffusion_spec(uri), 32, "dataset-1", "encoders-2"),
+        "dataset uri": cache_key(diffusion_spec(f"s3://{BUCKET}/e/"), 32, "dataset-1", "encoders-1"),
+        "caption column": cache_key(diffusion_spec(uri, **{"dataset.captionField": "text"}), 32, "dataset-1",
+                                    "encoders-1"),
+        "vae": cache_key(diffusion_spec(uri, **{"model.vae": {"config": {"latent_channels": 8}}}), 32,
+                         "dataset-1", "encoders-1"),
+        "text encoder": cache_key(diffusion_spec(uri, **{"model.textEncoder": {"uri": "s3://kfbucket/other"}}), 32,
+                                  "dataset-1", "encoders-1"),
+        "tokenizer": cache_key(diffusion_spec(uri, **{"model.tokenizer": {"uri": "s3://kfbucket/other"}}), 32,
+                               "dataset-1", "encoders-1"),
+    }
+    assert len(set(changed.values()) | {base}) == len(changed) + 1, changed
+    unrelated = [{"training.learningRate": 0.1}, {"training.seed": 7}, {"dataset.shuffleSeed": 3},
+                 {"model.unet": {"config": {"sample_size": 8}}}, {"phases": [{"resolution": 32, "steps": 99}]},
+                 {"ema": {"decay": 0.99, "startFraction": 0.5}}, {"samples": {"count": 2}},
+                 {"model.noiseScheduler": {"type": "ddim"}}]
+    for change in unrelated:
+        assert cache_key(diffusion_spec(uri, **change), 32, "dataset-1", "encoders-1") == base, change
+    assert len(base) == 64 and int(base, 16) >= 0
+
+
+def test_the_encoders_fingerprint_follows_weights_configs_and_vocabulary(encoders):
+    import copy
+
+    import torch
+
+    from kubeforge_workloads.pretrain.latents import encoders_fingerprint
+
+    vae, text_encoder, tokenizer = encoders
+    base = encoders_fingerprint(vae, text_encoder, tokenizer)
+    assert encoders_fingerprint(copy.deepcopy(vae), copy.deepcopy(text_encoder), tokenizer) == base
+    other_weights = copy.deepcopy(vae)
+    with torch.no_grad():
+        next(other_weights.parameters()).view(-1)[0] += 1e-3
+    other_scale = copy.deepcopy(vae)
+    other_scale.register_to_config(scaling_factor=0.5)
+    other_text = copy.deepcopy(text_encoder)
+    with torch.no_grad():
+        list(other_text.parameters())[-1].view(-1)[0] += 1e-3
+    fingerprints = {encoders_fingerprint(other_weights, text_encoder, tokenizer),
+                    encoders_fingerprint(other_scale, text_encoder, tokenizer),
+                    encoders_fingerprint(vae, other_text, tokenizer)}
+    assert len(fingerprints) == 3 and base not in fingerprints
+
+
+def test_latents_are_computed_once_into_the_bucket_cache_then_reused_without_the_vae(object_store, shapes_pairs,
+                                                                                      encoders, tmp_path,
+                                                                                      monkeypatch):
+    import torch
+
+    from kubeforge.storage.layout import MANIFEST_FILE
+    from kubeforge_workloads.pretrain.latents import PrecomputedInputs, phase_inputs
+
+    uri, pairs = shapes_pairs
+    vae, text_encoder, tokenizer = encoders
+    spec = diffusion_spec(uri)
+    counting = CountingEncode(vae, monkeypatch)
+    barriers = []
+    first = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
+                         tmp_path / "a1", is_writer=True, wait=lambda: barriers.append("attempt 1"), batch_size=5)
+    assert isinstance(first, PrecomputedInputs) and not first.reused
+    assert counting.calls == 3  # 12 samples in batches of 5
+    assert first.uri.startswith(f"s3://{BUCKET}/_precompute/") and barriers == ["attempt 1"]
+    cache_prefix = first.uri[len(f"s3://{BUCKET}/"):]
+    assert sorted(object_store.list(BUCKET, cache_prefix)) == [cache_prefix + MANIFEST_FILE,
+                                                               cache_prefix + "shard-00000.safetensors"]
+    assert first.count == len(pairs) and first.captions == pairs.captions
+    expected = first.batch([0, 5, 11])
+
+    # A later attempt, and another resource with the same inputs: read, not recomputed, the VAE never called.
+    counting.calls = 0
+    for storage in (trainingjob_storage(object_store, 2), trainingjob_storage(object_store, 1, name="sd-copy")):
+        again = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, storage, tmp_path / storage.context.name,
+                             is_writer=True, wait=lambda: barriers.append("later"))
+        assert again.reused and again.uri == first.uri and counting.calls == 0
+        assert again.manifest["createdBy"]["attempt"] == 1 and again.manifest["createdBy"]["name"] == "sd"
+        for name, tensor in again.batch(torch.tensor([0, 5, 11])).items():
+            assert torch.equal(tensor, expected[name]), name
+    assert barriers == ["attempt 1", "later", "later"]
+
+    # Another resolution is another cache entry.
+    other = phase_inputs(spec, 64, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 2),
+                         tmp_path / "r64", is_writer=True, wait=lambda: None)
+    assert not other.reused and other.uri != first.uri
+    assert other.batch([0])["latents"].shape == (1, 4, 16, 16)
+
+
+def test_other_ranks_read_what_the_writer_stored_after_the_barrier(object_store, shapes_pairs, encoders, tmp_path,
+                                                                  monkeypatch):
+    import torch
+
+    from kubeforge_workloads.pretrain.latents import phase_inputs
+
+    uri, pairs = shapes_pairs
+    vae, text_encoder, tokenizer = encoders
+    spec = diffusion_spec(uri)
+    written = {}
+
+    def writer_then_barrier():
+        # The barrier returns once the writer has stored the cache: here, the writer runs inside it.
+        written["writer"] = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer,
+                                         trainingjob_storage(object_store, 1), tmp_path / "rank0", is_writer=True,
+                                         wait=lambda: None)
+
+    counting = CountingEncode(vae, monkeypatch)
+    reader = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
+                          tmp_path / "rank1", is_writer=False, wait=writer_then_barrier)
+    assert counting.calls == 1  # the writer's one batch; the reader encoded nothing
+    assert not reader.reused and reader.uri == written["writer"].uri
+    ids = list(range(len(pairs)))
+    for name, tensor in reader.batch(ids).items():
+        assert torch.equal(tensor, written["writer"].batch(ids)[name]), name
+
+
+def test_a_torn_cache_without_its_manifest_is_recomputed(object_store, shapes_pairs, encoders, tmp_path):
+    from kubeforge.storage.layout import MANIFEST_FILE
+    from kubeforge_workloads.pretrain.latents import phase_inputs
+
+    uri, pairs = shapes_pairs
+    vae, text_encoder, tokenizer = encoders
+    spec = diffusion_spec(uri)
+    first = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
+                         tmp_path / "a1", is_writer=True, wait=lambda: None)
+    cache_prefix = first.uri[len(f"s3://{BUCKET}/"):]
+    object_store.client.delete_object(Bucket=BUCKET, Key=cache_prefix + MANIFEST_FILE)  # the writer died before it
+    again = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 2),
+                         tmp_path / "a2", is_writer=True, wait=lambda: None)
+    assert not again.reused and object_store.get(BUCKET, cache_prefix + MANIFEST_FILE) is not None
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("fp32", 1e-5), ("fp16", 2e-3), ("bf16", 1.6e-2)])
+def test_precomputed_inputs_match_encoding_at_every_batch(object_store, shapes_pairs, encoders, tmp_path, dtype,
+                                                          tolerance):
+    """fp32 differs from encoding in another batch only by the batch's float rounding; fp16 (11 significant bits)
+    and bf16 (8) by one rounding of each value: relative error at most 2^-11 ~ 4.9e-4 and 2^-8 ~ 3.9e-3."""
+    import torch
+
+    from kubeforge_workloads.pretrain.latents import OnTheFlyInputs, phase_inputs
+
+    uri, pairs = shapes_pairs
+    vae, text_encoder, tokenizer = encoders
+    spec = diffusion_spec(uri, **{"precompute.dtype": dtype})
+    cached = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
+                          tmp_path / "c", is_writer=True, wait=lambda: None)
+    live = phase_inputs(diffusion_spec(uri, **{"precompute.latents": False}), 32, pairs, vae, text_encoder, tokenizer,
+                        trainingjob_storage(object_store, 1), tmp_path / "l", is_writer=True,
+                        wait=lambda: pytest.fail("encoding at every batch needs no barrier"))
+    assert isinstance(live, OnTheFlyInputs) and live.uri is None and not live.reused
+    ids = [3, 0, 7, 11]
+    from_cache, from_encoders = cached.batch(ids), live.batch(torch.tensor(ids))
+    for name in ("latents", "encoder_hidden_states"):
+        assert from_cache[name].dtype == from_encoders[name].dtype == torch.float32
+        torch.testing.assert_close(from_cache[name], from_encoders[name], rtol=tolerance, atol=tolerance)
+    assert from_cache["latents"].shape == (4, 4, 8, 8) and from_cache["encoder_hidden_states"].shape == (4, 16, 32)
+    # The latents are scaled: the VAE's raw posterior mean times its scaling factor.
+    with torch.no_grad():
+        raw = vae.encode(pixels([pairs.images[3]], 32)).latent_dist.mean
+    torch.testing.assert_close(from_encoders["latents"][0], raw[0] * vae.config.scaling_factor)
