@@ -175,3 +175,16 @@ def test_a_stage_without_one_kind_fails_the_coverage_test(tmp_path):
     assert stage in text
     planted.write_text(text.replace(stage, ""))
     assert kinds_no_stage_applies(planted) == {"TrainingJob"}
+
+
+def test_seeds_what_the_sandbox_seeds():
+    """Every option `kubeforge dev up` gives the seed (kubeforge.dev.sandbox.seed) is given in the kind run too."""
+    import inspect
+
+    from kubeforge.dev import sandbox
+
+    sandbox_options = set(re.findall(r'"(--[a-z-]+)"', inspect.getsource(sandbox.seed)))
+    assert {"--bucket", "--corpus", "--eval"} <= sandbox_options
+    text = SCRIPT.read_text()
+    command = text[text.index("python -m kubeforge_workloads.seed"):].split("\n\n", 1)[0]
+    assert sandbox_options <= set(re.findall(r"(--[a-z-]+)", command)), command
