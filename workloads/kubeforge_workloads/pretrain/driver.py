@@ -1,5 +1,5 @@
-"""The Ray driver: validate early (fail fast on user errors), then run the pretraining loop under Ray Train
-(common/raytrain.py: heartbeat hand-over, in-job worker restarts, exit codes)."""
+"""The Ray driver: validate early (fail fast on user errors), then run the training loop (causal-lm or diffusion)
+under Ray Train (common/raytrain.py: heartbeat hand-over, in-job worker restarts, exit codes)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,49 @@ from kubeforge_workloads.pretrain.goodput import record_first_start
 
 
 def preflight(spec: TrainingJobSpec, storage: WorkloadStorage) -> None:
-    """Checks that need no worker: what this workload does not do yet, and the data being there."""
-    if spec.precompute is not None and spec.precompute.enabled:
-        raise UserError("spec.precompute is not supported by this workload version yet: remove it (the text is "
-                        "tokenized and packed at start-up)")
-    if spec.dataset.format == DatasetFormat.TOKENIZED_SHARDS:
-        raise UserError("spec.dataset.format tokenized-shards is not supported by this workload version yet: "
-                        "use jsonl-text")
-    bucket, key = parse_s3_uri(spec.dataset.uri)
-    if not any(True for _ in storage.store.list(bucket, key)):
-        raise UserError(f"spec.dataset.uri {spec.dataset.uri} does not exist in the object store")
+    """Checks that need no worker: what this workload does not do yet, and the data and components being there."""
+    if spec.diffusion:
+        diffusion_preflight(spec, storage)
+    else:
+        if spec.precompute is not None and spec.precompute.enabled:
+            raise UserError("spec.precompute is not supported by this workload version yet: remove it (the text is "
+                            "tokenized and packed at start-up)")
+        if spec.dataset.format == DatasetFormat.TOKENIZED_SHARDS:
+            raise UserError("spec.dataset.format tokenized-shards is not supported by this workload version yet: "
+                            "use jsonl-text")
+        bucket, key = parse_s3_uri(spec.dataset.uri)
+        if not any(True for _ in storage.store.list(bucket, key)):
+            raise UserError(f"spec.dataset.uri {spec.dataset.uri} does not exist in the object store")
     record_first_start(storage)  # goodput's wall time counts from the first attempt's driver, not its workers
+
+
+DATASET_SUFFIXES = {DatasetFormat.WEBDATASET: ".tar", DatasetFormat.PARQUET: ".parquet"}
+
+
+def diffusion_preflight(spec: TrainingJobSpec, storage: WorkloadStorage) -> None:
+    from kubeforge_workloads.pretrain.diffusion import component_mismatches
+
+    suffix = DATASET_SUFFIXES[spec.dataset.format]
+    bucket, key = parse_s3_uri(spec.dataset.uri)
+    keys = list(storage.store.list(bucket, key))
+    if not keys:
+        raise UserError(f"spec.dataset.uri {spec.dataset.uri} does not exist in the object store")
+    if not any(name.endswith(suffix) for name in keys):
+        other = next((fmt.value for fmt, ending in DATASET_SUFFIXES.items()
+                      if ending != suffix and any(name.endswith(ending) for name in keys)), None)
+        hint = f"; it holds {other} files: set spec.dataset.format: {other}" if other else ""
+        raise UserError(f"spec.dataset.uri {spec.dataset.uri} holds no {suffix} files for spec.dataset.format "
+                        f"{spec.dataset.format.value}{hint}")
+    model = spec.model
+    for field, uri in (("model.unet.uri", model.unet.uri), ("model.vae.uri", model.vae.uri),
+                       ("model.textEncoder.uri", model.text_encoder.uri), ("model.tokenizer.uri", model.tokenizer.uri)):
+        if uri and uri.startswith("s3://"):
+            component_bucket, component_key = parse_s3_uri(uri)
+            if not any(True for _ in storage.store.list(component_bucket, component_key.rstrip("/") + "/")):
+                raise UserError(f"spec.{field} {uri} does not exist in the object store")
+    problems = component_mismatches(spec)
+    if problems:
+        raise UserError("; ".join(problems))
 
 
 def main() -> None:
