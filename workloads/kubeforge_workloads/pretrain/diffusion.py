@@ -82,19 +82,19 @@ def fit_problems(spec, unet: Optional[dict], vae: Optional[dict], text: Optional
     if unet is not None and vae is not None:
         latent_channels = vae.get("latent_channels", 4)
         if unet.get("in_channels", 4) != latent_channels or unet.get("out_channels", 4) != latent_channels:
-            problems.append(f"model.unet in_channels/out_channels ({unet.get('in_channels', 4)}/"
-                            f"{unet.get('out_channels', 4)}) must equal model.vae latent_channels ({latent_channels})")
+            problems.append(f"spec.model.unet in_channels/out_channels ({unet.get('in_channels', 4)}/"
+                            f"{unet.get('out_channels', 4)}) must equal spec.model.vae latent_channels ({latent_channels})")
         halvings = 2 ** (len(unet.get("down_block_types", (None,) * 4)) - 1)
         factor = vae_downsampling(vae)
         for index, phase in enumerate(spec.phases or []):
             if phase.resolution % (factor * halvings):
-                problems.append(f"phases[{index}].resolution {phase.resolution} gives {phase.resolution // factor}"
-                                f"-pixel latents that model.unet's down blocks cannot halve "
+                problems.append(f"spec.phases[{index}].resolution {phase.resolution} gives {phase.resolution // factor}"
+                                f"-pixel latents that spec.model.unet's down blocks cannot halve "
                                 f"{halvings.bit_length() - 1} times: use a multiple of {factor * halvings}")
     if unet is not None and text is not None:
         cross, hidden = unet.get("cross_attention_dim", 1280), text.get("hidden_size", 512)
         if cross != hidden:
-            problems.append(f"model.unet cross_attention_dim ({cross}) must equal model.textEncoder hidden_size "
+            problems.append(f"spec.model.unet cross_attention_dim ({cross}) must equal spec.model.textEncoder hidden_size "
                             f"({hidden})")
     return problems
 
