@@ -217,3 +217,31 @@ def test_low_precision_norms_normalise_in_the_autocast_dtype():
         group = norms[0](x)
     assert low.dtype == group.dtype == torch.bfloat16  # autocast alone would have run them in float32
     assert torch.allclose(low.float(), full, atol=0.1)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"dataset": {"uri": f"s3://{BUCKET}/seed/datasets/shapes/", "format": "parquet"}},
+     "spec.dataset.uri s3://kfbucket/seed/datasets/shapes/ holds no .parquet files for spec.dataset.format parquet; "
+     "it holds webdataset files: set spec.dataset.format: webdataset"),
+    ({"dataset": {"uri": f"s3://{BUCKET}/seed/datasets/nothing/", "format": "webdataset"}},
+     "spec.dataset.uri s3://kfbucket/seed/datasets/nothing/ does not exist in the object store"),
+    ({"model": {"unet": {"config": {"cross_attention_dim": 64}}, "vae": {"config": {"latent_channels": 4}},
+                "textEncoder": {"config": {"hidden_size": 32}},
+                "tokenizer": {"uri": f"s3://{BUCKET}/seed/models/tiny-clip"}}},
+     "spec.model.unet cross_attention_dim (64) must equal spec.model.textEncoder hidden_size (32)"),
+    ({"model": {"unet": {"config": {}}, "vae": {"config": {}}, "textEncoder": {"config": {}},
+                "tokenizer": {"uri": f"s3://{BUCKET}/seed/models/no-clip"}}},
+     f"spec.model.tokenizer.uri s3://{BUCKET}/seed/models/no-clip does not exist in the object store"),
+], ids=["format", "dataset", "cross-attention", "tokenizer"])
+def test_preflight_names_the_field(runs, changes, message):
+    from kubeforge_workloads.common.errors import UserError
+    from kubeforge_workloads.pretrain.driver import preflight
+
+    the_spec = spec(**changes)
+    context = WorkloadContext(kind="TrainingJob", namespace="ns", name="preflight", uid="uid-preflight",
+                              generation=1, attempt=1, spec=the_spec.model_dump(mode="json", by_alias=True),
+                              storage=StorageContext(bucket=BUCKET, prefix="ns/TrainingJob/preflight"),
+                              mlflow=MlflowContext(experiment="ns/TrainingJob", run_name="preflight"))
+    with pytest.raises(UserError) as raised:
+        preflight(the_spec, WorkloadStorage(context, runs.store))
+    assert str(raised.value) == message
