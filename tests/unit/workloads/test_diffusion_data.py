@@ -320,6 +320,11 @@ def test_the_encoders_fingerprint_follows_weights_configs_and_vocabulary(encoder
                     encoders_fingerprint(other_scale, text_encoder, tokenizer),
                     encoders_fingerprint(vae, other_text, tokenizer)}
     assert len(fingerprints) == 3 and base not in fingerprints
+    # Where an attempt downloaded a component to is not part of it.
+    moved_vae, moved_text = copy.deepcopy(vae), copy.deepcopy(text_encoder)
+    moved_vae.register_to_config(_name_or_path="/tmp/kubeforge-sd-2-0-abc/vae")
+    moved_text.config.name_or_path = "/tmp/kubeforge-sd-2-0-abc/text_encoder"
+    assert encoders_fingerprint(moved_vae, moved_text, tokenizer) == base
 
 
 def test_latents_are_computed_once_into_the_bucket_cache_then_reused_without_the_vae(object_store, shapes_pairs,

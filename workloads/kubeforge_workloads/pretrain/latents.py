@@ -66,8 +66,7 @@ def encoders_fingerprint(vae, text_encoder, tokenizer) -> str:
     digest = hashlib.sha256()
     for module in (vae, text_encoder):
         digest.update(type(module).__name__.encode())
-        digest.update(json.dumps(dict(module.config.to_dict() if hasattr(module.config, "to_dict")
-                                      else module.config), sort_keys=True, default=str).encode())
+        digest.update(json.dumps(_meaningful(module.config), sort_keys=True, default=str).encode())
         for name, tensor in sorted(module.state_dict().items()):
             flat = tensor.detach().to("cpu").contiguous().reshape(-1)
             digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
@@ -81,6 +80,16 @@ def encoders_fingerprint(vae, text_encoder, tokenizer) -> str:
     digest.update(json.dumps(pipeline, sort_keys=True).encode())
     digest.update(str(tokenizer.model_max_length).encode())
     return digest.hexdigest()
+
+
+_BOOKKEEPING_KEYS = ("transformers_version", "name_or_path")
+
+
+def _meaningful(config) -> dict:
+    """A component's config without what says where and by which library version it was loaded (e.g. the
+    attempt's download directory in _name_or_path): those change between attempts, the encoder does not."""
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {key: value for key, value in values.items() if not key.startswith("_") and key not in _BOOKKEEPING_KEYS}
 
 
 def _device_of(module):
