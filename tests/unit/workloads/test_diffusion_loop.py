@@ -183,18 +183,23 @@ def test_exported_pipeline_loads_with_diffusers_and_generates(runs, tmp_path):
     assert any(not torch.equal(p, q) for p, q in zip(ema.parameters(), pipeline.unet.parameters()))
 
 
-@pytest.mark.parametrize("kill_after", [2, 6], ids=["phase-1", "phase-2-in-the-ema-window"])
-def test_resumed_run_is_identical_to_an_uninterrupted_one(runs, kill_after):
-    name = f"killed-{kill_after}"
+def test_two_failures_resume_to_the_uninterrupted_run(runs):
+    """The seed's scenario: killed after a checkpoint in phase 1, then again in phase 2 inside the EMA window."""
+    name = "killed"
     with pytest.raises(Killed):
-        runs.run(name, kill_after=kill_after, samples={"count": 0})
-    resumed = runs.run(name, attempt=2, samples={"count": 0})
+        runs.run(name, kill_after=2, samples={"count": 0})
+    with pytest.raises(Killed):
+        runs.run(name, attempt=2, kill_after=6, samples={"count": 0})
+    second_seen = list(Recorded.seen)
+    last = runs.run(name, attempt=3, samples={"count": 0})
     result = runs.result(name)
-    assert result["resumedFrom"].endswith(f"/checkpoints/step-{kill_after}/")
-    assert resumed.ema.active and resumed.ema.start_step == EMA_START
-    # the resume lands in the right phase: it trains exactly the steps the reference trained after kill_after
-    assert sorted(set(resumed.seen)) == [entry for entry in sorted(set(runs.reference_seen)) if entry[0] >= kill_after]
-    assert all(entry["reused"] for entry in result["latents"]), result["latents"]  # the first attempt's latents, not recomputed
+    assert result["resumedFrom"].endswith("/checkpoints/step-6/")
+    assert last.ema.active and last.ema.start_step == EMA_START
+    # each resume lands in the right phase: it trains exactly the steps (and resolutions) the reference trained
+    reference = sorted(set(runs.reference_seen))
+    assert sorted(set(second_seen)) == [entry for entry in reference if 2 <= entry[0] < 6]
+    assert sorted(set(last.seen)) == [entry for entry in reference if entry[0] >= 6]
+    assert all(entry["reused"] for entry in result["latents"]), result["latents"]  # cached, not recomputed
     assert losses(result["mlflowRunId"]) == losses(runs.result("straight")["mlflowRunId"])  # ==, no tolerance
     assert_same_weights(runs, name)
 

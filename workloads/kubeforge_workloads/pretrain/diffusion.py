@@ -83,7 +83,8 @@ def fit_problems(spec, unet: Optional[dict], vae: Optional[dict], text: Optional
         latent_channels = vae.get("latent_channels", 4)
         if unet.get("in_channels", 4) != latent_channels or unet.get("out_channels", 4) != latent_channels:
             problems.append(f"spec.model.unet in_channels/out_channels ({unet.get('in_channels', 4)}/"
-                            f"{unet.get('out_channels', 4)}) must equal spec.model.vae latent_channels ({latent_channels})")
+                            f"{unet.get('out_channels', 4)}) must equal spec.model.vae latent_channels "
+                            f"({latent_channels})")
         halvings = 2 ** (len(unet.get("down_block_types", (None,) * 4)) - 1)
         factor = vae_downsampling(vae)
         for index, phase in enumerate(spec.phases or []):
@@ -94,8 +95,8 @@ def fit_problems(spec, unet: Optional[dict], vae: Optional[dict], text: Optional
     if unet is not None and text is not None:
         cross, hidden = unet.get("cross_attention_dim", 1280), text.get("hidden_size", 512)
         if cross != hidden:
-            problems.append(f"spec.model.unet cross_attention_dim ({cross}) must equal spec.model.textEncoder hidden_size "
-                            f"({hidden})")
+            problems.append(f"spec.model.unet cross_attention_dim ({cross}) must equal spec.model.textEncoder "
+                            f"hidden_size ({hidden})")
     return problems
 
 
@@ -187,8 +188,8 @@ class DiffusionPretraining(TrainingLoop):
 
         source = self.spec.model.text_encoder
         if source.uri:
-            return self.named_by_source(CLIPTextModel.from_pretrained(
-                self.component_dir(source.uri, "text_encoder", "spec.model.textEncoder.uri")), source.uri)
+            return CLIPTextModel.from_pretrained(self.component_dir(source.uri, "text_encoder",
+                                                                    "spec.model.textEncoder.uri"))
         try:
             config = CLIPTextConfig(**source.config)
         except (TypeError, ValueError) as error:
@@ -201,23 +202,12 @@ class DiffusionPretraining(TrainingLoop):
 
         source = self.spec.model.vae
         if source.uri:
-            return self.named_by_source(AutoencoderKL.from_pretrained(
-                self.component_dir(source.uri, "vae", "spec.model.vae.uri")), source.uri)
+            return AutoencoderKL.from_pretrained(self.component_dir(source.uri, "vae", "spec.model.vae.uri"))
         with self.seeded():
             try:
                 return AutoencoderKL(**source.config)
             except (TypeError, ValueError) as error:
                 raise UserError(f"spec.model.vae.config is not valid for AutoencoderKL: {error}") from error
-
-    @staticmethod
-    def named_by_source(module, uri: str):
-        """A loaded component's config names its URI, not the attempt's temporary download directory: the latent
-        cache key hashes the encoders' configs, and must be the same in every attempt."""
-        if hasattr(module, "register_to_config"):  # diffusers
-            module.register_to_config(_name_or_path=uri)
-        else:
-            module.config.name_or_path = uri
-        return module
 
     def frozen(self, module):
         module.requires_grad_(False)
@@ -242,6 +232,7 @@ class DiffusionPretraining(TrainingLoop):
         if problems:
             raise UserError("; ".join(problems))
         self.unet_config = dict(unet.config)
+        self.unet_parameters = sum(p.numel() for p in unet.parameters())
         if self.spec.low_precision_norms and self.use_gpu:
             use_low_precision_norms(unet)
         return unet
@@ -342,8 +333,7 @@ class DiffusionPretraining(TrainingLoop):
     def tracking_params(self) -> dict:
         t, spec = self.spec.training, self.spec
         return {"task": "diffusion", "unet": spec.model.unet.uri or "config",
-                "unet_parameters": sum(p.numel() for p in self.model.parameters()) * (
-                    self.world if spec.parallelism.strategy.value == "fsdp" else 1),
+                "unet_parameters": self.unet_parameters,
                 "phases": ", ".join(f"{p.resolution}px x {p.steps}" for p in spec.phases),
                 "noise_scheduler": (spec.model.noise_scheduler or NoiseScheduler()).type.value,
                 "prediction_type": self.noise.config.prediction_type,
