@@ -56,11 +56,16 @@ def pack(texts: list[str], tokenizer, sequence_length: int):
 
 
 def load_sequences(spec, tokenizer, cache: Path, store):
+    """spec.dataset (jsonl-text) tokenized and packed here, without a cache."""
     source = spec.dataset.uri
     path = download_uri(store, source, cache / "dataset")
     sequences = pack(read_texts(path, spec.dataset.text_field, source), tokenizer, spec.training.sequence_length)
-    if len(sequences) < spec.training.global_batch_size:
-        raise DataError(f"{source}: {len(sequences)} packed sequences of {spec.training.sequence_length} tokens, "
+    require_one_batch(spec, len(sequences))
+    return sequences
+
+
+def require_one_batch(spec, count: int) -> None:
+    if count < spec.training.global_batch_size:
+        raise DataError(f"{spec.dataset.uri}: {count} packed sequences of {spec.training.sequence_length} tokens, "
                         f"fewer than one global batch (spec.training.globalBatchSize "
                         f"{spec.training.global_batch_size}); add text or lower either")
-    return sequences

@@ -12,20 +12,25 @@ from kubeforge_workloads.pretrain.goodput import record_first_start
 
 
 def preflight(spec: TrainingJobSpec, storage: WorkloadStorage) -> None:
-    """Checks that need no worker: what this workload does not do yet, and the data and components being there."""
+    """Checks that need no worker: the data and components being there."""
     if spec.diffusion:
         diffusion_preflight(spec, storage)
     else:
-        if spec.precompute is not None and spec.precompute.enabled:
-            raise UserError("spec.precompute is not supported by this workload version yet: remove it (the text is "
-                            "tokenized and packed at start-up)")
         if spec.dataset.format == DatasetFormat.TOKENIZED_SHARDS:
-            raise UserError("spec.dataset.format tokenized-shards is not supported by this workload version yet: "
-                            "use jsonl-text")
-        bucket, key = parse_s3_uri(spec.dataset.uri)
-        if not any(True for _ in storage.store.list(bucket, key)):
-            raise UserError(f"spec.dataset.uri {spec.dataset.uri} does not exist in the object store")
+            tokenized_shards_preflight(spec, storage)
+        else:
+            bucket, key = parse_s3_uri(spec.dataset.uri)
+            if not any(True for _ in storage.store.list(bucket, key)):
+                raise UserError(f"spec.dataset.uri {spec.dataset.uri} does not exist in the object store")
     record_first_start(storage)  # goodput's wall time counts from the first attempt's driver, not its workers
+
+
+def tokenized_shards_preflight(spec: TrainingJobSpec, storage: WorkloadStorage) -> None:
+    """The shards' manifest is there (a torn prefix has none) and they were packed for spec.training.sequenceLength."""
+    from kubeforge_workloads.pretrain.precompute import check_sequence_length, read_manifest
+
+    check_sequence_length(spec, read_manifest(storage.store, spec.dataset.uri, "spec.dataset.uri"),
+                          spec.dataset.uri, "spec.dataset.uri")
 
 
 DATASET_SUFFIXES = {DatasetFormat.WEBDATASET: ".tar", DatasetFormat.PARQUET: ".parquet"}

@@ -394,14 +394,24 @@ class Pretraining(TrainingLoop):
     """task: causal-lm: a transformers causal LM on packed token sequences."""
 
     def load_data(self) -> None:
-        from kubeforge_workloads.pretrain.data import load_sequences
+        from kubeforge_workloads.pretrain.precompute import training_sequences
 
         spec, training = self.spec, self.spec.training
         self.tokenizer = self.load_tokenizer()
-        self.sequences = load_sequences(spec, self.tokenizer, self.cache, self.storage.store)
+        self.data = training_sequences(spec, self.tokenizer, self.cache, self.storage, is_writer=self.rank == 0,
+                                       wait=self.barrier)
+        self.sequences = self.data.sequences
+        if self.data.uri:
+            self.beat(message=f"tokenized shards {'reused' if self.data.reused else 'written'}: {self.data.uri}")
         self.sampler = GlobalSampler(len(self.sequences), training.global_batch_size,
                                      spec.dataset.shuffle_seed if spec.dataset.shuffle_seed is not None
                                      else training.seed)
+
+    def barrier(self) -> None:
+        if self.distributed and self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def plan_steps(self) -> int:
         training = self.spec.training
@@ -476,4 +486,5 @@ class Pretraining(TrainingLoop):
         exports = {"model": lambda directory: save_hf(self, model_state, directory)}
         if ema_state is not None:
             exports["ema-model"] = lambda directory: save_hf(self, ema_state, directory)
-        return publish(self, exports, ema_artifact="ema-model")
+        result = publish(self, exports, ema_artifact="ema-model")
+        return {**result, "tokenizedShards": self.data.report()} if self.data.uri else result
