@@ -1,0 +1,376 @@
+"""task: diffusion, the seed's Stable Diffusion 2 recipe on CPU: what precomputed latents, scheduled EMA and
+in-job recovery are worth, measured on the real workload loop (DiffusionPretraining on train.py's TrainingLoop,
+in this process, without Ray: moto S3 in its own process, MLflow on sqlite), in one run.
+
+1. images/s of U-Net training with precomputed latents (PrecomputedInputs: the VAE and text encoder ran once, in
+   prepare(), before the steps) against encoding with the VAE and the text encoder at every step (OnTheFlyInputs,
+   inside the step: micro_batches() encodes). Both run TrainingLoop.train unchanged: the same micro_batch_loss,
+   AdamW step and LR schedule, same batch, resolution, seed and sample order; a step's time is the loop's own
+   (goodput's productive seconds: batch fetch + forward + backward + optimizer + EMA). The first --warmup steps of
+   each run are dropped; the median step of each run, then the median over --repeats runs, alternating the modes
+   so drift on a shared machine hits both. Measured on two model sizes:
+   - "sd2/8": the seed's SD2 shapes with every width divided by 8 (VAE encoder [16,32,64,64] x 2 layers, U-Net
+     [40,80,160,160] x 2 layers with SD2's head counts, a 23-layer CLIP text model of width 128) at 128 px, so the
+     VAE encode weighs against a U-Net step about as SD2's does at 256 px (both scale with width^2 and pixels);
+   - "seed-tiny": the sandbox's TINY_UNET_CONFIG / TINY_VAE_CONFIG / tiny CLIP at 32 px (encoding is nearly free
+     there: the ratio says little, it is printed because the tests train on it).
+2. EMA: ScheduledEMA.update timed on the sd2/8 U-Net (median of many calls) against its precomputed step, and
+   in the loop (precomputed with ema.startFraction 0, i.e. EMA every step, against no EMA); then the run-level
+   cost of EMA every step against the seed's schedule (startFraction 0.965: only the last 3.5 % of the steps).
+3. Goodput with two failures: the sd2/8 recipe (precomputed latents, scheduled EMA, sample grids at every
+   checkpoint) run uninterrupted, and the same run killed twice (an exception raised in the step loop
+   --every/2 steps after a checkpoint, the first and the last one before the end; the dead attempt's
+   in-flight uploads are let finish) and resumed at once as attempts 2 and 3 by new DiffusionPretraining objects
+   (restore from S3, latent cache reused). Goodput is the workload's own (bench/pretrain_goodput.py's definition:
+   productive step seconds / wall seconds since the first attempt started, lost steps not counted). Not included:
+   process start (python + torch import, measured once and printed, and a goodput with it added per attempt),
+   Ray start-up, pod rescheduling and the operator's back-off; those are bench/recovery_time.py's.
+
+Not covered here (no GPU on this machine): bf16 autocast, low-precision norms, FSDP SHARD_GRAD_OP and a >= 100M
+U-Net at 256 px; the issue's cumulative 2.71x table needs a GPU run.
+
+    .venv/bin/python bench/diffusion_recipe.py            # full: about 6-8 min on 2 shared cores
+    .venv/bin/python bench/diffusion_recipe.py --quick    # every row, small sizes, one repeat, goodput on
+                                                          # seed-tiny: a smoke run, its numbers mean little
+    options: --repeats 3 --steps 8 --warmup 2 --goodput-steps 60 --every 10 --threads 1 --json FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO / "operator", REPO / "workloads", Path(__file__).parent):
+    sys.path.insert(0, str(path))
+
+BUCKET = "bench"
+BATCH = 4
+SEED_EMA_START_FRACTION = 0.965
+SEED_STEPS = 1_400_000
+SCALE = 8  # SD2's widths divided by this
+SD2_SCALED_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 8,
+    "block_out_channels": [128 // SCALE, 256 // SCALE, 512 // SCALE, 512 // SCALE],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+SD2_SCALED_TEXT = {"hidden_size": 1024 // SCALE, "layers": 23}
+SD2_SCALED_UNET = {
+    "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "norm_num_groups": 8,
+    "block_out_channels": [320 // SCALE, 640 // SCALE, 1280 // SCALE, 1280 // SCALE],
+    "attention_head_dim": [5, 10, 20, 20],  # SD2's head counts (diffusers' name for them)
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "cross_attention_dim": 1024 // SCALE, "use_linear_projection": True,
+}
+
+
+class Killed(BaseException):
+    """Stands for the worker dying (a BaseException: nothing in the loop catches it)."""
+
+
+def workload_classes():
+    from kubeforge_workloads.pretrain.diffusion import DiffusionPretraining
+
+    class StepTimed(DiffusionPretraining):
+        """The unchanged training loop, without MLflow, checkpoints and export: only the step times are kept."""
+
+        def start_tracking(self) -> None:
+            self.step_seconds = []
+
+        def step_finished(self, done: int, seconds: float, items: int) -> None:
+            self.step_seconds.append(seconds)
+
+        def save(self, step: int) -> None:
+            pass
+
+        def finish(self) -> None:
+            self.checkpointer.close()
+            self.goodput.close()
+
+    class Killable(DiffusionPretraining):
+        """The whole workload; dies `kill_at` steps in when set."""
+        kill_at = 0
+
+        def step_finished(self, done: int, seconds: float, items: int) -> None:
+            super().step_finished(done, seconds, items)
+            if done == self.kill_at:
+                raise Killed()
+
+    return StepTimed, Killable
+
+
+class Bench:
+    def __init__(self, work: Path, args):
+        import boto3
+
+        from finetune_overhead import start_s3_server
+        from kubeforge_workloads.common.storage import upload_tree
+        from kubeforge_workloads.seed.shapes import TEXT_HIDDEN_SIZE, build_tiny_clip, write_shapes
+
+        self.work, self.args = work, args
+        self.server, endpoint = start_s3_server(work)
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                           "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+                           "TOKENIZERS_PARALLELISM": "false"})
+        for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+            os.environ.pop(leftover, None)
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        upload_tree(s3, build_tiny_clip(work / "tiny-clip", hidden_size=TEXT_HIDDEN_SIZE), BUCKET, "clip-tiny/")
+        upload_tree(s3, build_tiny_clip(work / "sd2-clip", **SD2_SCALED_TEXT), BUCKET, "clip-sd2/")
+        upload_tree(s3, write_shapes(work / "shapes", count=32), BUCKET, "shapes/")
+        self.StepTimed, self.Killable = workload_classes()
+
+    def close(self) -> None:
+        self.server.terminate()
+        self.server.wait()
+
+    @staticmethod
+    def spec(model: str, resolution: int, steps: int, precompute: bool, ema_start: float | None,
+             every: int, samples: int = 0):
+        from kubeforge.api.trainingjob import TrainingJobSpec
+        from kubeforge_workloads.seed.shapes import TINY_UNET_CONFIG, TINY_VAE_CONFIG
+
+        unet, vae = (SD2_SCALED_UNET, SD2_SCALED_VAE) if model == "sd2/8" else (TINY_UNET_CONFIG, TINY_VAE_CONFIG)
+        clip = f"s3://{BUCKET}/clip-{'sd2' if model == 'sd2/8' else 'tiny'}"
+        fields = {"task": "diffusion",
+                  "model": {"unet": {"config": unet}, "vae": {"config": vae},
+                            "textEncoder": {"uri": clip}, "tokenizer": {"uri": clip}},
+                  "dataset": {"uri": f"s3://{BUCKET}/shapes/", "format": "webdataset"},
+                  "phases": [{"resolution": resolution, "steps": steps}],
+                  "training": {"globalBatchSize": BATCH, "microBatchSize": BATCH, "learningRate": 1e-4,
+                               "warmupSteps": 1, "scheduler": "constant_with_warmup",
+                               "checkpointEverySteps": every, "keepCheckpoints": 2, "seed": 7},
+                  "samples": {"count": samples, "inferenceSteps": 2},
+                  "output": {"registeredModelName": f"bench-{model.replace('/', '-')}"}}
+        if precompute:
+            fields["precompute"] = {"latents": True, "dtype": "fp16"}
+        if ema_start is not None:
+            fields["ema"] = {"decay": 0.9999, "startFraction": ema_start}
+        return TrainingJobSpec.model_validate(fields)
+
+    def job(self, cls, name: str, spec, attempt: int = 1):
+        from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
+        from kubeforge_workloads.common.storage import WorkloadStorage
+
+        context = WorkloadContext(kind="TrainingJob", namespace="bench", name=name, uid=f"bench-{name}",
+                                  generation=1, attempt=attempt, spec=spec.model_dump(mode="json", by_alias=True),
+                                  storage=StorageContext(bucket=BUCKET, prefix=f"bench/TrainingJob/{name}"),
+                                  mlflow=MlflowContext(experiment="bench", run_name=name,
+                                                       tracking_uri=os.environ["MLFLOW_TRACKING_URI"]))
+        return cls(context, spec, WorkloadStorage(context), rank=0, heartbeat=None)
+
+    def step_seconds(self, name: str, spec) -> float:
+        """Median step seconds of one run, warm-up steps dropped."""
+        job = self.job(self.StepTimed, name, spec)
+        try:
+            job.run()
+        finally:
+            shutil.rmtree(job.cache, ignore_errors=True)
+        return median(job.step_seconds[self.args.warmup:])
+
+    def attempt(self, name: str, spec, attempt: int, kill_at: int = 0):
+        import mlflow
+
+        job = self.job(self.Killable, name, spec, attempt)
+        job.kill_at = kill_at
+        try:
+            job.run()
+        except Killed:
+            # what was already uploading when the worker died is let finish (a kill --every/2 steps after a
+            # checkpoint finds its commit done); nothing else of the attempt runs
+            job.checkpointer.close()
+            if job.goodput._writer is not None:
+                job.goodput._writer.shutdown()
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+            shutil.rmtree(job.cache, ignore_errors=True)
+        return job
+
+    def result(self, name: str) -> dict:
+        from kubeforge.storage.objectstore import S3ObjectStore
+
+        return json.loads(S3ObjectStore().get(BUCKET, f"bench/TrainingJob/{name}/outputs/result.json"))
+
+
+def throughput(bench: Bench, model: str, resolution: int, with_ema: bool) -> dict:
+    """Median step seconds per mode over the repeats, modes alternating within each repeat."""
+    args = bench.args
+    steps = args.warmup + args.steps
+    modes = {"precomputed": (True, None), "on_the_fly": (False, None)}
+    if with_ema:
+        modes["precomputed_ema_every_step"] = (True, 0.0)
+    runs: dict[str, list[float]] = {mode: [] for mode in modes}
+    for repeat in range(args.repeats):
+        order = list(modes.items())
+        for mode, (precompute, ema_start) in order if repeat % 2 == 0 else reversed(order):  # neither always first
+            spec = Bench.spec(model, resolution, steps, precompute, ema_start, every=steps)
+            runs[mode].append(bench.step_seconds(f"{model.replace('/', '-')}-{mode}-{repeat}".replace("_", "-"),
+                                                 spec))
+            print(f"{model} {resolution}px repeat {repeat} {mode}: {runs[mode][-1]:.3f} s/step", file=sys.stderr)
+    return {mode: {"step_s_per_run": [round(v, 4) for v in values], "step_s": round(median(values), 4),
+                   "images_per_s": round(BATCH / median(values), 2)} for mode, values in runs.items()}
+
+
+def ema_update_seconds(model: str, resolution: int, calls: int) -> tuple[float, int]:
+    """Median seconds of one ScheduledEMA.update (a blend, after the first copy) on the model's U-Net."""
+    from diffusers import UNet2DConditionModel
+
+    from kubeforge_workloads.pretrain.ema import ScheduledEMA
+
+    unet = UNet2DConditionModel(**Bench.spec(model, resolution, 1, True, None, 1).model.unet.config)
+    ema = ScheduledEMA(0.9999, start_step=1)
+    ema.update(unet.named_parameters(), 1)
+    times = []
+    for step in range(2, calls + 2):
+        started = time.perf_counter()
+        ema.update(unet.named_parameters(), step)
+        times.append(time.perf_counter() - started)
+    return median(times), sum(p.numel() for p in unet.parameters())
+
+
+def import_seconds() -> float:
+    """What a restarted worker process spends importing the workload before it can start (not in the goodput)."""
+    code = "import torch, diffusers, transformers, kubeforge_workloads.pretrain.diffusion"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "workloads")])}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True)
+    return time.perf_counter() - started
+
+
+def goodput(bench: Bench, model: str, resolution: int) -> dict:
+    """The recipe uninterrupted, then killed twice and resumed twice."""
+    args = bench.args
+    steps, every = args.goodput_steps, args.every
+    spec = Bench.spec(model, resolution, steps, True, SEED_EMA_START_FRACTION, every, samples=2)
+    ema_start = math.ceil(steps * SEED_EMA_START_FRACTION)
+    # each kill --every/2 steps after a checkpoint (the mean loss of a failure at a random time): one after the
+    # first checkpoint, one after the last checkpoint before the end
+    kills = [every + every // 2, (steps - 1) // every * every + every // 2]
+    if not every < kills[0] < kills[1] < steps:
+        sys.exit(f"--goodput-steps {steps} is too short for two kills with checkpoints every {every} steps")
+    started = time.monotonic()
+    bench.attempt("uninterrupted", spec, 1)
+    uninterrupted_wall = time.monotonic() - started
+    walls = []
+    for attempt, kill_at in enumerate([*kills, 0], start=1):
+        started = time.monotonic()
+        bench.attempt("killed", spec, attempt, kill_at=kill_at)
+        walls.append(round(time.monotonic() - started, 1))
+        print(f"goodput attempt {attempt} (kill at step {kill_at or '-'}): {walls[-1]} s", file=sys.stderr)
+    killed = bench.result("killed")
+    if killed.get("resumedFrom") is None or len(killed["goodput"]["recoveries"]) != 2:
+        sys.exit(f"the killed run did not resume twice: {killed.get('goodput')}")
+    straight = bench.result("uninterrupted")["goodput"]
+    return {"model": model, "resolution": resolution, "steps": steps, "checkpoint_every": every, "ema_start_step": ema_start, "kills_at_steps": kills,
+            "uninterrupted": straight, "killed_twice": killed["goodput"], "attempt_walls_s": walls,
+            "uninterrupted_wall_s": round(uninterrupted_wall, 1)}
+
+
+def table(report: dict) -> str:
+    rows = [("metric", "value", "baseline", "ratio", "goal")]
+    for model, measured in report["throughput"].items():
+        pre, fly = measured["precomputed"], measured["on_the_fly"]
+        rows.append((f"{model} images/s precomputed vs on-the-fly", f"{pre['images_per_s']}",
+                     f"{fly['images_per_s']}", f"{pre['images_per_s'] / fly['images_per_s']:.3f}",
+                     "> 1 (speed-up #2)"))
+    ema = report["ema"]
+    rows.append(("sd2/8 step s, EMA every step vs none (in loop)", f"{ema['loop_step_s_ema_every_step']}",
+                 f"{ema['loop_step_s_no_ema']}", f"{ema['loop_step_ratio']:.3f}", "-"))
+    rows.append(("sd2/8 EMA update s vs step s (isolated)", f"{ema['update_s']:.4f}", f"{ema['step_s']}",
+                 f"{ema['update_over_step']:.4f}", "-"))
+    rows.append(("run cost of EMA: scheduled 0.965 vs every step", f"{ema['run_overhead_scheduled']:.5f}",
+                 f"{ema['run_overhead_every_step']:.5f}", f"{ema['scheduled_over_every_step']:.4f}", "~0.035"))
+    good = report["goodput"]
+    two, straight = good["killed_twice"]["ratio"], good["uninterrupted"]["ratio"]
+    run = f"{good['model']} {good['resolution']}px {good['steps']} steps"
+    rows.append((f"goodput ({run}), two failures vs uninterrupted", f"{two}", f"{straight}", f"{two / straight:.3f}",
+                 ">= 0.90 (value)"))
+    rows.append((f"goodput ({run}), two failures + process import per attempt", f"{good['with_process_imports']}", "-",
+                 "-", ">= 0.90 (value)"))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="every row at small sizes, one repeat (about 1 min)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="measured steps per throughput run")
+    parser.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of each throughput run")
+    parser.add_argument("--resolution", type=int, default=128, help="pixels of the sd2/8 runs")
+    parser.add_argument("--goodput-steps", type=int, default=60)
+    parser.add_argument("--every", type=int, default=10, help="checkpoint interval of the goodput runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 shared cores thrash with more)")
+    parser.add_argument("--json", type=Path, help="also write every number to this file")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.steps, args.warmup, args.resolution = 1, 2, 1, 64
+        args.goodput_steps, args.every = 12, 4
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="kubeforge-bench-diffusion-"))
+    os.chdir(work)  # MLflow's artifacts and any stray output stay in the scratch directory
+    bench = Bench(work, args)
+    try:
+        measured = {"sd2/8": throughput(bench, "sd2/8", args.resolution, with_ema=True),
+                    "seed-tiny": throughput(bench, "seed-tiny", 32, with_ema=False)}
+        update_s, unet_parameters = ema_update_seconds("sd2/8", args.resolution, 5 if args.quick else 30)
+        good = goodput(bench, "seed-tiny", 32) if args.quick else goodput(bench, "sd2/8", args.resolution)
+        imports_s = import_seconds()
+    finally:
+        bench.close()
+        os.chdir(REPO)
+        shutil.rmtree(work, ignore_errors=True)
+
+    sd2 = measured["sd2/8"]
+    step_s = sd2["precomputed"]["step_s"]
+    every_step = update_s / step_s
+    scheduled_fraction = 1 - SEED_EMA_START_FRACTION
+    scheduled = every_step * (math.floor(SEED_STEPS * scheduled_fraction) + 1) / SEED_STEPS
+    attempts = len(good["attempt_walls_s"])
+    killed = good["killed_twice"]
+    good["import_s_per_attempt"] = round(imports_s, 2)
+    good["with_process_imports"] = round(killed["productiveSeconds"] /
+                                         (killed["wallSeconds"] + attempts * imports_s), 4)
+    report = {
+        "batch": BATCH, "threads": args.threads, "repeats": args.repeats, "measured_steps": args.steps,
+        "warmup_steps": args.warmup,
+        "configs": {"sd2/8": {"resolution": args.resolution, "unet": SD2_SCALED_UNET, "vae": SD2_SCALED_VAE,
+                              "text_encoder": SD2_SCALED_TEXT, "unet_parameters": unet_parameters},
+                    "seed-tiny": {"resolution": 32, "unet": "TINY_UNET_CONFIG", "vae": "TINY_VAE_CONFIG",
+                                  "text_encoder": "build_tiny_clip defaults"}},
+        "throughput": {model: {mode: values for mode, values in modes.items() if mode != "precomputed_ema_every_step"}
+                       for model, modes in measured.items()},
+        "ema": {"update_s": round(update_s, 5), "step_s": step_s, "update_over_step": round(every_step, 5),
+                "loop_step_s_no_ema": step_s,
+                "loop_step_s_ema_every_step": sd2["precomputed_ema_every_step"]["step_s"],
+                "loop_step_ratio": round(sd2["precomputed_ema_every_step"]["step_s"] / step_s, 4),
+                "run_overhead_every_step": round(every_step, 5), "run_overhead_scheduled": round(scheduled, 6),
+                "scheduled_over_every_step": round(scheduled / every_step, 4),
+                "schedule": f"startFraction {SEED_EMA_START_FRACTION} of {SEED_STEPS} steps"},
+        "goodput": good,
+    }
+    print(table(report))
+    print(json.dumps(report, indent=1), file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
