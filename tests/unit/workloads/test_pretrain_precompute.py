@@ -17,8 +17,8 @@ from kubeforge.storage.layout import MANIFEST_FILE, parse_s3_uri, precompute_cac
 from kubeforge_workloads.common.errors import UserError  # noqa: E402
 from kubeforge_workloads.common.storage import WorkloadStorage, upload_tree  # noqa: E402
 from kubeforge_workloads.pretrain.data import load_sequences  # noqa: E402
-from kubeforge_workloads.pretrain.precompute import (cache_key, dataset_fingerprint, tokenizer_fingerprint,  # noqa: E402
-                                                     training_sequences)
+from kubeforge_workloads.pretrain.precompute import (  # noqa: E402
+    cache_key, dataset_fingerprint, tokenizer_fingerprint, training_sequences)
 from tests.unit.workloads.conftest import BUCKET  # noqa: E402
 
 DATASET = f"s3://{BUCKET}/seed/train.jsonl"
@@ -215,7 +215,8 @@ def test_a_torn_cache_without_its_manifest_is_recomputed(seeded, tokenizer, tmp_
 def test_tokenized_shards_read_a_cache_prefix_and_check_its_sequence_length(seeded, tokenizer, tmp_path):
     first = precomputed(make_spec(), tokenizer, seeded, tmp_path / "a")
     tokenizer.calls = 0
-    shards_spec = make_spec(**{"dataset.uri": first.uri, "dataset.format": "tokenized-shards", "precompute": None})
+    shards_spec = make_spec(**{"dataset.uri": first.uri.rstrip("/"), "dataset.format": "tokenized-shards",
+                               "precompute": None})
     wait = Barrier()
     data = training_sequences(shards_spec, tokenizer, tmp_path / "b", storage_of(seeded, 1, "from-shards"),
                               is_writer=True, wait=wait)

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from kubeforge.storage.layout import MANIFEST_FILE, parse_s3_uri, precompute_cache_prefix
 from kubeforge_workloads.common.errors import DataError, UserError, WorkloadError
-from kubeforge_workloads.common.storage import download_files, upload_files, utcnow
+from kubeforge_workloads.common.storage import download_files, download_uri, upload_files, utcnow
 from kubeforge_workloads.pretrain.data import load_sequences, pack, read_texts, require_one_batch
 
 SHARDS_FORMAT = "kubeforge.tokenized-shards/1"
@@ -143,8 +143,6 @@ def _write(spec, tokenizer, cache: Path, storage, prefix: str, dataset_fp: str, 
     import torch
     from safetensors.torch import save_file
 
-    from kubeforge_workloads.common.storage import download_uri
-
     source, length = spec.dataset.uri, spec.training.sequence_length
     sequences = pack(read_texts(download_uri(storage.store, source, cache / "dataset"), spec.dataset.text_field,
                                 source), tokenizer, length)
@@ -183,10 +181,16 @@ def _require_known_tokens(spec, data: TrainingSequences, tokenizer) -> None:
                         f"{len(tokenizer)} tokens: use the tokenizer the shards were packed with")
 
 
-def read_manifest(store, uri: str, field: str) -> dict:
-    """The manifest of tokenized shards under `uri`; a UserError naming `field` when there is none."""
+def _prefix(uri: str) -> tuple[str, str, str]:
+    """bucket, key prefix ending in / (or empty), and the s3:// URI of that prefix."""
     bucket, key = parse_s3_uri(uri)
     root = key.rstrip("/") + "/" if key.strip("/") else ""
+    return bucket, root, f"s3://{bucket}/{root}"
+
+
+def read_manifest(store, uri: str, field: str) -> dict:
+    """The manifest of tokenized shards under `uri`; a UserError naming `field` when there is none."""
+    bucket, root, base = _prefix(uri)
     raw = store.get(bucket, root + MANIFEST_FILE)
     if raw is None:
         raise UserError(f"{field} {uri} holds no {MANIFEST_FILE}: tokenized-shards reads a prefix that a "
@@ -195,7 +199,7 @@ def read_manifest(store, uri: str, field: str) -> dict:
     try:
         manifest = json.loads(raw)
     except json.JSONDecodeError as error:
-        raise DataError(f"{uri}{MANIFEST_FILE} is not JSON ({error.msg})") from error
+        raise DataError(f"{base}{MANIFEST_FILE} is not JSON ({error.msg})") from error
     if not isinstance(manifest, dict) or manifest.get("format") != SHARDS_FORMAT:
         raise DataError(f"{uri}: {MANIFEST_FILE} is not a {SHARDS_FORMAT} manifest")
     return manifest
@@ -217,19 +221,18 @@ def read_shards(spec, store, uri: str, local: Path, field: str) -> TrainingSeque
     manifest = read_manifest(store, uri, field)
     check_sequence_length(spec, manifest, uri, field)
     length = spec.training.sequence_length
-    bucket, key = parse_s3_uri(uri)
-    root = key.rstrip("/") + "/" if key.strip("/") else ""
+    bucket, root, base = _prefix(uri)
     shards = manifest.get("shards") or []
     download_files(store.client, bucket, {root + shard["file"]: local / shard["file"] for shard in shards})
     parts = []
     for shard in shards:
         tensor = load_file(str(local / shard["file"])).get(TENSOR_NAME)
         if tensor is None or tensor.dim() != 2 or tensor.shape[1] != length or len(tensor) != shard["count"]:
-            raise DataError(f"{uri}{shard['file']} does not hold the [{shard['count']}, {length}] {TENSOR_NAME} "
+            raise DataError(f"{base}{shard['file']} does not hold the [{shard['count']}, {length}] {TENSOR_NAME} "
                             f"its {MANIFEST_FILE} lists")
         parts.append(tensor.to(torch.int64))
     sequences = torch.cat(parts) if parts else torch.empty(0, length, dtype=torch.int64)
     if len(sequences) != manifest.get("count"):
         raise DataError(f"{uri}: its shards hold {len(sequences)} sequences, its {MANIFEST_FILE} says "
                         f"{manifest.get('count')}")
-    return TrainingSequences(sequences, uri=f"s3://{bucket}/{root}", reused=True)
+    return TrainingSequences(sequences, uri=base, reused=True)
