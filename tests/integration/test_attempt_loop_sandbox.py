@@ -1,6 +1,6 @@
-"""Issue 9's acceptance in the sandbox: start and hang detection by what the RayJob does and whether the training
-loop progresses, child names KubeRay accepts for every valid resource name, and a re-created resource that never
-adopts its predecessor's RayJob."""
+"""Issue 9's acceptance in the sandbox: a job waiting to start is not a hang, child names KubeRay accepts for every
+valid resource name, and a re-created resource that never adopts its predecessor's RayJob. (A stalled training loop
+with a live heartbeat is in test_finetune_resilience.py, with the frozen job, on one resource.)"""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import time
 import pytest
 
 from kubeforge.launch.names import LABEL_OWNER_UID
-from tests.integration.test_finetune_resilience import (EVERY, ResourceObjects, apply, chaos, checkpoint_step,
-                                                        finetune, status, wait_final)
+from tests.integration.test_finetune_resilience import apply, finetune, status, wait_final
 
 pytestmark = pytest.mark.slow
 UNSCHEDULABLE = {"gpusPerWorker": 1}  # the sandbox's node has no GPU: the worker pod would stay Pending
@@ -24,7 +23,7 @@ def rayjobs(sandbox, selector: str) -> list[dict]:
 def test_a_job_queued_for_gpus_is_not_a_hang_and_fails_with_start_timeout(sandbox):
     apply(sandbox, finetune("queued", resources=UNSCHEDULABLE,
                             failurePolicy={"hangTimeout": "5s", "startTimeout": "25s", "maxRestarts": 0}))
-    sandbox.wait_for(lambda: (rayjob := sandbox.kubectl("get", "rayjob", "queued-1", "-o", "json", check=False))
+    sandbox.wait_for(lambda: sandbox.kubectl("get", "rayjob", "queued-1", "-o", "json", check=False)
                      .returncode == 0, "the RayJob to be created", timeout=60)
     time.sleep(15)  # three hang timeouts, spent waiting for a GPU
     st = status(sandbox, "queued")
@@ -39,38 +38,6 @@ def test_a_job_queued_for_gpus_is_not_a_hang_and_fails_with_start_timeout(sandbo
     assert "RayJob queued-1 Initializing" in attempt["message"]
     sandbox.wait_for(lambda: sandbox.kubectl("get", "rayjob", "queued-1", check=False).returncode != 0,
                      "the never-started RayJob to be deleted", timeout=60)
-
-
-def test_a_stalled_training_loop_with_a_live_heartbeat_is_detected_as_hang_and_resumed(sandbox):
-    # hangTimeout covers the workload's phases after its first heartbeat (model load among them), which take
-    # tens of seconds on a loaded 2-core machine: 30 s leaves them room
-    apply(sandbox, finetune("stalls", step_delay=0.5, failurePolicy={"hangTimeout": "30s"}))
-    objects = ResourceObjects(sandbox, "stalls")
-    sandbox.wait_for(lambda: checkpoint_step(status(sandbox, "stalls")) >= EVERY, "a first checkpoint", timeout=300)
-    chaos(sandbox, "stall", "stalls-1")
-    stalled_at = time.monotonic()
-    time.sleep(3)  # the step in flight when the stall began may still complete and be reported
-    before = objects.progress()
-    time.sleep(5)
-    during = objects.progress()
-    # the heartbeat thread keeps beating while the step stands still: only progress can reveal this hang
-    assert during.updated_at > before.updated_at and during.step == before.step, (before, during)
-    sandbox.wait_for(lambda: (status(sandbox, "stalls").get("attempts") or [{}])[0].get("reason") == "Hang",
-                     "the stall to be detected as a hang", timeout=60, interval=0.5)
-    detected_after = time.monotonic() - stalled_at
-    # hangTimeout + the heartbeat interval (the last step seen) + one reconcile period and tick, plus slack
-    # for a loaded 2-core machine
-    assert detected_after < 30 + 2 + 1 + 1 + 6, detected_after
-    final = wait_final(sandbox, "stalls")
-    assert final["phase"] == "Succeeded", json.dumps(final, indent=1)
-    assert [a["outcome"] for a in final["attempts"]] == ["Failed", "Succeeded"]
-    assert checkpoint_step_of_attempt(final["attempts"][1]) >= EVERY
-
-
-def checkpoint_step_of_attempt(attempt: dict) -> int:
-    from kubeforge.storage.layout import checkpoint_step_of
-
-    return checkpoint_step_of(attempt.get("resumedFrom")) or 0
 
 
 NAMES = ["n" * 46, "m" * 63, "l" * 120, "7th-run", "team.docs.assistant"]

@@ -41,35 +41,43 @@ def rayjobs_of(sandbox, name: str) -> list[str]:
     return [item["metadata"]["name"] for item in json.loads(out)["items"]]
 
 
-@pytest.mark.parametrize("policy", ["Retain", "Delete"])
-def test_deleting_a_running_finetune_honours_its_deletion_policy(sandbox, policy):
-    name = f"deletion-{policy.lower()}"
-    prefix = ResourcePrefix.for_resource(BUCKET, NAMESPACE, "FineTune", name)
-    sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump(running_finetune(name, policy)))
+def test_deleting_running_finetunes_honours_each_ones_deletion_policy(sandbox):
+    # Both policies run side by side: each resource's outcome is checked on its own prefix, and a Delete that
+    # swept too wide would show on the Retain resource's prefix.
+    names = {policy: f"deletion-{policy.lower()}" for policy in ("Retain", "Delete")}
+    prefixes = {policy: ResourcePrefix.for_resource(BUCKET, NAMESPACE, "FineTune", name)
+                for policy, name in names.items()}
+    for policy, name in names.items():
+        sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump(running_finetune(name, policy)))
 
-    def checkpointed_and_running():
+    def checkpointed_and_running(name):
         status = sandbox.get("ft", name).get("status") or {}
         progress = status.get("progress") or {}
         return status.get("phase") == "Running" and progress.get("lastCheckpoint") and status
 
-    sandbox.wait_for(checkpointed_and_running, f"{name} to run with a committed checkpoint", timeout=400)
-    before = keys_under(sandbox, prefix)
-    assert prefix.progress_key in before and any(key.endswith("/MANIFEST.json") for key in before), before
-    children = rayjobs_of(sandbox, name)
-    assert len(children) == 1
+    before, children = {}, {}
+    for policy, name in names.items():
+        sandbox.wait_for(lambda: checkpointed_and_running(name), f"{name} to run with a committed checkpoint",
+                         timeout=400)
+    for policy, name in names.items():
+        before[policy] = keys_under(sandbox, prefixes[policy])
+        assert prefixes[policy].progress_key in before[policy], before[policy]
+        assert any(key.endswith("/MANIFEST.json") for key in before[policy]), before[policy]
+        children[policy] = rayjobs_of(sandbox, name)
+        assert len(children[policy]) == 1
 
-    sandbox.kubectl("delete", "ft", name, "--timeout=120s", timeout=150)
-    assert sandbox.kubectl("get", "ft", name, check=False).returncode != 0
-    sandbox.wait_for(lambda: not rayjobs_of(sandbox, name), f"{name}'s RayJobs to be deleted", timeout=60)
-    for child in children:
-        assert sandbox.kubectl("get", "rayjob", child, check=False).returncode != 0
+    sandbox.kubectl("delete", "ft", *names.values(), "--timeout=120s", timeout=150)
+    for policy, name in names.items():
+        assert sandbox.kubectl("get", "ft", name, check=False).returncode != 0
+        sandbox.wait_for(lambda: not rayjobs_of(sandbox, name), f"{name}'s RayJobs to be deleted", timeout=60)
+        for child in children[policy]:
+            assert sandbox.kubectl("get", "rayjob", child, check=False).returncode != 0
 
-    if policy == "Retain":
-        assert before <= keys_under(sandbox, prefix)
-    else:
-        deadline = time.monotonic() + 60
-        while (left := keys_under(sandbox, prefix)) and time.monotonic() < deadline:
-            time.sleep(1)
-        assert left == set(), f"left under {prefix.uri()} a minute after the deletion: {sorted(left)}"
-        time.sleep(HEARTBEAT_MARGIN_SECONDS)
-        assert keys_under(sandbox, prefix) == set(), "the stopped workload wrote under the deleted prefix again"
+    deleted = prefixes["Delete"]
+    deadline = time.monotonic() + 60
+    while (left := keys_under(sandbox, deleted)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert left == set(), f"left under {deleted.uri()} a minute after the deletion: {sorted(left)}"
+    time.sleep(HEARTBEAT_MARGIN_SECONDS)
+    assert keys_under(sandbox, deleted) == set(), "the stopped workload wrote under the deleted prefix again"
+    assert before["Retain"] <= keys_under(sandbox, prefixes["Retain"])

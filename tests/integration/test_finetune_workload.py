@@ -1,7 +1,8 @@
 """The FineTune workload run the way a RayJob runs it: `python -m kubeforge_workloads.finetune` with
 KUBEFORGE_CONTEXT, real Ray Train (local head started by the driver), real S3 protocol (moto server),
-real MLflow (sqlite). One uninterrupted 2-worker LoRA run is shared by the result checks and the bit-exact
-resume comparison.
+real MLflow (sqlite). One uninterrupted 2-worker LoRA run is shared by the result checks and the in-attempt worker
+recovery comparison. (A run killed and resumed bit-exactly past a torn checkpoint is checked through the operator in
+test_finetune_resilience.py.)
 """
 
 from __future__ import annotations
@@ -159,55 +160,6 @@ def tensors_from_dir(directory) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(Path(directory) / "adapter_model.safetensors"))
-
-
-def test_killed_run_resumes_bit_exactly_and_skips_torn_checkpoints(workload_env, uninterrupted):
-    env = workload_env
-    name = "killed"
-    prefix = env.prefix(name)
-    manifest_8 = f"{prefix}/checkpoints/step-8/MANIFEST.json"
-
-    def second_checkpoint_committed() -> bool:
-        return bool(env.keys(manifest_8))
-
-    # Steps slowed down in attempt 1 only, so the kill lands between the 2nd and 3rd checkpoint.
-    first = env.run(MODULE, env.context(name, spec()), extra_env={"KUBEFORGE_STEP_DELAY_SECONDS": "1.0"},
-                    kill_when=second_checkpoint_committed)
-    assert first.killed, f"attempt 1 ended by itself ({first.returncode}) before its 2nd checkpoint:\n{first.stderr}"
-    assert not env.keys(f"{prefix}/outputs/result.json")
-
-    # A torn checkpoint: a later step's files with no manifest (as if the upload had died half-way).
-    for key in (f"{prefix}/checkpoints/step-12/adapter_model.safetensors", f"{prefix}/checkpoints/step-12/x.pt"):
-        env.s3.put_object(Bucket=BUCKET, Key=key, Body=b"torn")
-
-    second = env.run(MODULE, env.context(name, spec(), attempt=2))
-    assert_ok(second, "attempt 2")
-    assert "resuming from s3://" in second.stdout + second.stderr
-    result = env.get_json(f"{prefix}/outputs/result.json")
-    assert result["resumedFrom"] == f"s3://{BUCKET}/{prefix}/checkpoints/step-8/"
-    progress = env.get_json(f"{prefix}/progress.json")
-    assert progress["attempt"] == 2 and progress["resumedFrom"].endswith("step-8/") and progress["phase"] == "Done"
-    manifest_12 = env.get_json(f"{prefix}/checkpoints/step-12/MANIFEST.json")
-    assert manifest_12["attempt"] == 2 and "x.pt" not in manifest_12["files"]
-
-    # Bit-exact: per-step losses after the resume point, final loss, final adapter weights, eval loss.
-    reference = losses_by_step(env, "straight")
-    resumed = losses_by_step(env, name)
-    assert sorted(resumed) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
-        assert resumed[step] == reference[step], (step, resumed[step], reference[step])
-    straight_result = env.get_json(f"{env.prefix('straight')}/outputs/result.json")
-    assert result["evalLossAfter"] == straight_result["evalLossAfter"]
-    assert result["evalLossBefore"] == straight_result["evalLossBefore"]
-    import torch
-
-    final = tensors(env, f"{prefix}/outputs/adapter/adapter_model.safetensors")
-    expected = tensors(env, f"{env.prefix('straight')}/outputs/adapter/adapter_model.safetensors")
-    assert final.keys() == expected.keys()
-    max_diff = max((final[k] - expected[k]).abs().max().item() for k in final)
-    assert max_diff == 0.0
-    run = run_of(env, name)
-    assert run.data.tags["kubeforge.attempt"] == "2"  # the same MLflow run, continued
 
 
 def ray_train_workers(driver_pid: int) -> list:

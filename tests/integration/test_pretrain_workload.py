@@ -2,8 +2,8 @@
 KUBEFORGE_CONTEXT, real Ray Train with 2 CPU workers (gloo), real S3 protocol (moto server), real MLflow (sqlite).
 FSDP SHARD_GRAD_OP checkpoints are sharded (one file set per rank) and a run killed after a checkpoint resumes in
 its next attempt to the uninterrupted run's losses, final weights and EMA weights (compared with ==); DDP keeps
-only the last keepCheckpoints checkpoints in the object store; a DDP run killed between checkpoints resumes on one
-worker instead of two and ends within float32 summation-order differences of the uninterrupted run."""
+only the last keepCheckpoints checkpoints in the object store. (Resuming on one worker instead of two is checked
+through the operator in test_trainingjob_resilience.py.)"""
 
 from __future__ import annotations
 
@@ -148,53 +148,9 @@ def test_ddp_trains_registers_and_keeps_the_last_checkpoints(workload_env, ddp_r
         model = AutoModelForCausalLM.from_pretrained(load_model_dir(uri, env.tmp / uri.replace("/", "_"), None))
         assert model.config.model_type == "llama"
 
-
-SHRUNK_TOLERANCE = 1e-5
 """Largest absolute difference allowed, after a resume on 1 worker instead of 2, on per-step losses (about 4 to 9)
 and on weights. Each step reads the same sample ids whatever the worker count (the sampler's contract, tested in
 tests/unit/workloads/test_pretrain_sampler_ema.py), but one worker sums 4 micro-batch gradients where two sum 2
 each and all-reduce: float32 summation order differs in the last bits, which AdamW carries into the weights.
 Measured: 1.2e-7 on losses and weights after 6 steps on one worker; 1e-5 leaves ~100x room and stays far below
 a skipped or repeated batch (which moves the loss by 1e-2 or more)."""
-
-
-def test_ddp_killed_between_checkpoints_resumes_on_one_worker(workload_env, ddp_run):
-    env = workload_env
-    reference_result, reference = ddp_run
-    name = "ddp-shrinks"
-    two = spec(parallelism={"strategy": "ddp"}, output={"registeredModelName": "tiny-shrinks"})
-    one = spec(parallelism={"strategy": "ddp"}, output={"registeredModelName": "tiny-shrinks"},
-               resources={"workers": 1, "cpusPerWorker": 1})
-
-    def past_a_checkpoint() -> bool:  # between two checkpoints: what it trained since the last one is lost
-        progress = env.get_json(f"{prefix(name)}/progress.json") or {}
-        return progress.get("step", 0) >= EVERY + 1 and bool(committed(env, name))
-
-    first = env.run(MODULE, context(name, two), extra_env={"KUBEFORGE_STEP_DELAY_SECONDS": "2.0"},
-                    kill_when=past_a_checkpoint, timeout=420)
-    assert first.killed, f"attempt 1 ended by itself ({first.returncode}):\n{first.stderr[-3000:]}"
-    seen_at_kill = committed(env, name)[-1]
-    second = env.run(MODULE, context(name, one, attempt=2), timeout=420)
-    assert_ok(second, "attempt 2 on one worker")
-    result = env.get_json(f"{prefix(name)}/outputs/result.json")
-    # a checkpoint upload in flight when the kill landed may still have committed: the resume takes the newest
-    newest = int(result["resumedFrom"].rstrip("/").rsplit("step-", 1)[1])
-    assert seen_at_kill <= newest < STEPS, (seen_at_kill, result["resumedFrom"])
-    manifest = env.get_json(f"{prefix(name)}/checkpoints/step-{STEPS}/MANIFEST.json")
-    assert set(manifest["filesByRank"]) == {"0"}  # trained on one worker after the resume
-
-    curve = losses(env, result["mlflowRunId"])
-    assert sorted(curve) == list(range(1, STEPS + 1))
-    assert {s: curve[s] for s in range(1, newest + 1)} == {s: reference[s] for s in range(1, newest + 1)}
-    after = max(abs(curve[s] - reference[s]) for s in range(newest + 1, STEPS + 1))
-    worst = {}
-    for artifact in ("model", "ema-model"):
-        got = weights(env, f"{prefix(name)}/outputs/{artifact}/model.safetensors")
-        expected = weights(env, f"{prefix('ddp')}/outputs/{artifact}/model.safetensors")
-        assert got.keys() == expected.keys()
-        worst[artifact] = max(float((got[key] - expected[key]).abs().max()) for key in got)
-    print(f"2 -> 1 workers, resumed at step {newest}: max |loss diff| {after:.2e}, max |weight diff| {worst}")
-    assert after <= SHRUNK_TOLERANCE and max(worst.values()) <= SHRUNK_TOLERANCE, (after, worst)
-    [recovery] = result["goodput"]["recoveries"]
-    assert (recovery["attempt"], recovery["resumedAtStep"]) == (2, newest)
-    assert recovery["stepsLost"] >= (1 if newest == seen_at_kill else 0)  # a late commit may have saved them all

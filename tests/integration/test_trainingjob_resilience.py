@@ -1,5 +1,6 @@
-"""TrainingJob failures in the sandbox (issue 11), against one uninterrupted run of the shipped example (2 DDP
-workers, 20 steps, checkpoints every 5, EMA from step 10): killed twice (mid-epoch, then in the EMA phase), it
+"""TrainingJob failures in the sandbox (issue 11), against one uninterrupted run of the shipped example applied as a
+user applies it (2 DDP workers, 20 steps, checkpoints every 5, EMA from step 10; it registers its model and EMA
+model): killed twice (mid-epoch, then in the EMA phase), it
 reaches Succeeded after exactly two restarts, each attempt resumed from the newest checkpoint the killed one
 committed (no step trained twice beyond what it trained after that checkpoint), with per-step losses, final and EMA
 weights == the uninterrupted run's.
@@ -28,6 +29,11 @@ pytestmark = pytest.mark.slow
 EXAMPLE = yaml.safe_load((REPO_ROOT / "examples" / "trainingjob.yaml").read_text())
 STEPS, EVERY = EXAMPLE["spec"]["training"]["maxSteps"], EXAMPLE["spec"]["training"]["checkpointEverySteps"]
 EMA_START = 10  # ema.startFraction 0.5 of 20 steps
+STEADY = EXAMPLE["metadata"]["name"]  # the uninterrupted reference: the example file itself
+
+
+def apply_example(sandbox) -> None:
+    sandbox.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "trainingjob.yaml"))
 
 
 def trainingjob(name: str, step_delay: float = 0.0) -> dict:
@@ -101,7 +107,7 @@ def step_losses(sandbox, name: str) -> dict[int, float]:
 
 def test_killed_twice_succeeds_after_two_restarts_with_the_same_losses_and_weights(sandbox):
     name = "tj-twice"
-    apply(sandbox, trainingjob("tj-steady"))  # the reference, alongside
+    apply_example(sandbox)  # the reference, alongside
     apply(sandbox, trainingjob(name, step_delay=1.0))
     objects = Objects(sandbox, name)
     newest_at_failure = []
@@ -123,9 +129,13 @@ def test_killed_twice_succeeds_after_two_restarts_with_the_same_losses_and_weigh
     assert [checkpoint_step_of(a.get("resumedFrom")) for a in attempts[1:]] == newest_at_failure, \
         json.dumps(attempts, indent=1)
     assert newest_at_failure[1] >= EMA_START
-    steady_final = wait_final(sandbox, "tj-steady")
+    steady_final = wait_final(sandbox, STEADY)
     assert steady_final["phase"] == "Succeeded" and len(steady_final["attempts"]) == 1
-    reference, steady = step_losses(sandbox, "tj-steady"), Objects(sandbox, "tj-steady")
+    output = steady_final["output"]
+    assert output["steps"] == STEPS and output["registeredModelName"] == STEADY
+    assert output["registeredEmaModelName"] == f"{STEADY}-ema" and output["emaModelUri"].startswith("s3://")
+    assert steady_final["progress"]["summary"] == f"{STEPS}/{STEPS} (100%)"
+    reference, steady = step_losses(sandbox, STEADY), Objects(sandbox, STEADY)
     assert sorted(reference) == list(range(1, STEPS + 1))
     assert step_losses(sandbox, name) == reference  # exact equality, not a tolerance
     for artifact in ("model", "ema-model"):
@@ -148,7 +158,7 @@ def test_killed_twice_succeeds_after_two_restarts_with_the_same_losses_and_weigh
 
 def test_after_a_lost_node_a_user_shrinks_it_to_one_worker_and_it_resumes_with_the_same_losses(sandbox):
     name = "tj-shrunk"
-    apply(sandbox, trainingjob("tj-steady"))  # the reference (unchanged if the test above applied it)
+    apply_example(sandbox)  # the reference (unchanged if the test above applied it)
     apply(sandbox, trainingjob(name, step_delay=1.0))
     objects = Objects(sandbox, name)
     sandbox.wait_for(lambda: objects.reached(1, EVERY + 2, EVERY), f"{name}: past its first checkpoint",
@@ -167,10 +177,19 @@ def test_after_a_lost_node_a_user_shrinks_it_to_one_worker_and_it_resumes_with_t
     assert final["phase"] == "Succeeded", json.dumps(final, indent=1)
     assert [a["outcome"] for a in final["attempts"]] == ["Failed", "Succeeded"]
     assert checkpoint_step_of(final["attempts"][1].get("resumedFrom")) == resumed_from
-    assert wait_final(sandbox, "tj-steady")["phase"] == "Succeeded"
-    reference, losses = step_losses(sandbox, "tj-steady"), step_losses(sandbox, name)
+    assert wait_final(sandbox, STEADY)["phase"] == "Succeeded"
+    reference, losses = step_losses(sandbox, STEADY), step_losses(sandbox, name)
     assert sorted(losses) == sorted(reference) == list(range(1, STEPS + 1))
     # Up to the resume the same workers computed the same steps; after it one worker accumulates what two
     # computed side by side, equal up to the order of floating-point sums.
     assert all(losses[step] == reference[step] for step in range(1, resumed_from + 1))
     assert max(abs(losses[step] - reference[step]) for step in reference) < 1e-5
+    last = json.loads(objects.store.get(objects.prefix.bucket, objects.prefix.manifest_key(STEPS)))
+    assert set(last["filesByRank"]) == {"0"}  # trained on one worker after the resume
+    steady = Objects(sandbox, STEADY)
+    for artifact in ("model", "ema-model"):
+        got, expected = objects.weights(artifact), steady.weights(artifact)
+        assert got.keys() == expected.keys()
+        assert max(float((got[key] - expected[key]).abs().max()) for key in got) < 1e-5, artifact
+    [recovery] = objects.json("result.json")["goodput"]["recoveries"]
+    assert (recovery["attempt"], recovery["resumedAtStep"]) == (2, resumed_from)
