@@ -60,6 +60,17 @@ def test_a_training_job_publishes_its_model_and_ema_model():
     assert obj["status"]["output"] == {"modelUri": "s3://b/m", "emaModelUri": "s3://b/e", "steps": 10}
 
 
+def test_a_diffusion_training_job_shows_what_it_skipped_and_which_latent_caches_it_used():
+    kind = TrainingJobKind()
+    plan, obj = step(kind, resource("TrainingJob", TRAINING))
+    skipped = {"corruptImage": {"count": 1, "examples": ["shard-00001.tar/000012: cannot identify image file"]}}
+    latents = [{"resolution": 32, "uri": "s3://b/_precompute/ab12/", "reused": True}]
+    plan, obj = finish(kind, obj, {"modelUri": "s3://b/pipeline", "steps": 8, "skipped": skipped,
+                                   "latents": latents, "notForStatus": 1})
+    assert obj["status"]["output"] == {"modelUri": "s3://b/pipeline", "steps": 8, "skipped": skipped,
+                                       "latents": latents}
+
+
 def test_a_training_jobs_goodput_is_shown_while_it_runs_and_its_final_account_on_success():
     from kubeforge.storage.progress import Progress
 

@@ -9,7 +9,9 @@ from kubeforge.controllers.batch import KindBase
 
 OUTPUT_KEYS = ("modelUri", "emaModelUri", "registeredModelName", "registeredModelVersion", "registeredModelUri",
                "registeredEmaModelName", "registeredEmaModelVersion", "registeredEmaModelUri", "steps", "finalLoss",
-               "mlflowRunId")
+               "mlflowRunId", "skipped", "latents")
+"""What status.output shows of the workload's result; diffusion adds the image-caption pairs it skipped (by cause,
+with shard and row) and each phase's latent cache (uri, and whether this run reused it)."""
 
 
 class TrainingJobKind(KindBase):
