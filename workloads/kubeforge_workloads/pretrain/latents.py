@@ -19,7 +19,8 @@ from typing import Callable, Optional, Sequence
 
 from kubeforge.storage.layout import MANIFEST_FILE, precompute_cache_prefix
 from kubeforge_workloads.common.errors import WorkloadError
-from kubeforge_workloads.common.storage import download_files, upload_files, utcnow
+from kubeforge_workloads.common.storage import download_files, utcnow
+from kubeforge_workloads.pretrain.cache import cache_digest, commit, created_by, tokenizer_pipeline
 from kubeforge_workloads.pretrain.images import ImagePairs, pixels
 
 CACHE_FORMAT = 1
@@ -49,9 +50,7 @@ def cache_inputs(spec, resolution: int, dataset_fingerprint: str, encoders_finge
 
 def cache_key(spec, resolution: int, dataset_fingerprint: str, encoders_fingerprint: str) -> str:
     """sha256 hex of the canonical JSON of cache_inputs: equal inputs, equal key, on every machine."""
-    canonical = json.dumps(cache_inputs(spec, resolution, dataset_fingerprint, encoders_fingerprint),
-                           sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return cache_digest(cache_inputs(spec, resolution, dataset_fingerprint, encoders_fingerprint))
 
 
 def stored_dtype_name(spec) -> str:
@@ -71,13 +70,7 @@ def encoders_fingerprint(vae, text_encoder, tokenizer) -> str:
             flat = tensor.detach().to("cpu").contiguous().reshape(-1)
             digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(flat.view(torch.uint8).numpy().tobytes())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        # Without the padding and truncation the last call left behind: they are state, not the tokenizer.
-        pipeline = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
-    else:
-        pipeline = sorted(tokenizer.get_vocab().items())
-    digest.update(json.dumps(pipeline, sort_keys=True).encode())
+    digest.update(json.dumps(tokenizer_pipeline(tokenizer), sort_keys=True).encode())
     digest.update(str(tokenizer.model_max_length).encode())
     return digest.hexdigest()
 
@@ -245,16 +238,13 @@ def _compute(spec, resolution, pairs, vae, text_encoder, tokenizer, encoders: st
                    "encoder_hidden_states": all_hidden[start:stop].contiguous()}, str(local / name))
         shards.append({"file": name, "count": stop - start, "firstId": pairs.ids[start]})
         files[prefix + name] = local / name
-    upload_files(storage.store.client, storage.prefix.bucket, files)
-    context = storage.context
     manifest = {"key": prefix.rstrip("/").rsplit("/", 1)[-1],
                 "inputs": cache_inputs(spec, resolution, pairs.fingerprint, encoders),
                 "count": len(pairs), "dtype": stored_dtype_name(spec), "resolution": resolution,
                 "latentShape": list(all_latents.shape[1:]), "hiddenShape": list(all_hidden.shape[1:]),
                 "shards": shards, "skipped": pairs.skipped, "created": utcnow(),
-                "createdBy": {"kind": context.kind, "namespace": context.namespace, "name": context.name,
-                              "uid": context.uid, "attempt": context.attempt}}
-    storage.store.put(storage.prefix.bucket, prefix + MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+                "createdBy": created_by(storage.context)}
+    commit(storage, prefix, files, manifest)
     return all_latents, all_hidden, manifest
 
 

@@ -22,7 +22,8 @@ from typing import Callable, Optional
 
 from kubeforge.storage.layout import MANIFEST_FILE, parse_s3_uri, precompute_cache_prefix
 from kubeforge_workloads.common.errors import DataError, UserError, WorkloadError
-from kubeforge_workloads.common.storage import download_files, download_uri, upload_files, utcnow
+from kubeforge_workloads.common.storage import download_files, download_uri, utcnow
+from kubeforge_workloads.pretrain.cache import cache_digest, commit, created_by, tokenizer_pipeline
 from kubeforge_workloads.pretrain.data import load_sequences, pack, read_texts, require_one_batch
 
 SHARDS_FORMAT = "kubeforge.tokenized-shards/1"
@@ -54,13 +55,7 @@ def _value(field):
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of what decides the token ids: the tokenizer pipeline (vocabulary, merges, normalizer, added tokens)
     and the end-of-sequence id that separates texts."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        # Without the padding and truncation the last call left behind: they are state, not the tokenizer.
-        pipeline = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
-    else:
-        pipeline = sorted(tokenizer.get_vocab().items())
-    digest = hashlib.sha256(json.dumps(pipeline, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(tokenizer_pipeline(tokenizer), sort_keys=True).encode())
     digest.update(f"eos={tokenizer.eos_token_id}".encode())
     return digest.hexdigest()
 
@@ -94,9 +89,8 @@ def cache_inputs(spec, dataset_fp: str, tokenizer_fp: str) -> dict:
 
 
 def cache_key(spec, dataset_fp: str, tokenizer_fp: str) -> str:
-    """sha256 hex of the canonical JSON of cache_inputs: equal inputs, equal key, on every machine."""
-    canonical = json.dumps(cache_inputs(spec, dataset_fp, tokenizer_fp), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """The cache key: equal inputs, equal key, on every machine."""
+    return cache_digest(cache_inputs(spec, dataset_fp, tokenizer_fp))
 
 
 def training_sequences(spec, tokenizer, cache: Path, storage, *, is_writer: bool,
@@ -157,17 +151,13 @@ def _write(spec, tokenizer, cache: Path, storage, prefix: str, dataset_fp: str, 
         save_file({TENSOR_NAME: part}, str(local / name))
         shards.append({"file": name, "count": len(part)})
         files[prefix + name] = local / name
-    bucket = storage.prefix.bucket
-    upload_files(storage.store.client, bucket, files)
-    context = storage.context
     manifest = {"format": SHARDS_FORMAT, "key": cache_key(spec, dataset_fp, tokenizer_fp),
                 "inputs": cache_inputs(spec, dataset_fp, tokenizer_fp),
                 "count": len(sequences), "sequenceLength": length, "dtype": str(stored.dtype).removeprefix("torch."),
                 "tokenizer": tokenizer_fp, "eosTokenId": tokenizer.eos_token_id, "vocabSize": len(tokenizer),
                 "dataset": {"uri": source, "fingerprint": dataset_fp}, "shards": shards, "created": utcnow(),
-                "createdBy": {"kind": context.kind, "namespace": context.namespace, "name": context.name,
-                              "uid": context.uid, "attempt": context.attempt}}
-    storage.store.put(bucket, prefix + MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+                "createdBy": created_by(storage.context)}
+    commit(storage, prefix, files, manifest)
     return sequences
 
 
