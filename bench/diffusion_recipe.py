@@ -38,6 +38,7 @@ U-Net at 256 px; the issue's cumulative 2.71x table needs a GPU run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -307,7 +308,7 @@ def table(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="every row at small sizes, one repeat (about 1 min)")
+    parser.add_argument("--quick", action="store_true", help="every row at small sizes, one repeat (under a minute)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6, help="measured steps per throughput run")
     parser.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of each throughput run")
@@ -326,6 +327,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="kubeforge-bench-diffusion-"))
     os.chdir(work)  # MLflow's artifacts and any stray output stay in the scratch directory
+    stdout = contextlib.redirect_stdout(sys.stderr)  # the workload's own prints; stdout is the table's
+    stdout.__enter__()
     bench = Bench(work, args)
     try:
         measured = {"sd2/8": throughput(bench, "sd2/8", args.resolution, with_ema=True),
@@ -337,6 +340,7 @@ def main() -> None:
         bench.close()
         os.chdir(REPO)
         shutil.rmtree(work, ignore_errors=True)
+        stdout.__exit__(None, None, None)
 
     sd2 = measured["sd2/8"]
     step_s = sd2["precomputed"]["step_s"]
