@@ -269,12 +269,6 @@ class DiffusionPretraining(TrainingLoop):
             self.inputs[index] = inputs
         self.beat(message=self.data_summary())
 
-    def barrier(self) -> None:
-        if self.distributed and self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
     def latents_report(self) -> list[dict]:
         return [{"resolution": self.spec.phases[index].resolution, "uri": inputs.uri, "reused": inputs.reused}
                 for index, inputs in sorted(self.inputs.items())]

@@ -99,6 +99,13 @@ class TrainingLoop:
         if self.heartbeat:
             self.heartbeat.update(**fields)
 
+    def barrier(self) -> None:
+        """Every rank waits here (a no-op on one worker), e.g. while rank 0 writes a precompute cache."""
+        if self.distributed and self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     # set-up
     def run(self) -> None:
         import torch
@@ -406,12 +413,6 @@ class Pretraining(TrainingLoop):
         self.sampler = GlobalSampler(len(self.sequences), training.global_batch_size,
                                      spec.dataset.shuffle_seed if spec.dataset.shuffle_seed is not None
                                      else training.seed)
-
-    def barrier(self) -> None:
-        if self.distributed and self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
 
     def plan_steps(self) -> int:
         training = self.spec.training
