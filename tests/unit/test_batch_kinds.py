@@ -60,6 +60,14 @@ def test_a_training_job_publishes_its_model_and_ema_model():
     assert obj["status"]["output"] == {"modelUri": "s3://b/m", "emaModelUri": "s3://b/e", "steps": 10}
 
 
+def test_a_training_job_shows_the_token_shards_it_trained_from():
+    kind = TrainingJobKind()
+    plan, obj = step(kind, resource("TrainingJob", TRAINING))
+    shards = {"uri": "s3://b/_precompute/cd34/", "reused": False}
+    plan, obj = finish(kind, obj, {"modelUri": "s3://b/m", "steps": 10, "tokenizedShards": shards})
+    assert obj["status"]["output"]["tokenizedShards"] == shards
+
+
 def test_a_diffusion_training_job_shows_what_it_skipped_and_which_latent_caches_it_used():
     kind = TrainingJobKind()
     plan, obj = step(kind, resource("TrainingJob", TRAINING))

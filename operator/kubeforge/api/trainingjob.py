@@ -108,8 +108,11 @@ class PretrainDataset(ApiModel):
     """Training data in the object store: text (causal-lm) or image-caption pairs (diffusion)."""
 
     uri: str = Field(pattern=DATA_URI_PATTERN, max_length=1024)
-    """jsonl-text: an s3:// JSONL file (or prefix of them); tokenized-shards: the s3:// prefix of shards a
-    precompute step wrote; webdataset: a prefix of .tar shards; parquet: a Parquet file or prefix of them."""
+    """jsonl-text: an s3:// JSONL file (or prefix of them); tokenized-shards: an s3:// prefix holding MANIFEST.json
+    (format kubeforge.tokenized-shards/1: count, sequenceLength, dtype int32|int64, shards [{file, count}] in sample
+    order) and safetensors shards of input_ids [count, sequenceLength], as a precompute run writes under
+    s3://<bucket>/_precompute/<key>/ (status.output.tokenizedShards.uri), its sequenceLength equal to
+    training.sequenceLength; webdataset: a prefix of .tar shards; parquet: a Parquet file or prefix of them."""
     format: DatasetFormat = DatasetFormat.JSONL_TEXT
     """causal-lm: jsonl-text (tokenized and packed at start-up) or tokenized-shards (already packed). diffusion:
     webdataset (tar shards whose members <key>.png|jpg|jpeg|webp and <key>.txt form a sample) or parquet (an image
@@ -191,7 +194,9 @@ class PrecomputeSpec(ApiModel):
     dataset, encoders, resolution and dtype), so that only the U-Net runs while training."""
 
     enabled: bool = True
-    """Run the precompute step."""
+    """Run the precompute step. causal-lm: rank 0 tokenizes and packs the dataset once into
+    s3://<bucket>/_precompute/<key>/ (key: the dataset's listing and textField, the tokenizer, sequenceLength); later
+    attempts and runs with the same inputs read it without tokenizing. No effect with format tokenized-shards."""
     latents: bool = True
     """diffusion: train from precomputed latents and caption embeddings (false: encode at every step)."""
     dtype: PrecomputeDtype = PrecomputeDtype.FP16

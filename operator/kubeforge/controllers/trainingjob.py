@@ -9,9 +9,10 @@ from kubeforge.controllers.batch import KindBase
 
 OUTPUT_KEYS = ("modelUri", "emaModelUri", "registeredModelName", "registeredModelVersion", "registeredModelUri",
                "registeredEmaModelName", "registeredEmaModelVersion", "registeredEmaModelUri", "steps", "finalLoss",
-               "mlflowRunId", "skipped", "latents")
-"""What status.output shows of the workload's result; diffusion adds the image-caption pairs it skipped (by cause,
-with shard and row) and each phase's latent cache (uri, and whether this run reused it)."""
+               "mlflowRunId", "tokenizedShards", "skipped", "latents")
+"""What status.output shows of the workload's result: a causal LM's precomputed token shards (uri, and whether this
+run reused them); diffusion's skipped image-caption pairs (by cause, with shard and row) and each phase's latent
+cache."""
 
 
 class TrainingJobKind(KindBase):
