@@ -31,7 +31,7 @@ in this process, without Ray: moto S3 in its own process, MLflow on sqlite), in 
 Not covered here (no GPU on this machine): bf16 autocast, low-precision norms, FSDP SHARD_GRAD_OP and a >= 100M
 U-Net at 256 px; the issue's cumulative 2.71x table needs a GPU run.
 
-    .venv/bin/python bench/diffusion_recipe.py            # full: about 6-8 min on 2 shared cores
+    .venv/bin/python bench/diffusion_recipe.py            # full: about 4 min (load 6 on 2 shared cores)
     .venv/bin/python bench/diffusion_recipe.py --quick    # every row, small sizes, one repeat, goodput on
                                                           # seed-tiny: a smoke run, its numbers mean little
     options: --repeats 3 --steps 8 --warmup 2 --goodput-steps 60 --every 10 --threads 1 --json FILE
@@ -323,7 +323,7 @@ def table(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="every row at small sizes, one repeat (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="every row at small sizes, one repeat (1-2 min)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6, help="measured steps per throughput run")
     parser.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of each throughput run")
