@@ -3,6 +3,9 @@ fresh MLflow store."""
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import pytest
 
 from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
@@ -23,21 +26,42 @@ def object_store(monkeypatch):
         yield store
 
 
-@pytest.fixture
-def tracking_uri(tmp_path, monkeypatch):
-    """A fresh sqlite MLflow store, and none of the process-wide MLflow state earlier tests may have left behind."""
+@contextlib.contextmanager
+def isolated_mlflow(directory: Path, monkeypatch):
+    """A fresh sqlite MLflow store in `directory`, and none of the process-wide MLflow state earlier tests may have
+    left behind; the previous tracking URI comes back afterwards."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     # Experiments created without an artifact location store artifacts under ./mlruns: here, not in the checkout.
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(directory)
     for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(leftover, raising=False)
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(previous)
+    try:
+        yield uri
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch):
+    with isolated_mlflow(tmp_path, monkeypatch) as uri:
+        yield uri
+
+
+def run_to_end(job):
+    """Run a training job in this process; whatever it raises, no MLflow run stays active for the next one."""
+    import mlflow
+
+    try:
+        job.run()
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+    return job

@@ -16,7 +16,7 @@ from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContex
 from kubeforge_workloads.common.storage import WorkloadStorage, upload_tree  # noqa: E402
 from kubeforge_workloads.pretrain.diffusion import DiffusionPretraining, use_low_precision_norms  # noqa: E402
 from tests.moto_s3 import in_process_s3_store  # noqa: E402
-from tests.unit.workloads.conftest import BUCKET  # noqa: E402
+from tests.unit.workloads.conftest import BUCKET, isolated_mlflow, run_to_end  # noqa: E402
 
 PHASES = [{"resolution": 16, "steps": 4}, {"resolution": 32, "steps": 4}]
 STEPS, EVERY = 8, 2
@@ -69,8 +69,6 @@ class Runs:
         self.store, self.tracking_uri = store, tracking_uri
 
     def run(self, name: str, attempt: int = 1, kill_after: int = 0, **changes) -> Recorded:
-        import mlflow
-
         the_spec = spec(**changes)
         context = WorkloadContext(kind="TrainingJob", namespace="ns", name=name, uid=f"uid-{name}", generation=1,
                                   attempt=attempt, spec=the_spec.model_dump(mode="json", by_alias=True),
@@ -78,13 +76,7 @@ class Runs:
                                   mlflow=MlflowContext(experiment="ns/TrainingJob", run_name=name,
                                                        tracking_uri=self.tracking_uri))
         Recorded.kill_after, Recorded.seen = kill_after, []
-        job = Recorded(context, the_spec, WorkloadStorage(context, self.store), rank=0, heartbeat=None)
-        try:
-            job.run()
-        finally:
-            while mlflow.active_run():
-                mlflow.end_run()
-        return job
+        return run_to_end(Recorded(context, the_spec, WorkloadStorage(context, self.store), rank=0, heartbeat=None))
 
     def result(self, name: str) -> dict:
         import json
@@ -102,22 +94,13 @@ class Runs:
 def runs(tmp_path_factory):
     """The seed uploaded into moto's in-process S3, a fresh MLflow store, one thread (two cores shared by many
     processes make torch's default threads thrash), and the uninterrupted reference run."""
-    import mlflow
-
     from kubeforge_workloads.seed.shapes import build_tiny_clip, write_shapes
 
     tmp = tmp_path_factory.mktemp("diffusion")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    previous_uri = mlflow.get_tracking_uri()
-    with pytest.MonkeyPatch.context() as monkeypatch, in_process_s3_store(BUCKET, monkeypatch) as store:
-        uri = f"sqlite:///{tmp / 'mlflow.db'}"
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        monkeypatch.chdir(tmp)
-        for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-            monkeypatch.delenv(leftover, raising=False)
-        monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-        mlflow.set_tracking_uri(uri)
+    with pytest.MonkeyPatch.context() as monkeypatch, in_process_s3_store(BUCKET, monkeypatch) as store, \
+            isolated_mlflow(tmp, monkeypatch) as uri:
         upload_tree(store.client, build_tiny_clip(tmp / "tiny-clip"), BUCKET, "seed/models/tiny-clip/")
         upload_tree(store.client, write_shapes(tmp / "shapes", count=16), BUCKET, "seed/datasets/shapes/")
         try:
@@ -126,7 +109,6 @@ def runs(tmp_path_factory):
             runs.reference_seen = list(Recorded.seen)
             yield runs
         finally:
-            mlflow.set_tracking_uri(previous_uri)
             torch.set_num_threads(threads)
 
 

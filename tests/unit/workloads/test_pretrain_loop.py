@@ -15,7 +15,7 @@ from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContex
 from kubeforge_workloads.common.checkpoint import Checkpointer  # noqa: E402
 from kubeforge_workloads.common.storage import WorkloadStorage, upload_tree  # noqa: E402
 from kubeforge_workloads.pretrain.train import Pretraining  # noqa: E402
-from tests.unit.workloads.conftest import BUCKET  # noqa: E402
+from tests.unit.workloads.conftest import BUCKET, run_to_end  # noqa: E402
 
 STEPS, EVERY = 8, 2
 
@@ -65,17 +65,9 @@ class KilledAfter(Pretraining):
 
 
 def run(name: str, attempt: int, store, tracking_uri, cls=Pretraining, kill_after: int = 0):
-    import mlflow
-
     cls.kill_after = kill_after
     storage = WorkloadStorage(context(name, attempt, tracking_uri), store)
-    job = cls(storage.context, spec(), storage, rank=0, heartbeat=None)
-    try:
-        job.run()
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-    return job
+    return run_to_end(cls(storage.context, spec(), storage, rank=0, heartbeat=None))
 
 
 def losses(run_id: str) -> dict[int, float]:

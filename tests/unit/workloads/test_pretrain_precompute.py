@@ -19,7 +19,7 @@ from kubeforge_workloads.common.storage import WorkloadStorage, upload_tree  # n
 from kubeforge_workloads.pretrain.data import load_sequences  # noqa: E402
 from kubeforge_workloads.pretrain.precompute import (  # noqa: E402
     cache_key, dataset_fingerprint, tokenizer_fingerprint, training_sequences)
-from tests.unit.workloads.conftest import BUCKET  # noqa: E402
+from tests.unit.workloads.conftest import BUCKET, run_to_end  # noqa: E402
 
 DATASET = f"s3://{BUCKET}/seed/train.jsonl"
 TOKENIZER = f"s3://{BUCKET}/seed/tok"
@@ -271,8 +271,6 @@ def test_preflight_accepts_precompute_and_checks_tokenized_shards(seeded, tokeni
 
 
 def run_loop(name: str, spec, store, tracking_uri, tokenizer_calls: list):
-    import mlflow
-
     from kubeforge_workloads.pretrain.train import Pretraining
 
     class Counted(Pretraining):
@@ -282,13 +280,7 @@ def run_loop(name: str, spec, store, tracking_uri, tokenizer_calls: list):
             return counting
 
     storage = storage_of(store, 1, name, tracking_uri, spec=spec)
-    job = Counted(storage.context, spec, storage, rank=0, heartbeat=None)
-    try:
-        job.run()
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-    return job
+    return run_to_end(Counted(storage.context, spec, storage, rank=0, heartbeat=None))
 
 
 def loop_losses(run_id: str) -> dict[int, float]:
