@@ -13,7 +13,12 @@ from kubeforge.storage.layout import MANIFEST_FILE
 from kubeforge_workloads.common.storage import upload_files
 
 
-def cache_digest(inputs: dict) -> str:
+def enum_value(field):
+    """A spec enum's wire value (the field itself when it is already a plain value)."""
+    return getattr(field, "value", field)
+
+
+def cache_digest(inputs) -> str:
     """sha256 hex of the canonical JSON of `inputs`: equal inputs, equal key, on every machine."""
     canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -7,9 +7,7 @@ every attempt. Images stay encoded until `pixels` decodes a batch of them."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -17,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from kubeforge.storage.layout import parse_s3_uri
 from kubeforge_workloads.common.errors import DataError, UserError
 from kubeforge_workloads.common.storage import download_files
+from kubeforge_workloads.pretrain.cache import cache_digest
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 CAPTION_EXTENSION = "txt"
@@ -143,8 +142,7 @@ def _list_objects(store, uri: str, suffix: str) -> list[tuple[str, str, int, str
 
 
 def _fingerprint(objects) -> str:
-    listing = [[name, size, etag] for name, _, size, etag in objects]
-    return hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()
+    return cache_digest([[name, size, etag] for name, _, size, etag in objects])
 
 
 def _decodes(encoded: bytes) -> bool:

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 from kubeforge.storage.layout import MANIFEST_FILE, precompute_cache_prefix
 from kubeforge_workloads.common.errors import WorkloadError
 from kubeforge_workloads.common.storage import download_files, utcnow
-from kubeforge_workloads.pretrain.cache import cache_digest, commit, created_by, tokenizer_pipeline
+from kubeforge_workloads.pretrain.cache import cache_digest, commit, created_by, enum_value, tokenizer_pipeline
 from kubeforge_workloads.pretrain.images import ImagePairs, pixels
 
 CACHE_FORMAT = 1
@@ -28,10 +28,6 @@ CACHE_FORMAT = 1
 SHARD_SAMPLES = 1024
 ENCODE_BATCH = 32
 STORED_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-
-
-def _value(field):
-    return getattr(field, "value", field)
 
 
 def _source(component) -> dict:
@@ -42,7 +38,7 @@ def cache_inputs(spec, resolution: int, dataset_fingerprint: str, encoders_finge
     """Everything the cached tensors depend on, as the manifest records it."""
     dataset, model = spec.dataset, spec.model
     return {"cacheFormat": CACHE_FORMAT,
-            "dataset": {"uri": dataset.uri, "format": _value(dataset.format), "imageField": dataset.image_field,
+            "dataset": {"uri": dataset.uri, "format": enum_value(dataset.format), "imageField": dataset.image_field,
                         "captionField": dataset.caption_field, "fingerprint": dataset_fingerprint},
             "vae": _source(model.vae), "textEncoder": _source(model.text_encoder), "tokenizer": model.tokenizer.uri,
             "encoders": encoders_fingerprint, "resolution": resolution, "dtype": stored_dtype_name(spec)}
@@ -54,7 +50,7 @@ def cache_key(spec, resolution: int, dataset_fingerprint: str, encoders_fingerpr
 
 
 def stored_dtype_name(spec) -> str:
-    return _value(spec.precompute.dtype) if spec.precompute else "fp16"
+    return enum_value(spec.precompute.dtype) if spec.precompute else "fp16"
 
 
 def encoders_fingerprint(vae, text_encoder, tokenizer) -> str:

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 from kubeforge.storage.layout import MANIFEST_FILE, parse_s3_uri, precompute_cache_prefix
 from kubeforge_workloads.common.errors import DataError, UserError, WorkloadError
 from kubeforge_workloads.common.storage import download_files, download_uri, utcnow
-from kubeforge_workloads.pretrain.cache import cache_digest, commit, created_by, tokenizer_pipeline
+from kubeforge_workloads.pretrain.cache import cache_digest, commit, created_by, enum_value, tokenizer_pipeline
 from kubeforge_workloads.pretrain.data import load_sequences, pack, read_texts, require_one_batch
 
 SHARDS_FORMAT = "kubeforge.tokenized-shards/1"
@@ -48,10 +48,6 @@ class TrainingSequences:
         return {"uri": self.uri, "reused": self.reused} if self.uri else None
 
 
-def _value(field):
-    return getattr(field, "value", field)
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of what decides the token ids: the tokenizer pipeline (vocabulary, merges, normalizer, added tokens)
     and the end-of-sequence id that separates texts."""
@@ -74,8 +70,7 @@ def dataset_fingerprint(store, uri: str) -> str:
         objects = [item for item in objects if item["Key"].startswith(root) and not item["Key"].endswith("/")]
     if not objects:
         raise UserError(f"spec.dataset.uri {uri} does not exist in the object store")
-    listing = sorted([item["Key"][len(key):], item["Size"], item["ETag"].strip('"')] for item in objects)
-    return hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()
+    return cache_digest(sorted([item["Key"][len(key):], item["Size"], item["ETag"].strip('"')] for item in objects))
 
 
 def cache_inputs(spec, dataset_fp: str, tokenizer_fp: str) -> dict:
@@ -83,7 +78,7 @@ def cache_inputs(spec, dataset_fp: str, tokenizer_fp: str) -> dict:
     model or anything else training alone uses)."""
     dataset = spec.dataset
     return {"cacheFormat": CACHE_FORMAT,
-            "dataset": {"uri": dataset.uri, "format": _value(dataset.format), "textField": dataset.text_field,
+            "dataset": {"uri": dataset.uri, "format": enum_value(dataset.format), "textField": dataset.text_field,
                         "fingerprint": dataset_fp},
             "tokenizer": tokenizer_fp, "sequenceLength": spec.training.sequence_length}
 
@@ -100,7 +95,7 @@ def training_sequences(spec, tokenizer, cache: Path, storage, *, is_writer: bool
     With precompute, every rank calls wait() exactly once after the writer's part, whether or not the cache existed:
     a rank that decided alone to skip the barrier could leave the others waiting for it."""
     store = storage.store
-    if _value(spec.dataset.format) == "tokenized-shards":
+    if enum_value(spec.dataset.format) == "tokenized-shards":
         data = read_shards(spec, store, spec.dataset.uri, cache / "tokenized", field="spec.dataset.uri")
         _require_known_tokens(spec, data, tokenizer)
         require_one_batch(spec, len(data.sequences))
