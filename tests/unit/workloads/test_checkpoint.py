@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -195,6 +196,58 @@ def test_a_background_failure_is_raised_to_the_caller(storage, tmp_path):
     assert checkpointer.latest() is None
 
 
+class GatedContributor(Checkpointer):
+    """A real Checkpointer whose contributions wait for the test to open a gate: rank 1's upload is in flight."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def contribute(self, *args, **kwargs):
+        assert self.gate.wait(10)
+        return super().contribute(*args, **kwargs)
+
+
+def rank_1_files(tmp_path):
+    other = tmp_path / "rank1"
+    other.mkdir()
+    (other / "__1_0.distcp").write_bytes(b"s" * 5)
+    (other / "rng_state_1.pt").write_bytes(b"r" * 11)
+    return other
+
+
+def test_a_background_commit_waits_for_contributions_still_uploading(storage, tmp_path):
+    """Rank 1 uploads in the background too: rank 0's commit writes the manifest only once rank 1's files are
+    all in the object store, and records how long the commit took and how many bytes it committed."""
+    rank_1, rank_0 = GatedContributor(storage, rank=1), Checkpointer(storage, rank=0)
+    other, own = rank_1_files(tmp_path), checkpoint_dir(tmp_path)
+    contributed = threading.Event()
+    rank_1.contribute_in_background(4, other, ["__1_0.distcp", "rng_state_1.pt"], on_contributed=contributed.set)
+    rank_0.save_in_background(4, {0: local_files(own), 1: ["__1_0.distcp", "rng_state_1.pt"]}, own,
+                              contributions_timeout=10)
+    time.sleep(0.6)  # rank 0's own files are up by now; rank 1's are not
+    assert rank_0.latest() is None and not contributed.is_set()
+    rank_1.gate.set()
+    rank_1.close()
+    assert contributed.is_set()
+    rank_0.close()
+    assert rank_0.latest() == 4
+    assert rank_0.manifest(4)["files"] == {"adapter_model.safetensors": 100, "sub/rng_state.pth": 7,
+                                           "__1_0.distcp": 5, "rng_state_1.pt": 11}
+    [commit] = rank_0.commits
+    assert (commit.step, commit.bytes) == (4, 123) and commit.seconds >= 0.6
+
+
+def test_a_commit_gives_up_on_a_contribution_that_never_arrives(checkpointer, tmp_path):
+    own = checkpoint_dir(tmp_path)
+    started = time.monotonic()
+    checkpointer.save_in_background(4, {0: local_files(own), 1: ["__1_0.distcp"]}, own, contributions_timeout=0.5)
+    with pytest.raises(IOError, match=r"step-4 lacks files other ranks should have contributed: \['__1_0.distcp'\]"):
+        checkpointer.close()
+    assert 0.5 <= time.monotonic() - started < 5
+    assert checkpointer.latest() is None and checkpointer.commits == []
+
+
 def test_sharded_state_round_trips_through_dcp_and_the_object_store(checkpointer, tmp_path):
     torch = pytest.importorskip("torch")
     from kubeforge_workloads.common.checkpoint import load_sharded, save_sharded
@@ -245,12 +298,13 @@ def _fsdp_rank(rank: int, world: int, endpoint: str, workdir: str) -> None:
         saved = sharded_model(seed=1)
         local = Path(workdir) / f"save-{rank}"
         files = save_sharded({"model": saved.state_dict()}, local)
-        if rank > 0:
-            checkpointer.contribute(7, local, files)
+        if rank > 0:  # as the training loop does: every upload in the background, the manifest once all are up
+            checkpointer.contribute_in_background(7, local, files)
         files_by_rank: list = [None] * world
         dist.all_gather_object(files_by_rank, files)
         if rank == 0:
-            checkpointer.save(7, dict(enumerate(files_by_rank)), local)
+            checkpointer.save_in_background(7, dict(enumerate(files_by_rank)), local, contributions_timeout=60)
+        checkpointer.close()
         dist.barrier()
 
         restored = sharded_model(seed=2)

@@ -103,6 +103,13 @@ def test_trains_exports_and_resumes_bit_exactly(seeded, tracking_uri):
         {f"step-{STEPS - EVERY}", f"step-{STEPS}"}
     manifest = checkpointer.manifest(STEPS)
     assert {".metadata", "rng_state_0.pt"} <= set(manifest["filesByRank"]["0"])
+    # every checkpoint's stall (the step loop blocked) and commit (in the background) are measured and reported
+    assert [c["step"] for c in result["checkpoints"]] == list(range(EVERY, STEPS + 1, EVERY))
+    assert all(c["stallSeconds"] >= 0 and c["commitSeconds"] > 0 and c["bytes"] > 0 for c in result["checkpoints"])
+    from mlflow.tracking import MlflowClient
+
+    stalls = MlflowClient().get_metric_history(result["mlflowRunId"], "checkpoint_stall_seconds")
+    assert sorted(m.step for m in stalls) == list(range(EVERY, STEPS + 1, EVERY))
 
     with pytest.raises(Killed):  # killed after step 6, inside the EMA phase (it starts at step 4)
         run("resumed", 1, seeded, tracking_uri, KilledAfter, kill_after=6)

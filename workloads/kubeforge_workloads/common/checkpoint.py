@@ -4,8 +4,11 @@ manifest last, so a step counts as committed only once its MANIFEST.json exists.
     checkpoints/step-<n>/<files of every rank>
     checkpoints/step-<n>/MANIFEST.json   CheckpointManifest (what the operator reads) plus filesByRank
 
-Retention (`keep_latest`) acts in the object store after each commit. Commits can run on a background thread,
-one at a time, so a large upload costs the steps it overlaps instead of stalling them.
+Retention (`keep_latest`) acts in the object store after each commit. Commits, and the other ranks' contributions,
+can run on a background thread, one at a time per rank, so a large upload costs the steps it overlaps instead of
+stalling them: the committing rank then waits (in its background thread) until every other rank's files are in the
+object store before it writes the manifest. An S3 object appears whole or not at all, so a file that is listed is
+a file that is complete.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
@@ -27,6 +31,20 @@ CHAOS_MANIFEST_DELAY_ENV = "KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS"
 FILES_BY_RANK = "filesByRank"
 """Manifest key beside CheckpointManifest's own fields (the operator's model ignores it): rank -> its files."""
 _STEP_DIR = re.compile(r"step-(\d+)/")
+CONTRIBUTIONS_TIMEOUT_SECONDS = 1800.0
+"""How long a background commit waits for other ranks' background contributions: a rank whose upload failed
+raises at its own next checkpoint (and its worker group restarts), so this only bounds a commit nobody ends."""
+_CONTRIBUTIONS_POLL_SECONDS = 0.2
+
+
+@dataclass
+class Commit:
+    """One committed checkpoint as this rank measured it: seconds from the start of its commit (its own upload,
+    waiting for the other ranks' files) to the manifest written, and the bytes the manifest lists."""
+
+    step: int
+    seconds: float
+    bytes: int
 
 
 def local_files(local_dir: Path) -> list[str]:
@@ -47,6 +65,8 @@ class Checkpointer:
         self.prefix, self.client = storage.prefix, storage.store.client
         self._committer: Optional[ThreadPoolExecutor] = None
         self._in_flight: Optional[Future] = None
+        self.commits: list[Commit] = []
+        """Every checkpoint this rank committed, in order (what the training loop compares its stalls with)."""
 
     # reading
     def committed(self) -> list[int]:
@@ -93,10 +113,12 @@ class Checkpointer:
         base = self.prefix.checkpoint_key(step)
         upload_files(self.client, self.prefix.bucket, {base + name: local_dir / name for name in names})
 
-    def save(self, step: int, files_by_rank: Mapping[int, Iterable[str]], local_dir: Path, epoch: float = 0.0
-             ) -> str:
-        """Commit step: upload this rank's files from local_dir, check every other rank's contribution is there,
-        write the manifest last, then apply retention. Returns the checkpoint's URI."""
+    def save(self, step: int, files_by_rank: Mapping[int, Iterable[str]], local_dir: Path, epoch: float = 0.0,
+             contributions_timeout: float = 0.0) -> str:
+        """Commit step: upload this rank's files from local_dir, check every other rank's contribution is there
+        (waiting up to contributions_timeout seconds for contributions still uploading), write the manifest last,
+        then apply retention. Returns the checkpoint's URI."""
+        started = time.monotonic()
         files_by_rank = {int(rank): sorted(names) for rank, names in files_by_rank.items()}
         base = self.prefix.checkpoint_key(step)
         own = files_by_rank.get(self.rank, [])
@@ -104,11 +126,7 @@ class Checkpointer:
         sizes = {name: (local_dir / name).stat().st_size for name in own}
         others = {name for rank, names in files_by_rank.items() if rank != self.rank for name in names}
         if others:
-            remote = self._remote_sizes(base)
-            missing = sorted(others - set(remote))
-            if missing:
-                raise IOError(f"checkpoint step-{step} lacks files other ranks should have contributed: {missing}")
-            sizes.update({name: remote[name] for name in others})
+            sizes.update(self._await_contributions(step, others, started + contributions_timeout))
         delay = float(os.environ.get(CHAOS_MANIFEST_DELAY_ENV) or 0)
         if delay:  # every file is up, the manifest is not: a kill now leaves a torn checkpoint
             time.sleep(delay)
@@ -116,8 +134,22 @@ class Checkpointer:
                                       created_at=utcnow()).model_dump(by_alias=True)
         manifest[FILES_BY_RANK] = {str(rank): names for rank, names in sorted(files_by_rank.items())}
         self.storage.store.put(self.prefix.bucket, base + MANIFEST_FILE, json.dumps(manifest).encode())
+        self.commits.append(Commit(step, time.monotonic() - started, sum(sizes.values())))
         self.prune()
         return self.uri(step)
+
+    def _await_contributions(self, step: int, names: set[str], deadline: float) -> dict[str, int]:
+        """The sizes of other ranks' files once all are in the object store; IOError naming the missing ones
+        past the deadline."""
+        base = self.prefix.checkpoint_key(step)
+        while True:
+            remote = self._remote_sizes(base)
+            missing = sorted(names - set(remote))
+            if not missing:
+                return {name: remote[name] for name in names}
+            if time.monotonic() >= deadline:
+                raise IOError(f"checkpoint step-{step} lacks files other ranks should have contributed: {missing}")
+            time.sleep(_CONTRIBUTIONS_POLL_SECONDS)
 
     def prune(self) -> list[int]:
         """Keep the newest `keep_latest` committed checkpoints in the object store; delete every step directory
@@ -147,28 +179,49 @@ class Checkpointer:
 
     # background commits
     def save_in_background(self, step: int, files_by_rank: Mapping[int, Iterable[str]], local_dir: Path,
-                           epoch: float = 0.0, on_committed: Optional[Callable[[str], None]] = None) -> None:
+                           epoch: float = 0.0, on_committed: Optional[Callable[[str], None]] = None,
+                           contributions_timeout: float = 0.0) -> None:
         """save() on a background thread, after the previous background save ended (its error is raised here).
-        local_dir must stay intact until the commit ends (wait())."""
-        self.wait()
-        if self._committer is None:
-            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeforge-commit")
+        local_dir must stay intact until the commit ends (wait()). Other ranks that contribute in the background
+        need a contributions_timeout (e.g. CONTRIBUTIONS_TIMEOUT_SECONDS)."""
 
         def commit() -> str:
-            uri = self.save(step, files_by_rank, local_dir, epoch)
+            uri = self.save(step, files_by_rank, local_dir, epoch, contributions_timeout)
             if on_committed:
                 on_committed(uri)
             return uri
 
-        self._in_flight = self._committer.submit(commit)
+        self._submit(commit)
+
+    def contribute_in_background(self, step: int, local_dir: Path, names: Iterable[str],
+                                 on_contributed: Optional[Callable[[], None]] = None) -> None:
+        """contribute() on a background thread, after this rank's previous background work ended (its error is
+        raised here); the committing rank waits for these files before it writes the manifest. local_dir must stay
+        intact until on_contributed runs."""
+        names = list(names)
+
+        def upload() -> None:
+            self.contribute(step, local_dir, names)
+            if on_contributed:
+                on_contributed()
+
+        self._submit(upload)
+
+    def _submit(self, work: Callable[[], object]) -> None:
+        self.wait()
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeforge-commit")
+        self._in_flight = self._committer.submit(work)
 
     def wait(self) -> Optional[str]:
-        """Block until the background save in flight is committed; returns its URI, or raises its error."""
+        """Block until the background save (or contribution) in flight has ended; returns a save's URI, or raises
+        its error."""
         in_flight, self._in_flight = self._in_flight, None
         return in_flight.result() if in_flight is not None else None
 
     def close(self) -> None:
-        """Wait for the commit in flight (the last checkpoint is durable before the run reports Done)."""
+        """Wait for the commit or contribution in flight (the last checkpoint is durable before the run reports
+        Done)."""
         try:
             self.wait()
         finally:

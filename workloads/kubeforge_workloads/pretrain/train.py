@@ -25,7 +25,8 @@ from kubeforge.api.finetune import Precision
 from kubeforge.api.trainingjob import FsdpShardingStrategy, Strategy, TrainingJobSpec
 from kubeforge.api.workload import WorkloadContext
 from kubeforge_workloads.common import chaos
-from kubeforge_workloads.common.checkpoint import Checkpointer, load_sharded, save_sharded
+from kubeforge_workloads.common.checkpoint import (CONTRIBUTIONS_TIMEOUT_SECONDS, Checkpointer, load_sharded,
+                                                   save_sharded)
 from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.models import load_model_dir
@@ -94,6 +95,8 @@ class TrainingLoop:
         self.run_id: Optional[str] = None
         self.resumed_from: Optional[str] = None
         self.goodput = GoodputMeter(storage, now=self.clock) if rank == 0 else None
+        self.checkpoint_stalls: dict[int, float] = {}  # step -> seconds the step loop waited for its checkpoint
+        self.logged_commits: list = []
 
     def beat(self, **fields) -> None:
         if self.heartbeat:
@@ -258,18 +261,23 @@ class TrainingLoop:
         return latest
 
     def save(self, step: int) -> None:
-        """Collective: every rank writes its DCP files and RNG state, ranks > 0 upload theirs, rank 0 commits
-        in the background (the manifest last) while training goes on."""
+        """Collective: every rank writes its DCP files and RNG state, then uploads them in the background; rank 0
+        commits in the background (the manifest last, once every rank's files are up) while training goes on.
+        What the step loop waits for here is recorded as the checkpoint's stall (checkpoint_stalls)."""
         import torch
         import torch.distributed as dist
 
+        started = time.monotonic()
         self.beat(phase="Checkpointing")
+        self.checkpointer.wait()  # one commit (or contribution) at a time; the previous one's error is raised here
         if self.rank == 0:
-            self.checkpointer.wait()  # one commit at a time; the previous one's error is raised here
+            self.log_commits()
             self.checkpointer.clear(step)
             if self.metrics:
                 self.metrics.flush()  # every metric up to a committed step is durable
         local = self.cache / f"save-{step}"
+        for older in self.cache.glob("save-*"):  # the previous commit has ended: its files are up
+            shutil.rmtree(older, ignore_errors=True)
         files = save_sharded(self.state(self.ema.state_dict() if self.ema else {}), local)
         torch.save(rng_state(), local / f"rng_state_{self.rank}.pt")
         files.append(f"rng_state_{self.rank}.pt")
@@ -279,20 +287,41 @@ class TrainingLoop:
         files_by_rank = {self.rank: files}
         if self.distributed and self.world > 1:
             if self.rank > 0:
-                self.checkpointer.contribute(step, local, files)
+                self.checkpointer.contribute_in_background(step, local, files)
             gathered: list = [None] * self.world
-            dist.all_gather_object(gathered, files)  # also orders: every contribution is up before the commit
+            dist.all_gather_object(gathered, files)
             files_by_rank = dict(enumerate(gathered))
         if self.rank == 0:
-            for older in self.cache.glob("save-*"):
-                if older != local:
-                    shutil.rmtree(older, ignore_errors=True)
             self.checkpointer.save_in_background(step, files_by_rank, local, self.epoch_at(step),
-                                                 on_committed=lambda uri: self.beat(last_checkpoint=uri))
-        else:
-            shutil.rmtree(local, ignore_errors=True)
+                                                 on_committed=lambda uri: self.beat(last_checkpoint=uri),
+                                                 contributions_timeout=CONTRIBUTIONS_TIMEOUT_SECONDS)
+            stall = time.monotonic() - started
+            self.checkpoint_stalls[step] = stall
+            if self.metrics:
+                self.metrics.add({"checkpoint_stall_seconds": stall}, step)
         self.after_checkpoint(step)
         self.beat(phase="Training")
+
+    def log_commits(self) -> None:
+        """On rank 0: the commits that ended since the last call go to MLflow (their seconds are known only once
+        they end, in the background)."""
+        for commit in self.checkpointer.commits[len(self.logged_commits):]:
+            self.logged_commits.append(commit)
+            if self.metrics:
+                self.metrics.add({"checkpoint_commit_seconds": commit.seconds,
+                                  "checkpoint_commit_mb_per_s": commit.bytes / 1e6 / max(commit.seconds, 1e-9)},
+                                 commit.step)
+
+    def checkpoint_report(self) -> list[dict]:
+        """Per checkpoint committed by this attempt: the step loop's stall, the commit's seconds and bytes, and
+        their ratio (the stall is what a background commit could not hide)."""
+        report = []
+        for commit in self.checkpointer.commits:
+            stall = self.checkpoint_stalls.get(commit.step)
+            report.append({"step": commit.step, "stallSeconds": None if stall is None else round(stall, 4),
+                           "commitSeconds": round(commit.seconds, 4), "bytes": commit.bytes,
+                           "stallOverCommit": None if stall is None else round(stall / max(commit.seconds, 1e-9), 4)})
+        return report
 
     # training
     def start_tracking(self) -> None:
@@ -380,14 +409,16 @@ class TrainingLoop:
         model_state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
                                                                                 cpu_offload=True))
         ema_state = self.full_state(self.ema.state_dict()) if self.ema and self.ema.active else None
+        self.checkpointer.close()  # the last checkpoint is durable (every rank's files up) before the run reports Done
         if self.rank != 0:
             return
-        self.checkpointer.close()  # the last checkpoint is durable before the run reports Done
+        self.log_commits()
         self.goodput.close()
         self.beat(phase="Registering")
         self.metrics.flush()
         result = {**self.export(model_state, ema_state), "resumedFrom": self.resumed_from,
-                  "goodput": self.goodput.report().model_dump(by_alias=True, exclude_none=True)}
+                  "goodput": self.goodput.report().model_dump(by_alias=True, exclude_none=True),
+                  "checkpoints": self.checkpoint_report()}
         self.storage.put_json(result, "result.json")
         import mlflow
 
