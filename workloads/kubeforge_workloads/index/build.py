@@ -39,6 +39,11 @@ from kubeforge_workloads.index.versions import (
 RECALL_K = 10
 RECALL_SAMPLE = 200
 SKIP_EXAMPLES = 3
+IN_PROCESS_MAX_BYTES = 256 * 1024
+"""A sync that reads at most this much (a few changed documents) reads, chunks and embeds them in the driver:
+starting Ray Data's workers and loading the model in an actor costs more than embedding them."""
+READ_TASKS_PER_CPU = 2
+DOCUMENTS_PER_BATCH = 16
 PARTIAL_SAVE_SECONDS_ENV = "KUBEFORGE_INDEX_PARTIAL_SAVE_SECONDS"
 """How often embedded chunks of finished documents are saved for a retry (default FLUSH_SECONDS)."""
 
@@ -48,10 +53,9 @@ PARTIAL_SAVE_SECONDS_ENV = "KUBEFORGE_INDEX_PARTIAL_SAVE_SECONDS"
 def read_and_parse(batch: dict, bucket: str, text_field: str, id_field: Optional[str],
                    metadata_fields: tuple[str, ...]) -> dict:
     """Objects -> documents and skipped records (one row each; `text` empty for skipped ones)."""
-    from kubeforge.storage.objectstore import S3ObjectStore
     from kubeforge_workloads.index.parse import Document, parse_object
 
-    store = S3ObjectStore()
+    store = _source_store()
     rows: dict[str, list] = {name: [] for name in ("object", "document_id", "document_hash", "text", "metadata",
                                                    "anchors", "cause", "message")}
     for key, relative, fmt in zip(batch["key"], batch["relative"], batch["format"]):
@@ -70,6 +74,18 @@ def read_and_parse(batch: dict, bucket: str, text_field: str, id_field: Optional
             rows["cause"].append("" if document else item.cause)
             rows["message"].append("" if document else item.message)
     return rows
+
+
+_stores: list = []
+
+
+def _source_store():
+    """One S3 client per worker process: creating a boto3 client costs more than reading a small document."""
+    from kubeforge.storage.objectstore import S3ObjectStore
+
+    if not _stores:
+        _stores.append(S3ObjectStore())
+    return _stores[0]
 
 
 _chunkers: dict = {}
@@ -100,6 +116,32 @@ def chunk_documents(batch: dict, model: str, strategy: str, size: int, overlap: 
             rows["metadata"].append(json.dumps(chunk.metadata, default=str, sort_keys=True))
             rows["document_hash"].append(document.content_hash)
     return rows
+
+
+class DocumentEmbedder:
+    """The Ray Data actor: chunks a batch of documents and embeds the chunks. Chunking here rather than in tasks of
+    its own keeps the model's tokenizer in one process and leaves the CPUs to the model instead of to a second
+    pool of workers loading transformers."""
+
+    def __init__(self, model: str, strategy: str, size: int, overlap: int, batch_size: int, normalize: bool,
+                 device: str, threads: int):
+        from kubeforge_workloads.index.embedding import ChunkEmbedder
+
+        _set_torch_threads(threads)
+        self.chunking = {"model": model, "strategy": strategy, "size": size, "overlap": overlap}
+        self.embedder = ChunkEmbedder(model, batch_size, normalize, device)
+
+    def __call__(self, documents: dict) -> dict:
+        chunks = chunk_documents(documents, **self.chunking)
+        return self.embedder({name: np.asarray(values) for name, values in chunks.items()})
+
+
+def _set_torch_threads(threads: int) -> None:
+    """As many torch threads as CPUs the actor holds: more compete with Ray's other workers for the same cores."""
+    import torch
+
+    if threads >= 1 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 # --- the driver ---------------------------------------------------------------------------------------------------
@@ -239,10 +281,12 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
 
     heartbeat.update(phase="Reading", message=f"reading {len(to_read)} new or changed of {len(objects)} objects")
     resources = spec.resources
-    phases.enter("RayInit")
-    init_ray(resources.workers * resources.cpus_per_worker + 1)
+    in_process = sum(o.size for o in to_read) <= IN_PROCESS_MAX_BYTES
+    if not in_process:
+        phases.enter("RayInit")
+        init_ray(resources.workers * resources.cpus_per_worker + 1)
     phases.enter("Reading")
-    parsed_rows = _read(to_read, _bucket(source.uri), spec)
+    parsed_rows = _read(to_read, _bucket(source.uri), spec, in_process)
 
     read_objects = {o.relative: o for o in to_read}
     current_rows = kept_rows + [{"object": row["object"], "etag": read_objects[row["object"]].etag,
@@ -271,8 +315,7 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
                               float(os.environ.get(PARTIAL_SAVE_SECONDS_ENV) or FLUSH_SECONDS))
         seen: dict[str, int] = {}
         # Batches of embedding.batchSize: what a killed build has saved is never more than one batch behind.
-        for batch in _embed(to_embed, spec).iter_batches(batch_size=spec.embedding.batch_size,
-                                                          batch_format="numpy"):
+        for batch in _embedded_batches(to_embed, spec, in_process):
             embedded.append(embedded_table(batch))
             saver.add(embedded[-1])
             for document_id, total in zip(batch["document_id"], batch["chunks_in_document"]):
@@ -359,37 +402,63 @@ def _shutdown_local_ray() -> None:
         ray.shutdown()
 
 
-def _read(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec) -> list[dict]:
-    import ray.data
-
+def _read(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec, in_process: bool = False) -> list[dict]:
     if not objects:
         return []
     jsonl = spec.source.jsonl
     items = [{"key": o.key, "relative": o.relative, "format": o.format or ""} for o in objects]
-    dataset = ray.data.from_items(items).map_batches(
-        read_and_parse, batch_size=8, num_cpus=1,
-        fn_kwargs={"bucket": bucket, "text_field": jsonl.text_field, "id_field": jsonl.id_field,
-                   "metadata_fields": tuple(jsonl.metadata_fields)})
-    return sorted(dataset.take_all(), key=lambda row: row["document_id"])
+    options = {"bucket": bucket, "text_field": jsonl.text_field, "id_field": jsonl.id_field,
+               "metadata_fields": tuple(jsonl.metadata_fields)}
+    if in_process:
+        rows = _rows(read_and_parse({name: [item[name] for item in items] for name in items[0]}, **options))
+    else:
+        import ray
+        import ray.data
+
+        # A few tasks per CPU: each task pays for its S3 client and parser imports, so not one per 8 documents.
+        batch_size = read_batch_size(len(items), int(ray.cluster_resources().get("CPU", 1)))
+        rows = ray.data.from_items(items).map_batches(read_and_parse, batch_size=batch_size, num_cpus=1,
+                                                      fn_kwargs=options).take_all()
+    return sorted(rows, key=lambda row: row["document_id"])
+
+
+def read_batch_size(objects: int, cpus: int) -> int:
+    return max(8, -(-objects // max(1, cpus * READ_TASKS_PER_CPU)))
+
+
+def _rows(columns: dict) -> list[dict]:
+    names = list(columns)
+    return [dict(zip(names, values)) for values in zip(*(columns[name] for name in names))]
+
+
+def _embedded_batches(documents: list[dict], spec: VectorIndexSpec, in_process: bool):
+    """Batches (numpy columns) of embedding.batchSize chunks with their `vector`, in the driver or on Ray Data."""
+    size = spec.embedding.batch_size
+    if not in_process:
+        yield from _embed(documents, spec).iter_batches(batch_size=size, batch_format="numpy")
+        return
+    from kubeforge_workloads.index.embedding import ChunkEmbedder
+
+    chunking = spec.chunking
+    chunks = chunk_documents({name: [row[name] for row in documents] for name in documents[0]},
+                             spec.embedding.model, chunking.strategy.value, chunking.size, chunking.overlap)
+    embedder = ChunkEmbedder(spec.embedding.model, size, spec.embedding.normalize, spec.embedding.device.value)
+    for start in range(0, len(chunks["text"]), size):
+        yield embedder({name: np.asarray(values[start:start + size]) for name, values in chunks.items()})
 
 
 def _embed(documents: list[dict], spec: VectorIndexSpec):
     import ray.data
 
-    from kubeforge_workloads.index.embedding import ChunkEmbedder
-
-    embedding, resources = spec.embedding, spec.resources
+    embedding, resources, chunking = spec.embedding, spec.resources, spec.chunking
     use_gpu = resources.gpus_per_worker > 0 and embedding.device.value != "cpu"
-    return (ray.data.from_items(documents)
-            .map_batches(chunk_documents, batch_size=16, num_cpus=1,
-                         fn_kwargs={"model": embedding.model, "strategy": spec.chunking.strategy.value,
-                                    "size": spec.chunking.size, "overlap": spec.chunking.overlap})
-            .map_batches(ChunkEmbedder, batch_size=embedding.batch_size,
-                         compute=ray.data.ActorPoolStrategy(size=resources.workers),
-                         num_cpus=resources.cpus_per_worker, num_gpus=1 if use_gpu else 0,
-                         fn_constructor_kwargs={"model": embedding.model, "batch_size": embedding.batch_size,
-                                                "normalize": embedding.normalize,
-                                                "device": embedding.device.value}))
+    return ray.data.from_items(documents).map_batches(
+        DocumentEmbedder, batch_size=DOCUMENTS_PER_BATCH, compute=ray.data.ActorPoolStrategy(size=resources.workers),
+        num_cpus=resources.cpus_per_worker, num_gpus=1 if use_gpu else 0,
+        fn_constructor_kwargs={"model": embedding.model, "strategy": chunking.strategy.value, "size": chunking.size,
+                               "overlap": chunking.overlap, "batch_size": embedding.batch_size,
+                               "normalize": embedding.normalize, "device": embedding.device.value,
+                               "threads": 0 if use_gpu else max(1, int(resources.cpus_per_worker))})
 
 
 def _chunk_table(previous: Optional[Previous], reused_documents: set[str], embedded: list):

@@ -1,0 +1,131 @@
+"""A VectorIndex sync's costs: a small sync (a first build of a few documents, a re-sync after a few changed) runs in
+the driver without starting Ray; a re-sync downloads only the objects whose ETag or size changed and copies the
+rest from the current version; the read stage makes one S3 client per process; the embedding actor chunks its own
+documents with as many torch threads as CPUs it holds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kubeforge.api.vectorindex import VectorIndexSpec
+from kubeforge.api.workload import WorkloadContext
+from kubeforge_workloads.index import build
+from tests.unit.workloads.conftest import BUCKET
+
+DOCUMENTS = {
+    "docs/ray.md": "# Ray\n\nRay schedules tasks and actors across a cluster of machines.\n",
+    "docs/faiss.txt": "Faiss searches dense vectors with flat and HNSW indexes.\n",
+    "docs/kopf.html": "<html><body><p>kopf runs Kubernetes operators written in Python.</p></body></html>",
+}
+
+
+def _context(generation: int) -> WorkloadContext:
+    spec = {"source": {"uri": f"s3://{BUCKET}/docs/"}, "chunking": {"strategy": "tokens", "size": 64, "overlap": 8},
+            "index": {"type": "flat"}}
+    return WorkloadContext(kind="VectorIndex", namespace="ns", name="vi", uid="u", generation=generation, attempt=1,
+                           spec=spec, storage={"bucket": BUCKET, "prefix": "ns/VectorIndex/vi"},
+                           mlflow={"experiment": "ns/VectorIndex", "run_name": "vi"})
+
+
+class RecordingStore:
+    """The source store the read stage uses, remembering which keys it downloaded."""
+
+    def __init__(self, store):
+        self.store, self.keys = store, []
+
+    def get(self, bucket: str, key: str):
+        self.keys.append(key)
+        return self.store.get(bucket, key)
+
+
+def _sync(context, storage, tmp_path):
+    from kubeforge_workloads.common.heartbeat import Heartbeat
+
+    spec = VectorIndexSpec.model_validate(context.spec)
+    return build.sync(context, spec, storage, Heartbeat(lambda progress: None, 1), tmp_path)
+
+
+def _vectors(store, storage, version: int) -> dict[str, list]:
+    import io
+
+    import pyarrow.parquet as pq
+
+    raw = store.get(BUCKET, storage.prefix.index_version_key(version) + "chunks.parquet")
+    table = pq.read_table(io.BytesIO(raw))
+    return dict(zip(table.column("chunk_id").to_pylist(), table.column("vector").to_pylist()))
+
+
+def test_a_small_sync_embeds_in_the_driver_and_a_resync_reads_only_the_changed_object(object_store, tmp_path,
+                                                                                     monkeypatch):
+    from kubeforge_workloads.common.storage import WorkloadStorage
+
+    def no_ray(cpus):
+        raise AssertionError("a sync of a few small documents started Ray")
+
+    monkeypatch.setattr(build, "init_ray", no_ray)
+    reads = RecordingStore(object_store)
+    monkeypatch.setattr(build, "_source_store", lambda: reads)
+    for key, text in DOCUMENTS.items():
+        object_store.put(BUCKET, key, text.encode())
+    storage = WorkloadStorage(_context(1), object_store)
+
+    first = _sync(_context(1), storage, tmp_path / "one")
+    assert (first["version"], first["documents"], first["sync"]["embeddedDocuments"]) == (1, 3, 3)
+    assert sorted(reads.keys) == sorted(DOCUMENTS)
+
+    reads.keys.clear()
+    object_store.put(BUCKET, "docs/faiss.txt", b"Faiss searches dense vectors; HNSW trades recall for speed.\n")
+    second = _sync(_context(2), storage, tmp_path / "two")
+    assert reads.keys == ["docs/faiss.txt"]
+    assert (second["version"], second["sync"]["embeddedDocuments"], second["sync"]["reusedDocuments"]) == (2, 1, 2)
+    before, after = _vectors(object_store, storage, 1), _vectors(object_store, storage, 2)
+    for chunk_id in ("ray.md#c0", "kopf.html#c0"):
+        assert after[chunk_id] == before[chunk_id]
+    assert after["faiss.txt#c0"] != before["faiss.txt#c0"]
+
+
+def test_the_read_stage_makes_one_s3_client_per_process(object_store, monkeypatch):
+    import kubeforge.storage.objectstore as objectstore
+
+    made = []
+
+    class CountingStore(objectstore.S3ObjectStore):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(objectstore, "S3ObjectStore", CountingStore)
+    monkeypatch.setattr(build, "_stores", [])
+    object_store.put(BUCKET, "docs/a.txt", b"alpha")
+    batch = {"key": ["docs/a.txt"], "relative": ["a.txt"], "format": ["txt"]}
+    for _ in range(3):
+        rows = build.read_and_parse(batch, BUCKET, "text", None, ())
+        assert rows["text"] == ["alpha"]
+    assert len(made) == 1
+
+
+@pytest.mark.parametrize("objects,cpus,expected", [(10, 3, 8), (400, 3, 67), (4000, 2, 1000)])
+def test_read_tasks_are_a_few_per_cpu_not_one_per_eight_documents(objects, cpus, expected):
+    assert build.read_batch_size(objects, cpus) == expected
+
+
+def test_the_embedding_actor_chunks_its_documents_on_as_many_torch_threads_as_cpus_it_holds():
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        actor = build.DocumentEmbedder("all-MiniLM-L6-v2", "tokens", 16, 2, 8, True, "cpu", threads=1)
+        assert torch.get_num_threads() == 1
+        text = " ".join(f"Sentence number {i} talks about vector search." for i in range(12))
+        out = actor({"document_id": np.array(["a.txt"]), "text": np.array([text]),
+                     "metadata": np.array([json.dumps({"source": "a.txt"})]), "anchors": np.array(["[]"]),
+                     "document_hash": np.array(["h"])})
+    finally:
+        torch.set_num_threads(threads)
+    count = len(out["text"])
+    assert count > 3 and list(out["ordinal"]) == list(range(count))
+    assert set(out["chunks_in_document"]) == {count} and out["vector"].shape == (count, 384)
