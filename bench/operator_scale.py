@@ -49,7 +49,7 @@ import urllib.request
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION, PLURAL, KIND = "kubeforge.dev", "v1alpha1", "finetunes", "FineTune"
@@ -102,6 +102,14 @@ class Processes:
             if proc.poll() is not None:
                 tail = (self.work / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    def tails(self, names: Iterable[str], lines: int = 25) -> str:
+        """The last lines of these processes' logs, for an error message that explains itself in CI."""
+        parts = []
+        for name in names:
+            text = (self.work / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {name}.log (last {len(text)} lines) ---\n" + "\n".join(text))
+        return "\n".join(parts)
 
     def stop_all(self) -> None:
         from kubeforge.dev.processes import stop_session
@@ -520,8 +528,13 @@ def measure(args) -> dict:
                 watch = Watch(api_url, path, handler)
                 watch.start()
                 watch.ready.wait(30)
-        started = wait_until(lambda: all(open_watches(api_url, s.namespace, PLURAL) for s in sides),
-                             "both operators to watch FineTunes", 180, procs, poll=0.5)
+        try:
+            started = wait_until(lambda: all(open_watches(api_url, s.namespace, PLURAL) for s in sides),
+                                 "both operators to watch FineTunes", 180, procs, poll=0.5)
+        except RuntimeError as error:
+            idle = [s.label for s in sides if not open_watches(api_url, s.namespace, PLURAL)]
+            raise RuntimeError(f"{error}; not watching: {', '.join(idle) or 'none by now'}\n"
+                               + procs.tails(["operator", "baseline", "apiserver"])) from None
         log(f"emulator, S3, status-only KubeRay and both operators up (operators watching after {started:.1f} s); "
             f"Kubeforge from {operator_src} at {source_revision(operator_src)}")
 

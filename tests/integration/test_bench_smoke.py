@@ -33,7 +33,7 @@ def test_operator_scale_bench_reports_every_metric_for_both_operators():
     result = subprocess.run([sys.executable, "bench/operator_scale.py", "--n", "5", "--window", "10", "--samples", "3",
                              "--settle", "2", "--timeout", "180", "--json"],
                             cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-8000:]
     report = json.loads(result.stdout)
     rows = {row["metric"]: row for row in report["metrics"]}
     assert set(rows) == {"rayjobs_created_s", "steady_requests_per_resource_min",
