@@ -280,6 +280,46 @@ def running(obj, kuberay, api):
     return api.obj["status"]["jobId"]
 
 
+def test_backoff_limit_retries_a_failed_job_under_a_fresh_id_then_fails_for_good():
+    kuberay, api, jobs = controller(rayjob(backoffLimit=1))
+    first = running(api.obj, kuberay, api)
+    jobs.jobs[first] = "FAILED"
+    kuberay.sync(api.obj)
+    status = api.obj["status"]
+    # Written Retrying, never Failed, with the failure counted and its reason kept until the retry clears it.
+    assert (status["jobDeploymentStatus"], status["failed"], status["reason"]) == ("Retrying", 1, "AppFailed")
+    assert all(w["jobDeploymentStatus"] != "Failed" for w in api.status_writes)
+    kuberay.sync(api.obj)
+    assert {"jobId", "jobDeploymentStatus", "reason", "message", "rayClusterName"}.isdisjoint(api.obj["status"])
+    assert api.obj["status"]["failed"] == 1 and "startTime" in api.obj["status"]
+    second = running(api.obj, kuberay, api)
+    assert second == f"{first}-1" and [job_id for _, job_id, _ in jobs.submitted] == [first, second]
+    jobs.jobs[second] = "FAILED"
+    kuberay.sync(api.obj)
+    status = api.obj["status"]
+    assert (status["jobDeploymentStatus"], status["failed"], status["reason"]) == ("Failed", 2, "AppFailed")
+    kuberay.sync(api.obj)
+    assert len(jobs.submitted) == 2  # backoffLimit 1: two runs in all
+
+
+@pytest.mark.parametrize("spec", [{}, {"backoffLimit": 0}, {"backoffLimit": 3, "activeDeadlineSeconds": 5}])
+def test_no_retry_without_backoff_limit_or_after_a_deadline(spec):
+    from datetime import timedelta
+
+    now = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    kuberay, api, jobs = controller(rayjob(**spec), clock=lambda: now[0])
+    job_id = running(api.obj, kuberay, api)
+    if "activeDeadlineSeconds" in spec:
+        jobs.jobs[job_id] = "RUNNING"
+        now[0] += timedelta(seconds=6)
+    else:
+        jobs.jobs[job_id] = "FAILED"
+    kuberay.sync(api.obj)
+    kuberay.sync(api.obj)
+    assert api.obj["status"]["jobDeploymentStatus"] == "Failed" and api.obj["status"]["failed"] == 1
+    assert len(jobs.submitted) == 1
+
+
 def test_chaos_kill_only_kills_and_the_status_comes_from_ray(monkeypatch):
     from kubeforge.dev.kuberay import processes
 

@@ -29,6 +29,10 @@ RayJob (kuberay `rayjob_types.go`):
     reason AppFailed (failed+1), message = Ray's job message ("Job entrypoint command failed with exit code N,
     last available logs ..."). rayJobInfo{startTime,endTime}, endTime, observedGeneration. Writes only on change.
   - Ray job unknown to the head (head restarted) -> Failed, reason SubmissionFailed, message "NodeLost: ...".
+  - spec.backoffLimit (KubeRay's checkBackoffLimitAndUpdateStatusIfNeeded): a failure with runs left (at most
+    backoffLimit + 1 in all; never after DeadlineExceeded) is written Retrying instead of Failed, with failed+1 and
+    the failure's reason and message; the next pass stops the Ray job (KubeRay deletes its cluster), clears the
+    cluster and job fields back to New, and the RayJob is submitted again under a fresh `<jobId>-<n>`.
   - spec.activeDeadlineSeconds -> job stopped, Failed, reason DeadlineExceeded.
   - spec.suspend -> job stopped, Suspended (jobId cleared); unsuspend -> new submission `<jobId>-<n>`.
   - shutdownAfterJobFinishes/ttlSecondsAfterFinished only delete the (here: shared, kept) cluster, as KubeRay;

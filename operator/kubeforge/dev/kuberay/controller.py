@@ -24,10 +24,11 @@ import yaml
 
 from kubeforge.dev.kuberay import processes, scheduling
 from kubeforge.dev.kuberay.env import EnvError, container_env, head_container
-from kubeforge.dev.kuberay.status import (FAILED, INITIALIZING, JOB_RUNNING, RUNNING, SUBMISSION_FAILED,
+from kubeforge.dev.kuberay.status import (FAILED, INITIALIZING, JOB_RUNNING, RETRYING, RUNNING, SUBMISSION_FAILED,
                                           SUSPENDED, TERMINAL_DEPLOYMENT, TERMINAL_JOB, VALIDATION_FAILED,
                                           deadline_exceeded, deletion_due, format_time, parse_time,
-                                          pre_running_deadline_exceeded, rayjob_status, rayservice_status)
+                                          pre_running_deadline_exceeded, rayjob_status, rayservice_status,
+                                          reset_for_retry, retrying_if_eligible)
 from kubeforge.dev.kuberay.validation import validate_rayjob, validate_rayservice
 
 log = logging.getLogger("kubeforge.dev.kuberay")
@@ -101,6 +102,8 @@ class LocalKubeRay:
     # ---- API helpers ------------------------------------------------------------------------------------------
     def _patch_status(self, obj: dict, status: dict, plural: str = PLURAL) -> None:
         status = {k: v for k, v in status.items() if v is not None}
+        if plural == PLURAL:  # as KubeRay, right before every RayJob status update
+            status = retrying_if_eligible(obj.get("spec") or {}, obj.get("status") or {}, status)
         if status == (obj.get("status") or {}):
             return
         meta = obj["metadata"]
@@ -211,6 +214,11 @@ class LocalKubeRay:
             self._patch_meta(rayjob, {"finalizers": [*(meta.get("finalizers") or []), FINALIZER],
                                       "resourceVersion": meta["resourceVersion"]})
         spec = rayjob.get("spec") or {}
+        if deployment == RETRYING:
+            if job_id:  # KubeRay deletes the job's RayCluster, and the Ray job with it
+                self._stop(job_id)
+            self._patch_status(rayjob, reset_for_retry(status))
+            return
         if deployment in TERMINAL_DEPLOYMENT:
             self._after_finish(rayjob)
             self._clear_chaos(rayjob)
@@ -231,7 +239,7 @@ class LocalKubeRay:
                                                        "K8sJobMode/HTTPMode only)"})
                 return
             # Record the ids before submitting, so a restart never submits twice.
-            job_id = self._fresh_job_id(rayjob, resumed=deployment == SUSPENDED)
+            job_id = self._fresh_job_id(rayjob, resumed=deployment == SUSPENDED or bool(status.get("failed")))
             self._patch_status(rayjob, {**status, "jobId": job_id, "rayClusterName": self.cluster_name(rayjob),
                                         "dashboardURL": self.dashboard_url.split("://", 1)[-1] or None,
                                         "jobDeploymentStatus": INITIALIZING, "startTime": self._now(),
@@ -331,8 +339,8 @@ class LocalKubeRay:
         return selector.get("ray.io/cluster") or f"{obj['metadata']['name']}-raycluster"
 
     def _fresh_job_id(self, rayjob: dict, resumed: bool) -> str:
-        """spec.jobId or `<name>-<uid prefix>`; after a suspend, Ray still holds the old submission id, so the
-        first free `<id>-<n>` (KubeRay gets a fresh cluster instead)."""
+        """spec.jobId or `<name>-<uid prefix>`; after a suspend or a failure retried under backoffLimit, Ray still
+        holds the old submission id, so the first free `<id>-<n>` (KubeRay gets a fresh cluster instead)."""
         base = default_job_id(rayjob)
         if not resumed:
             return base  # an existing Ray job with this id (spec.jobId reused) is adopted by _submit

@@ -13,7 +13,7 @@ from kubeforge.timefmt import rfc3339 as format_time
 
 # JobDeploymentStatus
 NEW, INITIALIZING, RUNNING, COMPLETE, FAILED = "", "Initializing", "Running", "Complete", "Failed"
-SUSPENDING, SUSPENDED = "Suspending", "Suspended"
+SUSPENDING, SUSPENDED, RETRYING = "Suspending", "Suspended", "Retrying"
 VALIDATION_FAILED = "ValidationFailed"  # both a JobDeploymentStatus and a JobFailedReason
 TERMINAL_DEPLOYMENT = {COMPLETE, FAILED}
 # JobStatus (Ray's)
@@ -22,6 +22,29 @@ TERMINAL_JOB = {STOPPED, SUCCEEDED, JOB_FAILED}
 # JobFailedReason
 APP_FAILED, DEADLINE_EXCEEDED, SUBMISSION_FAILED = "AppFailed", "DeadlineExceeded", "SubmissionFailed"
 CHAOS_REASONS = ("NodeLost", "OOMKilled", "Evicted")
+NOT_RETRIED = {DEADLINE_EXCEEDED, "JobStatusCheckTimeoutExceeded"}
+RETRY_CLEARED = ("rayClusterStatus", "rayClusterName", "dashboardURL", "jobId", "jobStatus", "message", "reason",
+                 "rayJobInfo", "jobStatusCheckFailureStartTime", "jobDeploymentStatus")
+"""What KubeRay's Retrying pass resets (jobStatus and jobDeploymentStatus to New, which is "" and omitted)."""
+
+
+def retrying_if_eligible(spec: Mapping, previous: Mapping, status: dict) -> dict:
+    """KubeRay's checkBackoffLimitAndUpdateStatusIfNeeded, applied to a status about to be written: a RayJob that
+    fails now (status.failed already counts this failure) with failures left under spec.backoffLimit (at most
+    backoffLimit + 1 runs in all) is written Retrying instead of Failed, keeping the failure's reason and message
+    until the retry clears them. A deadline is never retried."""
+    if status.get("jobDeploymentStatus") != FAILED or previous.get("jobDeploymentStatus") == FAILED:
+        return status
+    limit = spec.get("backoffLimit")
+    if limit is None or (status.get("failed") or 0) >= limit + 1 or status.get("reason") in NOT_RETRIED:
+        return status
+    return {**status, "jobDeploymentStatus": RETRYING}
+
+
+def reset_for_retry(status: Mapping) -> dict:
+    """KubeRay's pass over a Retrying RayJob (after deleting its cluster and submitter): back to New with the
+    cluster and Ray job fields cleared; the failed/succeeded counters, startTime and endTime stay."""
+    return {k: v for k, v in status.items() if k not in RETRY_CLEARED}
 
 
 def _ms(value: Any) -> Optional[str]:
