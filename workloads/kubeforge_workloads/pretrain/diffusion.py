@@ -11,6 +11,11 @@ checkpoint cannot shift it.
 Training adds noise with DDPM's forward process built from the chosen scheduler's config (its betas,
 num_train_timesteps and prediction_type), as diffusers' training scripts do; model.noiseScheduler.type is the
 sampler of the checkpoint grids and of the exported pipeline.
+
+A checkpoint's sample grid is drawn in the background on rank 0 (one grid at a time, each from a private copy of
+the weights taken at the checkpoint) while every rank trains on: drawn in the step loop, rank 0 held all ranks at
+the next collective for as long as sampling took. The next checkpoint and the end of the run wait for it and raise
+its error. The sampling U-Net is built once and reloaded per row, not rebuilt (with a random init) per row.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from __future__ import annotations
 import bisect
 import contextlib
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 from kubeforge.api.trainingjob import NoiseScheduler, NoiseSchedulerType
 from kubeforge_workloads.common.errors import DataError, UserError
 from kubeforge_workloads.pretrain.sampler import GlobalSampler
-from kubeforge_workloads.pretrain.train import TrainingLoop, rng_state, set_rng_state
+from kubeforge_workloads.pretrain.train import TrainingLoop
 
 SCHEDULER_CLASSES = {NoiseSchedulerType.DDPM: "DDPMScheduler", NoiseSchedulerType.DDIM: "DDIMScheduler",
                      NoiseSchedulerType.EULER_DISCRETE: "EulerDiscreteScheduler",
@@ -139,6 +145,20 @@ def use_low_precision_norms(model) -> int:
 
 class DiffusionPretraining(TrainingLoop):
     """task: diffusion on TrainingLoop's steps, checkpoints, EMA and goodput."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sampling_unet = None
+        self.grid_drawer: Optional[ThreadPoolExecutor] = None
+        self.grid_in_flight: Optional[Future] = None
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:  # a run that failed leaves no drawing thread behind (its grid in flight is let finish)
+            if self.grid_drawer is not None:
+                self.grid_drawer.shutdown()
+                self.grid_drawer = None
 
     # data and frozen components
     def load_data(self) -> None:
@@ -343,11 +363,13 @@ class DiffusionPretraining(TrainingLoop):
 
     # samples
     def unet_from(self, state: dict):
+        """The one sampling U-Net (built on first use), in eval mode on the device, holding `state`'s weights."""
         from diffusers import UNet2DConditionModel
 
-        unet = UNet2DConditionModel.from_config(self.unet_config)
-        unet.load_state_dict(state)
-        return unet.eval().to(self.device)
+        if self.sampling_unet is None:
+            self.sampling_unet = UNet2DConditionModel.from_config(self.unet_config).eval().to(self.device)
+        self.sampling_unet.load_state_dict(state)
+        return self.sampling_unet
 
     def pipeline(self, unet):
         from diffusers import StableDiffusionPipeline
@@ -366,8 +388,8 @@ class DiffusionPretraining(TrainingLoop):
         return list(samples.prompts) or self.pairs.captions[:samples.count]
 
     def after_checkpoint(self, step: int) -> None:
-        """Collective (the weights are gathered from every rank); rank 0 samples the grid: one row per prompt
-        set, the U-Net's and, once it runs, the EMA's."""
+        """Collective (the weights are gathered from every rank); rank 0 then draws the grid in the background:
+        one row per prompt set, the U-Net's and, once it runs, the EMA's."""
         prompts = self.prompts()
         if not prompts:
             return
@@ -379,16 +401,38 @@ class DiffusionPretraining(TrainingLoop):
             states["ema"] = self.full_state(self.ema.state_dict())
         if self.rank != 0:
             return
-        saved = rng_state()  # nothing here may move the training RNG: a run with samples equals one without
-        try:
-            grid = self.sample_grid(states, prompts, self.spec.phases[self.phase_of(step - 1)].resolution)
-        finally:
-            set_rng_state(saved)
+        self.wait_for_grid()  # one grid at a time: it reuses the sampling U-Net
+        if self.device.type == "cpu":  # on the CPU both are the live tensors, which the next steps change in place
+            states = {row: {name: tensor.clone() for name, tensor in state.items()} for row, state in states.items()}
+        if self.grid_drawer is None:
+            self.grid_drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeforge-grid")
+        resolution = self.spec.phases[self.phase_of(step - 1)].resolution
+        self.grid_in_flight = self.grid_drawer.submit(self.log_grid, states, prompts, resolution, step)
+
+    def log_grid(self, states: dict, prompts: list[str], resolution: int, step: int) -> None:
         from mlflow.tracking import MlflowClient
 
+        grid = self.sample_grid(states, prompts, resolution)
         MlflowClient().log_image(self.run_id, grid, f"samples/step-{step:08d}.png")
 
+    def wait_for_grid(self) -> None:
+        """Until the grid in flight is logged; raises what drawing or logging it raised."""
+        in_flight, self.grid_in_flight = self.grid_in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    def stop_sampling(self) -> None:
+        """The grid in flight finishes (or fails: the error is raised), and the drawing thread ends."""
+        drawer, self.grid_drawer = self.grid_drawer, None
+        try:
+            self.wait_for_grid()
+        finally:
+            if drawer is not None:
+                drawer.shutdown()
+
     def sample_grid(self, states: dict, prompts: list[str], resolution: int):
+        """Touches no global RNG (its noise comes from samples.seed's generator): it runs beside the training
+        steps, whose RNG state every checkpoint keeps."""
         import torch
         from diffusers.utils import make_image_grid
 
@@ -404,6 +448,10 @@ class DiffusionPretraining(TrainingLoop):
         return make_image_grid(images, rows=len(states), cols=len(prompts))
 
     # output
+    def finish(self) -> None:
+        self.stop_sampling()  # every grid is in MLflow before the run reports Done
+        super().finish()
+
     def export(self, model_state: dict, ema_state: Optional[dict]) -> dict:
         from kubeforge_workloads.pretrain.publish import publish
 
