@@ -209,3 +209,18 @@ def test_an_embedding_model_is_served_listed_and_its_name_must_not_clash():
     assert app["embeddings"] == {"name": "minilm", "model": "all-MiniLM-L6-v2", "normalize": True}
     with_embeddings["spec"]["embeddings"]["name"] = "support"
     assert "support is used twice" in reconcile(with_embeddings).status["message"]
+
+
+def test_tracing_reaches_the_serve_app_with_the_endpoints_experiment_and_is_off_at_rate_zero():
+    import yaml
+
+    traced = copy.deepcopy(OBJ)
+    traced["spec"]["tracing"] = {"sampleRate": 0.25}
+    args = yaml.safe_load(reconcile(traced).apply[0]["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["tracing"] == {"experiment": f"{OBJ['metadata']['namespace']}/ServingEndpoint", "sample_rate": 0.25}
+    traced["spec"]["mlflow"] = {"experiment": "support-bot"}
+    args = yaml.safe_load(reconcile(traced).apply[0]["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["tracing"]["experiment"] == "support-bot"
+    traced["spec"]["tracing"] = {"sampleRate": 0}
+    args = yaml.safe_load(reconcile(traced).apply[0]["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args.get("tracing") is None

@@ -51,6 +51,12 @@ class ServedEmbeddings(BaseModel):
     normalize: bool = True
 
 
+class ServedTracing(BaseModel):
+    experiment: str
+    """The MLflow experiment the traces go to (the endpoint's)."""
+    sample_rate: float = Field(ge=0.0, le=1.0)
+
+
 class EngineConfig(BaseModel):
     kind: Literal["transformers", "vllm"]
     max_model_len: Optional[int] = None
@@ -74,6 +80,8 @@ class ServeAppConfig(BaseModel):
     templates: list[ServedTemplate] = []
     rag: Optional[ServedRetrieval] = None
     embeddings: Optional[ServedEmbeddings] = None
+    tracing: Optional[ServedTracing] = None
+    """Sampled request traces in MLflow; None: none."""
     api_keys_env: Optional[str] = None
     """Name of the environment variable holding the accepted keys; None: no authentication."""
     gpus_per_replica: int = Field(default=0, ge=0)

@@ -138,6 +138,15 @@ class EmbeddingsSpec(ApiModel):
     """Unit-length vectors, so a dot product is the cosine similarity. Default: true."""
 
 
+class TracingSpec(ApiModel):
+    """Sampled request traces in MLflow, in the endpoint's experiment (spec.mlflow.experiment)."""
+
+    sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Fraction of completion requests recorded as MLflow traces: the model, the messages or prompt, the template,
+    sampling parameters, the answers, token counts, latency and retrieved chunk ids. Request headers (the API key)
+    are never recorded. 0 records none."""
+
+
 class ServingEndpointSpec(CommonSpec):
     """A long-running OpenAI-compatible endpoint on Ray Serve."""
 
@@ -157,6 +166,8 @@ class ServingEndpointSpec(CommonSpec):
     """An embedding model served at /v1/embeddings. Unset: no embeddings route."""
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, json_schema_extra=DEFAULT_EMPTY_OBJECT)
     """Replica autoscaling."""
+    tracing: Optional[TracingSpec] = None
+    """Sampled request traces in MLflow. Unset: none."""
     auth: Optional[Auth] = None
     """API keys. Unset: the endpoint accepts every request (keep it off public networks)."""
     max_tokens: int = Field(default=256, ge=1, le=131072)

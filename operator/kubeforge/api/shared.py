@@ -151,6 +151,10 @@ class MlflowSpec(ApiModel):
     experiment: Optional[str] = Field(default=None, max_length=256)
     """Experiment name; defaults to <namespace>/<Kind>."""
 
+    def experiment_for(self, obj: dict) -> str:
+        """The experiment of `obj` (the resource as stored): this one's, or <namespace>/<Kind>."""
+        return self.experiment or f"{obj['metadata']['namespace']}/{obj['kind']}"
+
 
 class CommonSpec(ApiModel):
     """Fields every Kubeforge kind has."""

@@ -56,7 +56,7 @@ def workload_context(obj: dict, spec: CommonSpec, attempt: int, settings: Settin
         kind=obj["kind"], namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
         generation=meta.get("generation", 1), attempt=attempt, spec=obj["spec"],
         storage=StorageContext(bucket=prefix.bucket, prefix=prefix.prefix),
-        mlflow=MlflowContext(experiment=spec.mlflow.experiment or f"{meta['namespace']}/{obj['kind']}",
+        mlflow=MlflowContext(experiment=spec.mlflow.experiment_for(obj),
                              run_name=meta["name"], tracking_uri=settings.mlflow_tracking_uri),
         inputs=inputs or {},
     )

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from kubeforge.api.kinds import kind_info
 from kubeforge.api.serveapp import (API_KEYS_ENV, EngineConfig, ServeAppConfig, ServedEmbeddings, ServedModel,
-                                    ServedRetrieval, ServedTemplate)
+                                    ServedRetrieval, ServedTemplate, ServedTracing)
 from kubeforge.api.servingendpoint import Engine, ServingEndpointSpec
 from kubeforge.api.status import ConditionType, Phase, Reason
 from kubeforge.controllers.batch import Dependency, DependencyUnusable, unready_dependencies
@@ -118,6 +118,8 @@ def app_config(obj: dict, spec: ServingEndpointSpec, inputs: dict[str, Any]) -> 
         rag=rag,
         embeddings=(ServedEmbeddings(name=spec.embeddings.name, model=spec.embeddings.model,
                                      normalize=spec.embeddings.normalize) if spec.embeddings else None),
+        tracing=(ServedTracing(experiment=spec.mlflow.experiment_for(obj), sample_rate=spec.tracing.sample_rate)
+                 if spec.tracing and spec.tracing.sample_rate > 0 else None),
         api_keys_env=API_KEYS_ENV if spec.auth else None,
         gpus_per_replica=spec.resources.gpus_per_worker,
     )

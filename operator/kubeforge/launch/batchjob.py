@@ -44,9 +44,11 @@ def endpoint_prefix(endpoint: dict, spec: ServingEndpointSpec, settings: Setting
 
 
 def build_batch_rayjob(endpoint: dict, request: BatchInference, app: ServeAppConfig, attempt: int,
-                       settings: Settings) -> dict:
+                       settings: Settings, retries: int = 0) -> dict:
     """The RayJob for attempt `attempt` of `request` over `endpoint` (the ServingEndpoint as stored); `app` is the
-    endpoint's resolved Serve config (`kubeforge.controllers.serving.app_config`)."""
+    endpoint's resolved Serve config (`kubeforge.controllers.serving.app_config`). On a cluster of its own KubeRay
+    reruns it up to `retries` times after a failure (backoffLimit), each run skipping the shards already written;
+    KubeRay refuses backoffLimit with a clusterSelector, so there it is 0 and `kubeforge batch` resubmits."""
     meta = endpoint["metadata"]
     spec = ServingEndpointSpec.model_validate(endpoint.get("spec") or {})
     prefix = endpoint_prefix(endpoint, spec, settings)
@@ -54,7 +56,7 @@ def build_batch_rayjob(endpoint: dict, request: BatchInference, app: ServeAppCon
         kind=endpoint["kind"], namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
         generation=meta.get("generation", 1), attempt=attempt, spec=endpoint.get("spec") or {},
         storage=StorageContext(bucket=prefix.bucket, prefix=prefix.prefix),
-        mlflow=MlflowContext(experiment=spec.mlflow.experiment or f"{meta['namespace']}/{endpoint['kind']}",
+        mlflow=MlflowContext(experiment=spec.mlflow.experiment_for(endpoint),
                              run_name=f"{meta['name']}-batch-{request.id}", tracking_uri=settings.mlflow_tracking_uri),
         inputs={"batch": request.model_dump(mode="json"), "app": app.model_dump(mode="json")},
     )
@@ -63,11 +65,11 @@ def build_batch_rayjob(endpoint: dict, request: BatchInference, app: ServeAppCon
         "entrypoint": f"python -m {WORKLOAD_MODULE}",
         "runtimeEnvYAML": yaml.safe_dump(build_runtime_env(spec, context, settings), sort_keys=True),
         "jobId": f"{meta['namespace']}-{name}-{meta['uid'][:8]}",
-        # The CLI resubmits a failed attempt as a new RayJob (the local KubeRay has no backoffLimit).
-        "backoffLimit": 0,
         "submissionMode": "K8sJobMode",
     }
-    rayjob_spec.update(cluster_placement(spec, settings))
+    placement = cluster_placement(spec, settings)
+    rayjob_spec["backoffLimit"] = 0 if "clusterSelector" in placement else retries
+    rayjob_spec.update(placement)
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": "RayJob",

@@ -612,3 +612,53 @@ def test_embedding_errors_are_openai_shaped(embedding_app, served):
         client(embedding_app.url, "wrong").embeddings.create(model="minilm", input="x")
     with pytest.raises(openai.NotFoundError, match="embedding models: none"):
         client(served.url).embeddings.create(model="minilm", input="x")
+
+
+# request traces in MLflow
+
+def test_sampled_requests_are_traced_in_mlflow_without_the_api_key(config, engine, tracking_uri):
+    import mlflow
+
+    from kubeforge.api.serveapp import ServedTracing
+    from kubeforge_workloads.serve.app import create_app
+    from kubeforge_workloads.serve.tracing import RequestTracer, open_tracer
+
+    assert open_tracer(config) is None  # no spec.tracing: no tracer
+    tracer = RequestTracer(ServedTracing(experiment="ns/ServingEndpoint", sample_rate=1.0), config.endpoint)
+    with LiveApp(create_app(config, engine, api_keys=[API_KEY], tracer=tracer)) as live:
+        api = client(live.url, API_KEY)
+        answer = chat(api, "concise", "Where are checkpoints stored?").choices[0].message.content
+        streamed, _ = streamed_text(chat(api, ENDPOINT, "What is LoRA?", stream=True))
+        mlflow.flush_trace_async_logging()
+        experiment = mlflow.get_experiment_by_name("ns/ServingEndpoint")
+        traces = mlflow.search_traces(experiment_ids=[experiment.experiment_id], return_type="list", flush=True)
+    assert len(traces) == 2
+    by_model = {t.data.spans[0].name: t.data.spans[0] for t in traces}
+    adapter, base = by_model["concise"], by_model[ENDPOINT]
+    assert adapter.inputs == {"messages": [{"role": "user", "content": "Where are checkpoints stored?"}]}
+    assert adapter.outputs["choices"][0]["text"] == answer and base.outputs["choices"][0]["text"] == streamed
+    assert adapter.attributes["stream"] is False and base.attributes["stream"] is True
+    assert adapter.attributes["completion_tokens"] > 0 and adapter.attributes["temperature"] == 0.0
+    assert all(t.info.state.value == "OK" for t in traces)
+    assert not any(API_KEY in t.to_json() for t in traces)
+
+
+def test_a_sample_rate_records_that_share_of_requests(config, engine, tracking_uri):
+    import random
+
+    import mlflow
+
+    from kubeforge.api.serveapp import ServedTracing
+    from kubeforge_workloads.serve.app import create_app
+    from kubeforge_workloads.serve.tracing import RequestTracer
+
+    chooser, replay = random.Random(3), random.Random(3)
+    expected = sum(replay.random() < 0.5 for _ in range(8))
+    tracer = RequestTracer(ServedTracing(experiment="sampled", sample_rate=0.5), config.endpoint, chooser)
+    with LiveApp(create_app(config, engine, tracer=tracer)) as live:
+        for _ in range(8):
+            chat(client(live.url), ENDPOINT, max_tokens=2)
+        mlflow.flush_trace_async_logging()
+        experiment = mlflow.get_experiment_by_name("sampled")
+        traces = mlflow.search_traces(experiment_ids=[experiment.experiment_id], return_type="list", flush=True)
+    assert 0 < expected < 8 and len(traces) == expected

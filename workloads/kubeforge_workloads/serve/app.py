@@ -26,6 +26,7 @@ from kubeforge.api.serveapp import ServeAppConfig, ServedTemplate
 from kubeforge_workloads.serve.embeddings import EmbeddingRequest, open_embedder
 from kubeforge_workloads.serve.engine import QUEUE_FACTOR, Delta, Sampling
 from kubeforge_workloads.serve.metrics import ServeMetrics
+from kubeforge_workloads.serve.tracing import RequestTracer, open_tracer
 from kubeforge_workloads.serve.protocol import (
     DEFAULT_TEMPERATURE, DEFAULT_TOP_P, ApiError, ChatCompletionRequest, CompletionRequest, SamplingRequest,
     model_card, new_id, now, usage,
@@ -58,10 +59,10 @@ class _Route:
 
 
 def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]] = None, retriever=None,
-               embedder=None):
+               embedder=None, tracer: Optional[RequestTracer] = None):
     """The FastAPI app serving `engine` as `config` describes. `api_keys` None accepts every request;
     `retriever` (an opened index version with .search(text, k)) is required when config.rag is set, `embedder`
-    (serve.embeddings.Embedder) when config.embeddings is."""
+    (serve.embeddings.Embedder) when config.embeddings is; `tracer` records sampled requests in MLflow."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -206,6 +207,17 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
         kind = "chat.completion" if chat else "text_completion"
         extra = {"context": context} if context is not None and config.rag.include_context else {}
         metrics.request(route.name)
+        span = tracer.start(route.name, {"messages": messages} if chat else {"prompt": prompt}, {
+            "request_id": request_id, "stream": bool(body.stream), "n": n, "max_tokens": max_tokens,
+            "temperature": sampling.temperature, "top_p": sampling.top_p, "prompt_tokens": len(ids),
+            "template": route.template.name if route.template else "",
+            "retrieved_chunk_ids": [c["id"] for c in context or []]}) if tracer else None
+
+        def traced(texts: list[str], finishes: list, generated: int, error: Optional[str] = None) -> None:
+            if span is not None:
+                tracer.finish(span, {"choices": [{"text": t, "finish_reason": f} for t, f in zip(texts, finishes)]},
+                              {"completion_tokens": generated, "latency_s": round(time.monotonic() - started, 4)},
+                              error)
         if not body.stream:
             texts, finishes = [""] * n, [None] * n
             generated = 0
@@ -216,6 +228,7 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
                     finishes[event.index] = event.reason
                     generated += event.completion_tokens
             metrics.done(route.name, time.monotonic() - started, generated)
+            traced(texts, finishes, generated)
             choices = [({"index": i, "message": {"role": "assistant", "content": texts[i]}} if chat else
                         {"index": i, "text": texts[i], "logprobs": None}) | {"finish_reason": finishes[i]}
                        for i in range(n)]
@@ -226,6 +239,7 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
 
         async def stream():
             generated, first_token_at = 0, None
+            texts, finishes, error = [""] * n, [None] * n, None
             chunk = {"id": request_id, "object": f"{kind}.chunk", "created": now(), "model": route.name}
             if chat:
                 yield _sse(chunk | {"choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -238,18 +252,22 @@ def create_app(config: ServeAppConfig, engine, api_keys: Optional[Sequence[str]]
                         if first_token_at is None:
                             first_token_at = time.monotonic()
                             metrics.first_token(route.name, first_token_at - started)
+                        texts[event.index] += event.text
                         choice = ({"delta": {"content": event.text}} if chat else {"text": event.text})
                         yield _sse(chunk | {"choices": [{"index": event.index, "finish_reason": None} | choice]})
                     else:
                         generated += event.completion_tokens
+                        finishes[event.index] = event.reason
                         choice = {"delta": {}} if chat else {"text": ""}
                         yield _sse(chunk | {"choices": [{"index": event.index, "finish_reason": event.reason}
                                                         | choice]})
-            except ApiError as error:
-                yield _sse(error.body())
+            except ApiError as failure:
+                error = failure.message
+                yield _sse(failure.body())
             if include_usage:
                 yield _sse(chunk | {"choices": [], "usage": usage(len(ids), generated)})
             metrics.done(route.name, time.monotonic() - started, generated)
+            traced(texts, finishes, generated, error)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream",
@@ -346,10 +364,11 @@ def build(args: dict):
             self.engine = load_engine(self.config)
             self.retriever = open_retriever(self.config)
             self.embedder = open_embedder(self.config)
+            self.tracer = open_tracer(self.config)
             log.info("serving %s: models %s", self.config.endpoint,
                      [self.config.base.name] + [a.name for a in self.config.adapters])
 
         def __serve_build_asgi_app__(self):
-            return create_app(self.config, self.engine, self.api_keys, self.retriever, self.embedder)
+            return create_app(self.config, self.engine, self.api_keys, self.retriever, self.embedder, self.tracer)
 
     return OpenAIServer.bind(config.model_dump_json())
