@@ -1,9 +1,10 @@
 """`kubeforge batch`: run a ServingEndpoint's prompt template over a table as a RayJob, and follow it.
 
-Retries are the CLI's: the RayJob is created with backoffLimit 0 (the local KubeRay does not implement backoffLimit),
-and while the CLI follows a run it resubmits a failed attempt as a new RayJob (`<endpoint>-b<id>-<attempt>`), up to
---retries times. The workload skips every block whose shard an earlier attempt wrote, so a retry redoes at most the
-blocks that were in flight. With --detach nobody retries (operator-managed retries are a follow-up).
+Retries belong to the cluster where they can: on a cluster of its own the RayJob carries backoffLimit = --retries,
+so KubeRay reruns a failed run (on a fresh cluster) whether or not anyone follows it, also after --detach. KubeRay
+refuses backoffLimit with a clusterSelector; there the RayJob has backoffLimit 0 and, while the CLI follows the run,
+it resubmits a failed attempt as a new RayJob (`<endpoint>-b<id>-<attempt>`) up to --retries times. Either way the
+workload skips every block whose shard an earlier run wrote, so a retry redoes at most the blocks in flight.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Submitted:
     request: BatchInference
     rayjob: str
     attempt: int
+    kuberay_retries: int = 0
+    """The RayJob's backoffLimit: KubeRay's reruns of it, which the CLI then only reports."""
 
 
 def endpoint_name(resource: str) -> str:
@@ -101,13 +104,15 @@ class BatchRun:
                                                        label_selector=f"{LABEL_BATCH}={request.id}")["items"]
         return {int(job["metadata"]["labels"][LABEL_ATTEMPT]): job for job in found}
 
-    def submit(self, endpoint: dict, request: BatchInference, app) -> Submitted:
+    def submit(self, endpoint: dict, request: BatchInference, app, retries: int = 0) -> Submitted:
         """A new attempt, numbered after every earlier attempt of the same run (their RayJobs may still exist)."""
         attempt = max(self.attempts(request), default=0) + 1
-        body = build_batch_rayjob(endpoint, request, app, attempt, self.settings)
+        body = build_batch_rayjob(endpoint, request, app, attempt, self.settings, retries)
         self.api.create_namespaced_custom_object(RAY_GROUP, RAY_VERSION, self.namespace, RAYJOBS, body)
-        self.echo(f"submitted RayJob {body['metadata']['name']} (batch {request.id}, attempt {attempt})")
-        return Submitted(request, body["metadata"]["name"], attempt)
+        limit = body["spec"]["backoffLimit"]
+        self.echo(f"submitted RayJob {body['metadata']['name']} (batch {request.id}, attempt {attempt}"
+                  + (f", KubeRay retries it up to {limit} times)" if limit else ")"))
+        return Submitted(request, body["metadata"]["name"], attempt, limit)
 
     def progress(self, endpoint: dict, request: BatchInference) -> Optional[BatchProgress]:
         from kubeforge.api.servingendpoint import ServingEndpointSpec
@@ -118,8 +123,9 @@ class BatchRun:
         return BatchProgress.model_validate_json(raw) if raw else None
 
     def follow(self, endpoint: dict, submitted: Submitted, app, retries: int, timeout: float) -> int:
-        """Print a line per progress update; resubmit failed attempts up to `retries` times. The exit code."""
-        deadline, last_line, retried = time.monotonic() + timeout, None, 0
+        """Print a line per progress update and per retry; unless KubeRay retries the RayJob itself, resubmit a
+        failed attempt up to `retries` times. The exit code."""
+        deadline, last_line, retried, failures_seen = time.monotonic() + timeout, None, 0, 0
         while time.monotonic() < deadline:
             progress = self.progress(endpoint, submitted.request)
             if progress is not None and progress.attempt >= submitted.attempt:
@@ -131,6 +137,12 @@ class BatchRun:
             status = self.api.get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, self.namespace, RAYJOBS,
                                                            submitted.rayjob).get("status") or {}
             state = status.get("jobDeploymentStatus")
+            failures = status.get("failed") or 0
+            if state not in (FAILED, COMPLETE) and failures > failures_seen:
+                failures_seen = failures  # KubeRay counted a failure and reruns the job (backoffLimit)
+                why = status.get("message") or status.get("reason") or "its reason is cleared once the rerun starts"
+                self.echo(f"RayJob {submitted.rayjob} failed ({why}); retry {failures} of "
+                          f"{submitted.kuberay_retries}, by KubeRay")
             if state == COMPLETE and status.get("jobStatus") == "SUCCEEDED":
                 progress = self.progress(endpoint, submitted.request)
                 self.echo(f"done: {progress.rows_done if progress else '?'}/{progress.rows_total if progress else '?'}"
@@ -138,7 +150,7 @@ class BatchRun:
                 return 0
             if state in (FAILED, COMPLETE):
                 why = status.get("message") or status.get("reason") or status.get("jobStatus") or state
-                if retried >= retries:
+                if submitted.kuberay_retries or retried >= retries:
                     self.echo(f"RayJob {submitted.rayjob} failed ({why}); no retries left (--retries {retries})")
                     return 1
                 retried += 1

@@ -114,8 +114,10 @@ def query(resource: str, text: str, k: int, filters: tuple[str, ...], version, n
 @click.option("--block-rows", default=16, show_default=True, type=click.IntRange(min=1),
               help="rows per output shard: the unit of progress and resume")
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0),
-              help="resubmit a failed RayJob this many times (done by this command while it follows the run)")
-@click.option("--detach", is_flag=True, help="submit and return without following (then nobody retries)")
+              help="rerun a failed run this many times (KubeRay's backoffLimit; with the endpoint's "
+                   "clusterSelector, this command resubmits while it follows)")
+@click.option("--detach", is_flag=True, help="submit and return without following (KubeRay still retries, except "
+                                             "on a cluster picked by clusterSelector)")
 @click.option("--timeout", default=3600, show_default=True, help="seconds to follow before giving up")
 @click.option("-n", "--namespace", default="default", show_default=True)
 def batch(resource: str, template: str, input_uri: str, output_uri: str, column: str, id_column: str,
@@ -123,10 +125,11 @@ def batch(resource: str, template: str, input_uri: str, output_uri: str, column:
     """Run a ServingEndpoint's prompt template over every row of a table, as a KubeRay RayJob with Ray Data on
     the endpoint's base model (or adapter), and print rows done/total as it goes.
 
-    Rerunning the same command resumes: shards already written are skipped. Retries are this command's, not the
-    cluster's: the RayJob has backoffLimit 0 (the local KubeRay does not implement backoffLimit), and a failed
-    attempt is resubmitted as a new RayJob `<endpoint>-b<id>-<attempt>` up to --retries times while the command
-    follows it; with --detach a failure is final. The RayJobs are owned by the endpoint (deleted with it)."""
+    Rerunning the same command resumes: shards already written are skipped. Retries are the cluster's: the
+    RayJob has backoffLimit --retries, so KubeRay reruns a failed run on a fresh cluster, followed or not. On a
+    cluster picked by the endpoint's clusterSelector (where KubeRay refuses backoffLimit) this command resubmits a
+    failed attempt as a new RayJob `<endpoint>-b<id>-<attempt>` while it follows; with --detach there a failure is
+    final. The RayJobs are owned by the endpoint (deleted with it)."""
     from kubernetes import client
 
     from kubeforge.batchrun import BatchError, BatchRun, endpoint_name, prepare
@@ -139,7 +142,7 @@ def batch(resource: str, template: str, input_uri: str, output_uri: str, column:
     try:
         endpoint = run.endpoint(endpoint_name(resource))
         request, app = prepare(endpoint, template, model, input_uri, output_uri, column, id_column, block_rows)
-        submitted = run.submit(endpoint, request, app)
+        submitted = run.submit(endpoint, request, app, retries)
     except BatchError as error:
         raise click.ClickException(str(error)) from None
     if detach:

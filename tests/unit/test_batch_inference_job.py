@@ -86,3 +86,67 @@ def test_blocks_whose_shard_exists_are_skipped_and_only_those():
     assert pending_blocks(40, 8, [f"o/{shard_name(s)}" for s in range(0, 40, 8)]) == []
     assert shard_first_row("a/b/" + shard_name(123)) == 123 and shard_first_row("a/part-12.json") is None
     assert sorted(shard_name(s) for s in (100, 20, 3)) == [shard_name(3), shard_name(20), shard_name(100)]
+
+
+def test_kuberay_reruns_a_failed_run_on_its_own_cluster_and_never_beside_a_cluster_selector():
+    from kubeforge.dev.kuberay.validation import validate_rayjob
+
+    request, app = prepare(assistant(), "reviews", None, INPUT, OUTPUT, "text", "id", 8)
+    own = build_batch_rayjob(assistant(), request, app, 1, SETTINGS, retries=2)
+    assert own["spec"]["backoffLimit"] == 2 and validate_rayjob(own) is None
+    shared = assistant()
+    shared["spec"]["ray"] = {"clusterSelector": {"ray.io/cluster": "team-cluster"}}
+    beside = build_batch_rayjob(shared, request, app, 1, SETTINGS, retries=2)
+    assert beside["spec"]["backoffLimit"] == 0 and validate_rayjob(beside) is None
+
+
+class FollowedApi:
+    """The RayJob as KubeRay reports it on successive reads; records what the CLI creates."""
+
+    def __init__(self, statuses):
+        self.statuses, self.created = list(statuses), []
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        return {"status": self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]}
+
+    def list_namespaced_custom_object(self, *args, **kwargs):
+        return {"items": []}
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.created.append(body)
+
+
+def follow(statuses, kuberay_retries, retries=2):
+    import kubeforge.batchrun as batchrun
+    from kubeforge.batchrun import BatchRun, Submitted
+
+    api, lines = FollowedApi(statuses), []
+    run = BatchRun(api, None, SETTINGS, "default", lines.append)
+    run.progress = lambda endpoint, request: None
+    request, app = prepare(assistant(), "reviews", None, INPUT, OUTPUT, "text", "id", 8)
+    batchrun.POLL_SECONDS, saved = 0, batchrun.POLL_SECONDS
+    try:
+        code = run.follow(assistant(), Submitted(request, "assistant-b1", 1, kuberay_retries), app, retries, 30)
+    finally:
+        batchrun.POLL_SECONDS = saved
+    return code, lines, api.created
+
+
+def test_the_cli_reports_kuberays_reruns_and_submits_nothing_itself():
+    running = {"jobDeploymentStatus": "Running"}
+    code, lines, created = follow(
+        [running, {"jobDeploymentStatus": "Retrying", "failed": 1, "reason": "AppFailed", "message": "NodeLost"},
+         {"failed": 1}, {**running, "failed": 1},
+         {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "failed": 1}], kuberay_retries=2)
+    assert code == 0 and created == []
+    assert any("failed (NodeLost); retry 1 of 2, by KubeRay" in line for line in lines), lines
+    code, lines, created = follow([{"jobDeploymentStatus": "Failed", "failed": 3, "message": "boom"}],
+                                  kuberay_retries=2)
+    assert code == 1 and created == [] and "no retries left" in lines[-1]
+
+
+def test_beside_a_cluster_selector_the_cli_resubmits_a_failed_attempt():
+    code, lines, created = follow([{"jobDeploymentStatus": "Failed", "failed": 1, "message": "boom"},
+                                   {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}], kuberay_retries=0)
+    assert code == 0 and len(created) == 1 and created[0]["spec"]["backoffLimit"] == 0
+    assert any("retry 1 of 2" in line for line in lines), lines
