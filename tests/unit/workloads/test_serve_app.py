@@ -616,7 +616,9 @@ def test_embedding_errors_are_openai_shaped(embedding_app, served):
 
 # request traces in MLflow
 
-def test_sampled_requests_are_traced_in_mlflow_without_the_api_key(config, engine, tracking_uri):
+def test_sampled_requests_are_traced_in_mlflow_at_the_sample_rate_without_the_api_key(config, engine, tracking_uri):
+    import random
+
     import mlflow
 
     from kubeforge.api.serveapp import ServedTracing
@@ -642,16 +644,7 @@ def test_sampled_requests_are_traced_in_mlflow_without_the_api_key(config, engin
     assert all(t.info.state.value == "OK" for t in traces)
     assert not any(API_KEY in t.to_json() for t in traces)
 
-
-def test_a_sample_rate_records_that_share_of_requests(config, engine, tracking_uri):
-    import random
-
-    import mlflow
-
-    from kubeforge.api.serveapp import ServedTracing
-    from kubeforge_workloads.serve.app import create_app
-    from kubeforge_workloads.serve.tracing import RequestTracer
-
+    # A rate records that share of requests: those the tracer's chooser picks, no more, no fewer.
     chooser, replay = random.Random(3), random.Random(3)
     expected = sum(replay.random() < 0.5 for _ in range(8))
     tracer = RequestTracer(ServedTracing(experiment="sampled", sample_rate=0.5), config.endpoint, chooser)
