@@ -43,7 +43,10 @@ IN_PROCESS_MAX_BYTES = 256 * 1024
 """A sync that reads at most this much (a few changed documents) reads, chunks and embeds them in the driver:
 starting Ray Data's workers and loading the model in an actor costs more than embedding them."""
 READ_TASKS_PER_CPU = 2
-DOCUMENTS_PER_BATCH = 16
+DOCUMENTS_PER_BATCH = 128
+"""Documents per call of the embedding actor: a couple of hundred chunks per encode, which sentence-transformers
+sorts by length so its batches carry little padding (measured on 2 CPUs: 16 documents a call took a third more CPU
+than 64; one call over everything, the raw baseline, ~15% less than 64)."""
 PARTIAL_SAVE_SECONDS_ENV = "KUBEFORGE_INDEX_PARTIAL_SAVE_SECONDS"
 """How often embedded chunks of finished documents are saved for a retry (default FLUSH_SECONDS)."""
 
@@ -306,7 +309,8 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     resumed_ids = set(resumed.column("document_id").to_pylist()) if resumed is not None else set()
     to_embed = [row for row in to_embed if row["document_id"] not in resumed_ids]
     done = len(plan.unchanged) + len(resumed_ids)
-    phases.enter("Embedding")
+    # EmbeddingStartup: until the first batch comes back (the actor's start and model load, the first encode).
+    phases.enter("EmbeddingStartup" if to_embed else "Embedding")
     heartbeat.update(phase="Embedding", step=done, total_steps=len(indexed),
                      message=f"embedding {len(to_embed)} new or changed documents, reusing {done}")
     embedded = []
@@ -316,6 +320,8 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
         seen: dict[str, int] = {}
         # Batches of embedding.batchSize: what a killed build has saved is never more than one batch behind.
         for batch in _embedded_batches(to_embed, spec, in_process):
+            if not embedded:
+                phases.enter("Embedding")
             embedded.append(embedded_table(batch))
             saver.add(embedded[-1])
             for document_id, total in zip(batch["document_id"], batch["chunks_in_document"]):
