@@ -95,11 +95,30 @@ def test_bad_requests_get_openai_errors_and_the_key_is_in_no_object_or_log(sandb
     rayservice = sandbox.kubectl("get", "rayservice", obj["status"]["rayService"], "-o", "json").stdout
     endpoint = sandbox.kubectl("get", "servingendpoint", "assistant", "-o", "json").stdout
     events = sandbox.kubectl("get", "events", "-o", "json").stdout
+    traces = request_traces(sandbox, "still serving?")
     for where, text in (("RayService", rayservice), ("ServingEndpoint", endpoint), ("events", events),
+                        ("MLflow trace", traces),
                         ("operator log", sandbox.log_tail("operator", 10**7)),
                         ("kuberay log", sandbox.log_tail("kuberay", 10**7))):
         assert KEY not in text, f"the API key leaked into the {where}"
     assert "secretKeyRef" in rayservice  # it reaches the replicas through the kubelet
+
+
+def request_traces(sandbox, question: str) -> str:
+    """The replicas' MLflow traces (the example samples every request) as JSON, once the one asking `question`
+    has been exported by MLflow's background logger."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sandbox.state.mlflow_url)
+    experiment = sandbox.wait_for(lambda: client.get_experiment_by_name("default/ServingEndpoint"),
+                                  "the endpoint's MLflow experiment", timeout=60)
+
+    def exported():
+        found = client.search_traces(experiment_ids=[experiment.experiment_id], max_results=200)
+        text = "\n".join(trace.to_json() for trace in found)
+        return text if question in text else None
+
+    return sandbox.wait_for(exported, "the request's MLflow trace", timeout=60)
 
 
 def test_a_new_adapter_rolls_out_with_no_failed_request(sandbox, assistant):
