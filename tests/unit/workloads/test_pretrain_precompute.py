@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from kubeforge.api.trainingjob import TrainingJobSpec  # noqa: E402
 from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext  # noqa: E402
 from kubeforge.storage.layout import MANIFEST_FILE, parse_s3_uri, precompute_cache_prefix  # noqa: E402
-from kubeforge_workloads.common.errors import UserError  # noqa: E402
+from kubeforge_workloads.common.errors import DataError, UserError  # noqa: E402
 from kubeforge_workloads.common.storage import WorkloadStorage, upload_tree  # noqa: E402
 from kubeforge_workloads.pretrain.data import load_sequences  # noqa: E402
 from kubeforge_workloads.pretrain.precompute import (  # noqa: E402
@@ -304,3 +304,18 @@ def test_training_with_and_without_precompute_gives_identical_losses(seeded, tra
     assert cached_result["tokenizedShards"]["reused"] is False
     assert again_result["tokenizedShards"] == {"uri": cached_result["tokenizedShards"]["uri"], "reused": True}
     assert cached_calls[0].calls > 0 and again_calls[0].calls == 0
+
+
+@pytest.mark.parametrize("name", ["../escaped.safetensors", "nested/shard.safetensors", "..", ""])
+def test_a_manifest_naming_a_shard_outside_its_prefix_is_refused_before_anything_is_written(seeded, tokenizer,
+                                                                                          tmp_path, name):
+    first = precomputed(make_spec(), tokenizer, seeded, tmp_path / "a")
+    _, prefix = parse_s3_uri(first.uri)
+    manifest = json.loads(seeded.get(BUCKET, prefix + "MANIFEST.json"))
+    manifest["shards"][0]["file"] = name
+    seeded.put(BUCKET, "seed/hostile/MANIFEST.json", json.dumps(manifest).encode())
+    spec = make_spec(**{"dataset.uri": f"s3://{BUCKET}/seed/hostile/", "dataset.format": "tokenized-shards"})
+    local = tmp_path / "b" / "cache"
+    with pytest.raises(DataError, match=r"lists shard file .*: a shard is a plain file name next to its manifest"):
+        training_sequences(spec, tokenizer, local, storage_of(seeded, 1), is_writer=True, wait=Barrier())
+    assert not list((tmp_path / "b").rglob("escaped*"))

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from kubeforge.storage.layout import MANIFEST_FILE
+from kubeforge_workloads.common.errors import DataError
 from kubeforge_workloads.common.storage import upload_files
 
 
@@ -44,3 +45,16 @@ def commit(storage, prefix: str, files: dict[str, Path], manifest: dict) -> None
     bucket = storage.prefix.bucket
     upload_files(storage.store.client, bucket, files)
     storage.store.put(bucket, prefix + MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+
+
+def shard_paths(shards, local: Path, where: str) -> list[Path]:
+    """The local path of each shard a manifest lists (under `local`, in order). A name that is not a plain file name
+    next to the manifest (a path, `..`) is refused: downloading it would write outside `local`."""
+    paths = []
+    for shard in shards:
+        name = shard.get("file") if isinstance(shard, dict) else None
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise DataError(f"{where}{MANIFEST_FILE} lists shard file {name!r}: a shard is a plain file name next to "
+                            "its manifest")
+        paths.append(local / name)
+    return paths

@@ -20,7 +20,8 @@ from typing import Callable, Optional, Sequence
 from kubeforge.storage.layout import MANIFEST_FILE, precompute_cache_prefix
 from kubeforge_workloads.common.errors import WorkloadError
 from kubeforge_workloads.common.storage import download_files, utcnow
-from kubeforge_workloads.pretrain.cache import cache_digest, commit, created_by, enum_value, tokenizer_pipeline
+from kubeforge_workloads.pretrain.cache import (cache_digest, commit, created_by, enum_value, shard_paths,
+                                               tokenizer_pipeline)
 from kubeforge_workloads.pretrain.images import ImagePairs, pixels
 
 CACHE_FORMAT = 1
@@ -248,8 +249,8 @@ def _download(manifest: dict, bucket: str, prefix: str, store, local: Path):
     import torch
     from safetensors.torch import load_file
 
-    files = {prefix + shard["file"]: local / shard["file"] for shard in manifest["shards"]}
-    download_files(store.client, bucket, files)
-    parts = [load_file(str(local / shard["file"])) for shard in manifest["shards"]]
+    paths = shard_paths(manifest["shards"], local, f"s3://{bucket}/{prefix}")
+    download_files(store.client, bucket, {prefix + path.name: path for path in paths})
+    parts = [load_file(str(path)) for path in paths]
     return (torch.cat([part["latents"] for part in parts]),
             torch.cat([part["encoder_hidden_states"] for part in parts]))

@@ -23,7 +23,8 @@ from typing import Callable, Optional
 from kubeforge.storage.layout import MANIFEST_FILE, parse_s3_uri, precompute_cache_prefix
 from kubeforge_workloads.common.errors import DataError, UserError, WorkloadError
 from kubeforge_workloads.common.storage import download_files, download_uri, utcnow
-from kubeforge_workloads.pretrain.cache import cache_digest, commit, created_by, enum_value, tokenizer_pipeline
+from kubeforge_workloads.pretrain.cache import (cache_digest, commit, created_by, enum_value, shard_paths,
+                                               tokenizer_pipeline)
 from kubeforge_workloads.pretrain.data import load_sequences, pack, read_texts, require_one_batch
 
 SHARDS_FORMAT = "kubeforge.tokenized-shards/1"
@@ -208,10 +209,11 @@ def read_shards(spec, store, uri: str, local: Path, field: str) -> TrainingSeque
     length = spec.training.sequence_length
     bucket, root, base = _prefix(uri)
     shards = manifest.get("shards") or []
-    download_files(store.client, bucket, {root + shard["file"]: local / shard["file"] for shard in shards})
+    paths = shard_paths(shards, local, base)
+    download_files(store.client, bucket, {root + path.name: path for path in paths})
     parts = []
-    for shard in shards:
-        tensor = load_file(str(local / shard["file"])).get(TENSOR_NAME)
+    for shard, path in zip(shards, paths):
+        tensor = load_file(str(path)).get(TENSOR_NAME)
         if tensor is None or tensor.dim() != 2 or tensor.shape[1] != length or len(tensor) != shard["count"]:
             raise DataError(f"{base}{shard['file']} does not hold the [{shard['count']}, {length}] {TENSOR_NAME} "
                             f"its {MANIFEST_FILE} lists")
