@@ -1,5 +1,5 @@
-"""A VectorIndex sync's costs: a small sync (a first build of a few documents, a re-sync after a few changed) runs in
-the driver without starting Ray; a re-sync downloads only the objects whose ETag or size changed and copies the
+"""A VectorIndex sync's costs: a re-sync after a few small documents changed runs in the driver without starting
+Ray, while a first build always runs on Ray Data; a re-sync downloads only the objects whose ETag or size changed and copies the
 rest from the current version; the read stage makes one S3 client per process; the embedding actor chunks its own
 documents with as many torch threads as CPUs it holds."""
 
@@ -58,12 +58,12 @@ def _vectors(store, storage, version: int) -> dict[str, list]:
     return dict(zip(table.column("chunk_id").to_pylist(), table.column("vector").to_pylist()))
 
 
-def test_a_small_sync_embeds_in_the_driver_and_a_resync_reads_only_the_changed_object(object_store, tmp_path,
-                                                                                     monkeypatch):
+def test_a_small_resync_embeds_in_the_driver_and_reads_only_the_changed_object(object_store, tmp_path,
+                                                                              monkeypatch):
     from kubeforge_workloads.common.storage import WorkloadStorage
 
     def no_ray(cpus):
-        raise AssertionError("a sync of a few small documents started Ray")
+        raise AssertionError("a re-sync of one small changed document started Ray")
 
     monkeypatch.setattr(build, "init_ray", no_ray)
     reads = RecordingStore(object_store)
@@ -72,7 +72,9 @@ def test_a_small_sync_embeds_in_the_driver_and_a_resync_reads_only_the_changed_o
         object_store.put(BUCKET, key, text.encode())
     storage = WorkloadStorage(_context(1), object_store)
 
-    first = _sync(_context(1), storage, tmp_path / "one")
+    with monkeypatch.context() as first_build:  # a first build runs on Ray Data; here, to keep the test small, not
+        first_build.setattr(build, "embeds_in_driver", lambda previous, to_read: True)
+        first = _sync(_context(1), storage, tmp_path / "one")
     assert (first["version"], first["documents"], first["sync"]["embeddedDocuments"]) == (1, 3, 3)
     assert sorted(reads.keys) == sorted(DOCUMENTS)
 
@@ -129,3 +131,15 @@ def test_the_embedding_actor_chunks_its_documents_on_as_many_torch_threads_as_cp
     count = len(out["text"])
     assert count > 3 and list(out["ordinal"]) == list(range(count))
     assert set(out["chunks_in_document"]) == {count} and out["vector"].shape == (count, 384)
+
+
+def test_a_first_build_runs_on_ray_data_however_small_and_a_large_change_too():
+    from kubeforge_workloads.index.sources import SourceObject
+
+    small = [SourceObject("docs/a.md", "a.md", "e", 100)]
+    large = [SourceObject(f"docs/{i}.md", f"{i}.md", "e", 64 * 1024) for i in range(5)]
+    current = build.Previous(1, {}, [{"object": "a.md", "etag": "e", "size": 100}], None)
+    assert build.embeds_in_driver(current, small)
+    assert not build.embeds_in_driver(None, small)  # a first build
+    assert not build.embeds_in_driver(build.Previous(1, {}, [], None), small)  # the chunking or model changed
+    assert not build.embeds_in_driver(current, large)

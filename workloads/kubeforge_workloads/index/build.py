@@ -1,6 +1,7 @@
 """The Ray driver of a VectorIndex sync: list the source, read and parse what changed (Ray Data tasks), chunk and
-embed the changed documents (Ray Data tasks, then an actor pool holding the model), reuse every unchanged
-document's chunks and vectors from the current version, and write the next version with its manifest last.
+embed the changed documents (an actor pool holding the model and its tokenizer), reuse every unchanged document's
+chunks and vectors from the current version, and write the next version with its manifest last. An incremental sync
+of a few small documents does the reading, chunking and embedding in the driver instead, without starting Ray.
 
 Progress counts documents: step = documents whose chunks are embedded or reused, totalSteps = documents.
 outputs/result.json holds what the operator copies to status (see `sync`'s return value).
@@ -40,8 +41,9 @@ RECALL_K = 10
 RECALL_SAMPLE = 200
 SKIP_EXAMPLES = 3
 IN_PROCESS_MAX_BYTES = 256 * 1024
-"""A sync that reads at most this much (a few changed documents) reads, chunks and embeds them in the driver:
-starting Ray Data's workers and loading the model in an actor costs more than embedding them."""
+"""An incremental sync that reads at most this much (a few changed documents) reads, chunks and embeds them in the
+driver: starting Ray Data's workers and loading the model in an actor costs more than embedding them. A first build
+always runs on Ray Data."""
 READ_TASKS_PER_CPU = 2
 DOCUMENTS_PER_BATCH = 128
 """Documents per call of the embedding actor: a couple of hundred chunks per encode, which sentence-transformers
@@ -284,7 +286,7 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
 
     heartbeat.update(phase="Reading", message=f"reading {len(to_read)} new or changed of {len(objects)} objects")
     resources = spec.resources
-    in_process = sum(o.size for o in to_read) <= IN_PROCESS_MAX_BYTES
+    in_process = embeds_in_driver(previous, to_read)
     if not in_process:
         phases.enter("RayInit")
         init_ray(resources.workers * resources.cpus_per_worker + 1)
@@ -426,6 +428,10 @@ def _read(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec, in_pr
         rows = ray.data.from_items(items).map_batches(read_and_parse, batch_size=batch_size, num_cpus=1,
                                                       fn_kwargs=options).take_all()
     return sorted(rows, key=lambda row: row["document_id"])
+
+
+def embeds_in_driver(previous: Optional[Previous], to_read: list[SourceObject]) -> bool:
+    return bool(previous and previous.documents) and sum(o.size for o in to_read) <= IN_PROCESS_MAX_BYTES
 
 
 def read_batch_size(objects: int, cpus: int) -> int:
