@@ -14,9 +14,24 @@ Prints:
   time): it stands for the compute of a larger model, so that the kill lands between two checkpoints and start-up
   weighs as it does in a longer job; the ratio killed / uninterrupted is what the kill cost.
 
+- checkpoints, on a larger model (--checkpoint-hidden/--checkpoint-layers; the default's model, AdamW and RNG
+  state come to about 270 MB) so that bytes dominate:
+  - the training stall per checkpoint: a 2-worker run of the workload records, per checkpoint, how long its step
+    loop was blocked (stallSeconds: DCP serialization, the all-gather of file names, handing the upload over)
+    and how long the background commit took (commitSeconds: every rank's upload, the manifest, retention); the
+    ratio's goal is <= 0.1.
+  - save and restore throughput of the Checkpointer against raw boto3 on the same bytes (the files of that run's
+    last checkpoint, both ranks'), alternated, medians. Save: rank 1 contribute_in_background + rank 0 save with
+    the manifest and keep_latest=2, as the loop commits; raw: boto3's transfer manager with the Checkpointer's
+    TransferConfig (max_concurrency=TRANSFER_CONCURRENCY, boto3's default 8 MB multipart) uploading the same files
+    at once. Restore: latest() + load() of the whole checkpoint (manifest, size checks) against the transfer
+    manager downloading the same keys. Goal for both ratios: >= 0.9.
+  - serialization: DCP writing the same state in one process (what the stall is mostly made of), MB/s.
+
 Runs alternate (raw, workload) so drift on a shared machine hits both; medians are compared.
 
     .venv/bin/python bench/pretrain_goodput.py [--quick] [--steps 40] [--every 10] [--hidden 128] [--layers 4]
+    .venv/bin/python bench/pretrain_goodput.py --only-checkpoints [--checkpoint-hidden 512 --checkpoint-layers 8]
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,9 +57,10 @@ BUCKET = "bench"
 SEQUENCE, GLOBAL_BATCH, MICRO_BATCH = 64, 8, 2
 
 
-def spec(args, workers: int, every: int) -> dict:
-    config = {"model_type": "llama", "hidden_size": args.hidden, "intermediate_size": 2 * args.hidden,
-              "num_hidden_layers": args.layers, "num_attention_heads": 4, "num_key_value_heads": 4}
+def spec(args, workers: int, every: int, hidden: int | None = None, layers: int | None = None) -> dict:
+    hidden, layers = hidden or args.hidden, layers or args.layers
+    config = {"model_type": "llama", "hidden_size": hidden, "intermediate_size": 2 * hidden,
+              "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 4}
     return {"model": {"config": config},
             "tokenizer": {"uri": f"s3://{BUCKET}/tokenizer"},
             "dataset": {"uri": f"s3://{BUCKET}/data/train.jsonl", "textField": "response"},
@@ -160,6 +177,137 @@ def tokens_per_second(result: dict, steps: int) -> float:
     return steps * GLOBAL_BATCH * SEQUENCE / result["goodput"]["productiveSeconds"]
 
 
+def checkpoint_bench(args, workload: "Workload", s3, work: Path, tokenizer_dir: Path) -> dict:
+    """The training stall per checkpoint of a real 2-worker run, then the Checkpointer's save and restore of that
+    run's last checkpoint against raw boto3 transfers of the same files (see the module docstring)."""
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+    from kubeforge_workloads.common.checkpoint import Checkpointer
+    from kubeforge_workloads.common.storage import TRANSFER_CONCURRENCY, WorkloadStorage
+    from kubeforge.api.workload import WorkloadContext
+
+    name = "checkpoints"
+    the_spec = spec(args, 2, args.checkpoint_every, args.checkpoint_hidden, args.checkpoint_layers)
+    the_spec["training"]["maxSteps"] = args.checkpoint_steps
+    wall = workload.run(name, the_spec)
+    stalls = [c for c in workload.result(name)["checkpoints"] if c["stallSeconds"] is not None]
+
+    # the run's last checkpoint, every rank's files, on local disk (not timed)
+    context = WorkloadContext.model_validate_json(workload.context(name, the_spec, 2))
+    run_checkpoints = Checkpointer(WorkloadStorage(context))
+    step = run_checkpoints.latest()
+    manifest = run_checkpoints.manifest(step)
+    source = work / "checkpoint-files"
+    run_checkpoints.load(step, source)
+    files_by_rank = {int(rank): names for rank, names in manifest["filesByRank"].items()}
+    total = sum(manifest["files"].values())
+    config = TransferConfig(max_concurrency=TRANSFER_CONCURRENCY, use_threads=True)
+
+    bench_context = WorkloadContext.model_validate_json(workload.context("checkpoint-saves", the_spec, 1))
+    rank_0 = Checkpointer(WorkloadStorage(bench_context), rank=0, keep_latest=2)
+    rank_1 = Checkpointer(WorkloadStorage(bench_context), rank=1)
+
+    def raw_upload(repeat: int) -> float:
+        started = time.perf_counter()
+        with create_transfer_manager(s3, config) as manager:
+            futures = [manager.upload(str(source / name), BUCKET, f"raw/{repeat}/{name}")
+                       for name in manifest["files"]]
+        for future in futures:
+            future.result()
+        return time.perf_counter() - started
+
+    def kubeforge_save(repeat: int) -> float:
+        started = time.perf_counter()
+        rank_1.contribute_in_background(repeat, source, files_by_rank.get(1, []))
+        rank_0.save(repeat, {rank: names for rank, names in files_by_rank.items()}, source, 0.0,
+                    contributions_timeout=600)
+        rank_1.wait()
+        return time.perf_counter() - started
+
+    def raw_download(target: Path) -> float:
+        started = time.perf_counter()
+        for name in manifest["files"]:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+        with create_transfer_manager(s3, config) as manager:
+            futures = [manager.download(BUCKET, f"raw/last/{name}", str(target / name))
+                       for name in manifest["files"]]
+        for future in futures:
+            future.result()
+        return time.perf_counter() - started
+
+    def kubeforge_restore(target: Path) -> float:
+        started = time.perf_counter()
+        rank_0.load(rank_0.latest(), target)
+        return time.perf_counter() - started
+
+    saves: dict[str, list[float]] = {"raw": [], "kubeforge": []}
+    restores: dict[str, list[float]] = {"raw": [], "kubeforge": []}
+    for repeat in range(1, args.checkpoint_repeats + 1):
+        order = ("raw", "kubeforge") if repeat % 2 else ("kubeforge", "raw")
+        for side in order:
+            saves[side].append(raw_upload(repeat) if side == "raw" else kubeforge_save(repeat))
+        for key in [item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix="raw/").get("Contents", [])]:
+            s3.delete_object(Bucket=BUCKET, Key=key)
+    raw_upload("last")  # the same files at raw keys, for the raw downloads
+    for repeat in range(args.checkpoint_repeats):
+        order = ("raw", "kubeforge") if repeat % 2 == 0 else ("kubeforge", "raw")
+        for side in order:
+            target = work / f"restore-{side}-{repeat}"
+            restores[side].append(raw_download(target) if side == "raw" else kubeforge_restore(target))
+            shutil.rmtree(target)
+
+    serialize = serialization_seconds(args, tokenizer_dir, work / "serialized")
+    mb = total / 1e6
+
+    def rates(seconds: list[float]) -> dict:
+        return {"seconds": [round(v, 3) for v in seconds], "median_mb_per_s": round(mb / median(seconds), 1)}
+
+    return {
+        "model": {"hidden": args.checkpoint_hidden, "layers": args.checkpoint_layers},
+        "checkpoint_mb": round(mb, 1), "files": len(manifest["files"]),
+        "files_by_rank_mb": {rank: round(sum(manifest["files"][n] for n in names) / 1e6, 1)
+                             for rank, names in files_by_rank.items()},
+        "run": {"workers": 2, "steps": args.checkpoint_steps, "every": args.checkpoint_every,
+                "wall_s": round(wall, 1), "per_checkpoint": stalls},
+        "stall_over_commit_median": round(median(c["stallOverCommit"] for c in stalls), 3),
+        "stall_s_median": round(median(c["stallSeconds"] for c in stalls), 3),
+        "commit_s_median": round(median(c["commitSeconds"] for c in stalls), 3),
+        "save": {"raw_transfer_manager": rates(saves["raw"]), "kubeforge_checkpointer": rates(saves["kubeforge"]),
+                 "ratio_kubeforge_over_raw": round(median(saves["raw"]) / median(saves["kubeforge"]), 3)},
+        "restore": {"raw_transfer_manager": rates(restores["raw"]),
+                    "kubeforge_checkpointer": rates(restores["kubeforge"]),
+                    "ratio_kubeforge_over_raw": round(median(restores["raw"]) / median(restores["kubeforge"]), 3)},
+        "dcp_serialization_one_process": {"seconds": round(serialize[0], 3),
+                                          "mb_per_s": round(serialize[1] / 1e6 / serialize[0], 1)},
+    }
+
+
+def serialization_seconds(args, tokenizer_dir: Path, directory: Path) -> tuple[float, int]:
+    """DCP writing the checkpoint model's state (model + AdamW after one step) in one process: seconds, bytes."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from kubeforge_workloads.common.checkpoint import save_sharded
+
+    hidden = args.checkpoint_hidden
+    config = LlamaConfig(vocab_size=len(AutoTokenizer.from_pretrained(tokenizer_dir)), hidden_size=hidden,
+                         intermediate_size=2 * hidden, num_hidden_layers=args.checkpoint_layers,
+                         num_attention_heads=4, num_key_value_heads=4)
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters())
+    ids = torch.randint(0, config.vocab_size, (1, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    started = time.perf_counter()
+    names = save_sharded({"model": model_state, "optimizer": optimizer_state}, directory)
+    seconds = time.perf_counter() - started
+    size = sum((directory / name).stat().st_size for name in names)
+    shutil.rmtree(directory)
+    return seconds, size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small model, few steps, one repeat (about 2 min)")
@@ -170,6 +318,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--goodput-step-delay", type=float, default=1.0,
                         help="seconds added to every step of the two goodput runs (stands for step compute)")
+    parser.add_argument("--checkpoint-hidden", type=int, default=512,
+                        help="hidden size of the checkpoint section's model (512 x 8 layers: about 270 MB of state)")
+    parser.add_argument("--checkpoint-layers", type=int, default=8)
+    parser.add_argument("--checkpoint-steps", type=int, default=18)
+    parser.add_argument("--checkpoint-every", type=int, default=6,
+                        help="leave the upload time to finish (about 6 s for 270 MB here while training): a commit "
+                             "still running at the next checkpoint is waited for, and counts as stall")
+    parser.add_argument("--checkpoint-repeats", type=int, default=5)
+    parser.add_argument("--only-checkpoints", action="store_true", help="run the checkpoint section only")
     parser.add_argument("--raw", nargs=2, metavar=("TOKENIZER_DIR", "TRAIN_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw:
@@ -178,6 +335,8 @@ def main() -> None:
     if args.quick:
         args.steps, args.every, args.hidden, args.layers, args.repeats = 12, 4, 64, 2, 1
         args.goodput_step_delay = 0.5
+        args.checkpoint_hidden, args.checkpoint_layers, args.checkpoint_steps, args.checkpoint_every = 256, 4, 6, 3
+        args.checkpoint_repeats = 1
 
     import boto3
 
@@ -198,6 +357,12 @@ def main() -> None:
     upload_tree(s3, tokenizer_dir, BUCKET, "tokenizer/")
     s3.upload_file(str(train_file), BUCKET, "data/train.jsonl")
     workload = Workload(work, s3)
+    if args.only_checkpoints:
+        checkpoints = checkpoint_bench(args, workload, s3, work, tokenizer_dir)
+        server.terminate()
+        server.wait()
+        print(json.dumps({"checkpoints": checkpoints}, indent=1))
+        return
 
     raw = {1: [], 2: []}
     kubeforge: dict[int, list[float]] = {1: [], 2: []}
@@ -224,6 +389,7 @@ def main() -> None:
     resumed_wall = workload.run("killed", goodput_spec, attempt=2, step_delay=delay)
     killed = workload.result("killed")["goodput"]
     uninterrupted = workload.result("uninterrupted")["goodput"]
+    checkpoints = checkpoint_bench(args, workload, s3, work, tokenizer_dir)
     server.terminate()
     server.wait()
 
@@ -244,6 +410,7 @@ def main() -> None:
         "goodput_killed_once_2_workers": killed,
         "killed_run_attempt_walls_s": [round(killed_wall, 1), round(resumed_wall, 1)],
         "goodput_ratio_killed_over_uninterrupted": round(killed["ratio"] / uninterrupted["ratio"], 3),
+        "checkpoints": checkpoints,
     }, indent=1))
 
 

@@ -34,7 +34,7 @@ _STEP_DIR = re.compile(r"step-(\d+)/")
 CONTRIBUTIONS_TIMEOUT_SECONDS = 1800.0
 """How long a background commit waits for other ranks' background contributions: a rank whose upload failed
 raises at its own next checkpoint (and its worker group restarts), so this only bounds a commit nobody ends."""
-_CONTRIBUTIONS_POLL_SECONDS = 0.2
+_CONTRIBUTIONS_POLL_SECONDS = 0.05  # one small list request; a commit waits at most this long past the last file
 
 
 @dataclass

@@ -268,8 +268,14 @@ class TrainingLoop:
         import torch.distributed as dist
 
         started = time.monotonic()
+        phases: dict[str, float] = {}  # where the stall went, for the log line below
+
+        def phase_ended(name: str) -> None:
+            phases[name] = time.monotonic() - started - sum(phases.values())
+
         self.beat(phase="Checkpointing")
         self.checkpointer.wait()  # one commit (or contribution) at a time; the previous one's error is raised here
+        phase_ended("previous commit")
         if self.rank == 0:
             self.log_commits()
             self.checkpointer.clear(step)
@@ -278,12 +284,14 @@ class TrainingLoop:
         local = self.cache / f"save-{step}"
         for older in self.cache.glob("save-*"):  # the previous commit has ended: its files are up
             shutil.rmtree(older, ignore_errors=True)
+        phase_ended("clear and flush")
         files = save_sharded(self.state(self.ema.state_dict() if self.ema else {}), local)
         torch.save(rng_state(), local / f"rng_state_{self.rank}.pt")
         files.append(f"rng_state_{self.rank}.pt")
         if self.goodput is not None:
             (local / GOODPUT_STATE_FILE).write_text(json.dumps(self.goodput.state()))
             files.append(GOODPUT_STATE_FILE)
+        phase_ended("serialize")
         files_by_rank = {self.rank: files}
         if self.distributed and self.world > 1:
             if self.rank > 0:
@@ -295,8 +303,11 @@ class TrainingLoop:
             self.checkpointer.save_in_background(step, files_by_rank, local, self.epoch_at(step),
                                                  on_committed=lambda uri: self.beat(last_checkpoint=uri),
                                                  contributions_timeout=CONTRIBUTIONS_TIMEOUT_SECONDS)
+            phase_ended("gather and hand over")
             stall = time.monotonic() - started
             self.checkpoint_stalls[step] = stall
+            print(f"kubeforge: checkpoint step-{step} stalled training {stall:.3f}s ("
+                  + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in phases.items()) + ")", flush=True)
             if self.metrics:
                 self.metrics.add({"checkpoint_stall_seconds": stall}, step)
         self.after_checkpoint(step)
