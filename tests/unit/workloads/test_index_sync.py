@@ -1,7 +1,7 @@
 """A VectorIndex sync's costs: a re-sync after a few small documents changed runs in the driver without starting
-Ray, while a first build always runs on Ray Data; a re-sync downloads only the objects whose ETag or size changed and copies the
-rest from the current version; the read stage makes one S3 client per process; the embedding actor chunks its own
-documents with as many torch threads as CPUs it holds."""
+Ray, while a first build always runs on Ray Data; a re-sync downloads only the objects whose ETag or size changed
+and copies the rest from the current version; the read stage makes one S3 client per process; the embedding actor
+chunks its own documents with as many torch threads as CPUs it holds."""
 
 from __future__ import annotations
 
