@@ -30,8 +30,8 @@ def test_finetune_overhead_bench_prints_its_ratios():
 
 
 def test_operator_scale_bench_reports_every_metric_for_both_operators():
-    result = subprocess.run([sys.executable, "bench/operator_scale.py", "--n", "5", "--window", "10", "--samples", "3",
-                             "--settle", "2", "--timeout", "180", "--json"],
+    result = subprocess.run([sys.executable, "bench/operator_scale.py", "--n", "5", "--window", "5", "--samples", "3",
+                             "--settle", "2", "--heartbeat-timeout", "0", "--timeout", "180", "--json"],
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-8000:]
     report = json.loads(result.stdout)
