@@ -234,8 +234,8 @@ class Bench:
         try:
             job.run()
         except Killed:
-            # what was already uploading (or drawing) when the worker died is let finish (a kill --every/2 steps
-            # after a checkpoint finds its commit done); nothing else of the attempt runs
+            # what was already uploading when the worker died is let finish (a kill --every/2 steps after a
+            # checkpoint finds its commit done); nothing else of the attempt runs
             job.checkpointer.close()
             if job.goodput._writer is not None:
                 job.goodput._writer.shutdown()

@@ -1,12 +1,10 @@
 """A diffusion run's checkpoint grids (the real loop in one process: moto S3, MLflow on sqlite, the seed's tiny
-U-Net, VAE and CLIP): rank 0 draws each grid in the background while training goes on, every grid is in MLflow when
-the run ends, a grid that fails fails the run, one sampling U-Net serves every row, and drawing a grid moves no
-global RNG (it runs beside the steps, whose RNG state the checkpoints keep)."""
+U-Net, VAE and CLIP): every grid is in MLflow, drawn from its checkpoint's weights, a grid that fails fails the run,
+one sampling U-Net serves every row, and drawing a grid moves no global RNG."""
 
 from __future__ import annotations
 
 import random
-import threading
 
 import pytest
 
@@ -21,7 +19,6 @@ from tests.moto_s3 import in_process_s3_store  # noqa: E402
 from tests.unit.workloads.conftest import BUCKET, isolated_mlflow, run_to_end  # noqa: E402
 
 STEPS, EVERY = 6, 2
-GRID_WAIT_SECONDS = 5.0  # how long a held grid waits for a step to finish beside it before it gives up
 
 
 def spec() -> TrainingJobSpec:
@@ -43,14 +40,12 @@ def spec() -> TrainingJobSpec:
 
 
 class HeldGrids(DiffusionPretraining):
-    """Each grid but the last waits (up to GRID_WAIT_SECONDS) until a training step finishes while it is being
-    drawn, and records whether one did; every sampling U-Net handed out is recorded too."""
+    """Records the weights at each checkpoint, whether each grid was drawn from them, and every sampling U-Net it
+    was handed; can fail the grid of one step."""
     fail_grid_at = 0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.drawing, self.step_beside_grid = threading.Event(), threading.Event()
-        self.grids_with_a_step_beside: dict[int, bool] = {}
         self.weights_at: dict[int, dict] = {}
         self.grids_of_checkpointed_weights: dict[int, bool] = {}
         self.unets: list = []
@@ -67,21 +62,9 @@ class HeldGrids(DiffusionPretraining):
     def log_grid(self, states: dict, prompts: list[str], resolution: int, step: int) -> None:
         if step == self.fail_grid_at:
             raise RuntimeError("the grid could not be drawn")
-        if step < STEPS:  # no step follows the last checkpoint
-            self.step_beside_grid.clear()
-            self.drawing.set()
-            try:
-                self.grids_with_a_step_beside[step] = self.step_beside_grid.wait(GRID_WAIT_SECONDS)
-            finally:
-                self.drawing.clear()
         self.grids_of_checkpointed_weights[step] = all(
             torch.equal(states["unet"][name], tensor) for name, tensor in self.weights_at[step].items())
         super().log_grid(states, prompts, resolution, step)
-
-    def step_finished(self, done: int, seconds: float, items: int) -> None:
-        super().step_finished(done, seconds, items)
-        if self.drawing.is_set():
-            self.step_beside_grid.set()
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +100,12 @@ def finished(store) -> HeldGrids:
     return run_to_end(job(store, "held"))
 
 
-def test_training_goes_on_while_a_grid_is_drawn_and_every_grid_is_logged(finished):
+def test_every_grid_is_drawn_from_its_checkpoint_and_logged(finished):
     from mlflow.tracking import MlflowClient
 
-    # a grid drawn in the step loop would wait for a step in vain
-    assert finished.grids_with_a_step_beside == {step: True for step in range(EVERY, STEPS, EVERY)}
-    # ... and it shows the weights of its checkpoint, not those the steps beside it changed in place
     assert finished.grids_of_checkpointed_weights == {step: True for step in range(EVERY, STEPS + 1, EVERY)}
     grids = [a.path for a in MlflowClient().list_artifacts(finished.run_id, "samples")]
     assert grids == [f"samples/step-{step:08d}.png" for step in range(EVERY, STEPS + 1, EVERY)]
-    assert not [thread for thread in threading.enumerate() if thread.name.startswith("kubeforge-grid")]
 
 
 def test_one_sampling_unet_serves_every_row_of_every_grid(finished):
@@ -147,8 +126,7 @@ def test_drawing_a_grid_moves_no_global_rng(finished):
     assert before[2][0] == after[2][0] and np.array_equal(before[2][1], after[2][1]) and before[2][2:] == after[2][2:]
 
 
-@pytest.mark.parametrize("step", [EVERY, STEPS], ids=["raised-at-the-next-checkpoint", "raised-at-the-end"])
-def test_a_grid_that_fails_fails_the_run_and_leaves_no_thread(store, step):
+@pytest.mark.parametrize("step", [EVERY, STEPS], ids=["mid-run", "last-checkpoint"])
+def test_a_grid_that_fails_fails_the_run(store, step):
     with pytest.raises(RuntimeError, match="the grid could not be drawn"):
         run_to_end(job(store, f"failing-{step}", fail_grid_at=step))
-    assert not [thread for thread in threading.enumerate() if thread.name.startswith("kubeforge-grid")]

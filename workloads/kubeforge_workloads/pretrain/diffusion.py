@@ -12,10 +12,10 @@ Training adds noise with DDPM's forward process built from the chosen scheduler'
 num_train_timesteps and prediction_type), as diffusers' training scripts do; model.noiseScheduler.type is the
 sampler of the checkpoint grids and of the exported pipeline.
 
-A checkpoint's sample grid is drawn in the background on rank 0 (one grid at a time, each from a private copy of
-the weights taken at the checkpoint) while every rank trains on: drawn in the step loop, rank 0 held all ranks at
-the next collective for as long as sampling took. The next checkpoint and the end of the run wait for it and raise
-its error. The sampling U-Net is built once and reloaded per row, not rebuilt (with a random init) per row.
+A checkpoint's sample grid is drawn in the step loop, and its time is a checkpoint stall, not productive: drawn in
+the background, it slowed the steps beside it by about its own cost (measured on CPU: the same wall time, with the
+grid's compute counted as step time). The sampling U-Net is built once and reloaded per row, not rebuilt (with a
+random init) per row.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -149,16 +148,6 @@ class DiffusionPretraining(TrainingLoop):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.sampling_unet = None
-        self.grid_drawer: Optional[ThreadPoolExecutor] = None
-        self.grid_in_flight: Optional[Future] = None
-
-    def run(self) -> None:
-        try:
-            super().run()
-        finally:  # a run that failed leaves no drawing thread behind (its grid in flight is let finish)
-            if self.grid_drawer is not None:
-                self.grid_drawer.shutdown()
-                self.grid_drawer = None
 
     # data and frozen components
     def load_data(self) -> None:
@@ -388,8 +377,8 @@ class DiffusionPretraining(TrainingLoop):
         return list(samples.prompts) or self.pairs.captions[:samples.count]
 
     def after_checkpoint(self, step: int) -> None:
-        """Collective (the weights are gathered from every rank); rank 0 then draws the grid in the background:
-        one row per prompt set, the U-Net's and, once it runs, the EMA's."""
+        """Collective (the weights are gathered from every rank); rank 0 draws the grid: one row per prompt set,
+        the U-Net's and, once it runs, the EMA's."""
         prompts = self.prompts()
         if not prompts:
             return
@@ -401,13 +390,7 @@ class DiffusionPretraining(TrainingLoop):
             states["ema"] = self.full_state(self.ema.state_dict())
         if self.rank != 0:
             return
-        self.wait_for_grid()  # one grid at a time: it reuses the sampling U-Net
-        if self.device.type == "cpu":  # on the CPU both are the live tensors, which the next steps change in place
-            states = {row: {name: tensor.clone() for name, tensor in state.items()} for row, state in states.items()}
-        if self.grid_drawer is None:
-            self.grid_drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeforge-grid")
-        resolution = self.spec.phases[self.phase_of(step - 1)].resolution
-        self.grid_in_flight = self.grid_drawer.submit(self.log_grid, states, prompts, resolution, step)
+        self.log_grid(states, prompts, self.spec.phases[self.phase_of(step - 1)].resolution, step)
 
     def log_grid(self, states: dict, prompts: list[str], resolution: int, step: int) -> None:
         from mlflow.tracking import MlflowClient
@@ -415,24 +398,9 @@ class DiffusionPretraining(TrainingLoop):
         grid = self.sample_grid(states, prompts, resolution)
         MlflowClient().log_image(self.run_id, grid, f"samples/step-{step:08d}.png")
 
-    def wait_for_grid(self) -> None:
-        """Until the grid in flight is logged; raises what drawing or logging it raised."""
-        in_flight, self.grid_in_flight = self.grid_in_flight, None
-        if in_flight is not None:
-            in_flight.result()
-
-    def stop_sampling(self) -> None:
-        """The grid in flight finishes (or fails: the error is raised), and the drawing thread ends."""
-        drawer, self.grid_drawer = self.grid_drawer, None
-        try:
-            self.wait_for_grid()
-        finally:
-            if drawer is not None:
-                drawer.shutdown()
-
     def sample_grid(self, states: dict, prompts: list[str], resolution: int):
-        """Touches no global RNG (its noise comes from samples.seed's generator): it runs beside the training
-        steps, whose RNG state every checkpoint keeps."""
+        """Touches no global RNG (its noise comes from samples.seed's generator): a run with samples trains and
+        checkpoints the same RNG state as one without."""
         import torch
         from diffusers.utils import make_image_grid
 
@@ -448,10 +416,6 @@ class DiffusionPretraining(TrainingLoop):
         return make_image_grid(images, rows=len(states), cols=len(prompts))
 
     # output
-    def finish(self) -> None:
-        self.stop_sampling()  # every grid is in MLflow before the run reports Done
-        super().finish()
-
     def export(self, model_state: dict, ema_state: Optional[dict]) -> dict:
         from kubeforge_workloads.pretrain.publish import publish
 
