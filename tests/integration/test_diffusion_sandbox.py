@@ -16,8 +16,8 @@ import yaml
 
 from kubeforge.storage.layout import MANIFEST_FILE, checkpoint_step_of, parse_s3_uri
 from tests.conftest import REPO_ROOT
-from tests.integration.test_finetune_resilience import chaos
-from tests.integration.test_trainingjob_resilience import Objects, step_losses, wait_failed_attempts, wait_final
+from tests.integration.test_trainingjob_resilience import (Objects, assert_same_tensors, kill_attempts, step_losses,
+                                                           wait_final)
 
 pytestmark = pytest.mark.slow
 
@@ -52,14 +52,9 @@ def test_killed_in_phase_1_and_in_the_ema_window_it_ends_as_the_uninterrupted_ex
     sandbox.kubectl("apply", "-f", str(EXAMPLE_FILE))  # the reference, alongside
     sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump(chaotic_copy(name)))
     objects = Objects(sandbox, name)
-    newest_at_failure = []
     ema_checkpoint = (EMA_START // EVERY + 1) * EVERY  # the first checkpoint holding EMA weights
-    for attempt, step, checkpoint in ((1, EVERY + 2, EVERY), (2, ema_checkpoint + 1, ema_checkpoint)):
-        sandbox.wait_for(lambda: objects.reached(attempt, step, checkpoint), f"{name}: step {step} in attempt "
-                         f"{attempt}", timeout=600, interval=0.3)
-        chaos(sandbox, "kill", f"{name}-{attempt}", "--reason", "NodeLost")
-        wait_failed_attempts(sandbox, name, attempt)
-        newest_at_failure.append(objects.committed()[-1])
+    newest_at_failure = kill_attempts(sandbox, objects, name,
+                                      [(EVERY + 2, EVERY), (ema_checkpoint + 1, ema_checkpoint)], timeout=600)
     assert newest_at_failure[0] < PHASE_1_END and newest_at_failure[1] >= EMA_START, newest_at_failure
 
     final = wait_final(sandbox, name)
@@ -85,10 +80,7 @@ def test_killed_in_phase_1_and_in_the_ema_window_it_ends_as_the_uninterrupted_ex
     assert sum(late) < sum(early), reference  # the loss falls
     steady = Objects(sandbox, STEADY)
     for folder in ("unet", "unet_ema"):
-        got, expected = unet(objects, folder), unet(steady, folder)
-        assert got.keys() == expected.keys()
-        for key in got:
-            assert (got[key] == expected[key]).all(), (folder, key)
+        assert_same_tensors(unet(objects, folder), unet(steady, folder), folder)
 
     from mlflow.tracking import MlflowClient
 

@@ -64,6 +64,27 @@ def wait_failed_attempts(sandbox, name: str, count: int) -> None:
                      >= count, f"{name}: attempt {count} recorded failed", timeout=120, interval=0.5)
 
 
+def kill_attempts(sandbox, objects: "Objects", name: str, points: list[tuple[int, int]],
+                  timeout: float) -> list[int]:
+    """Kills attempt 1, 2, ... of `name` as a lost node once it trained to `step` with `checkpoint` committed (one
+    (step, checkpoint) per attempt) and its failure is recorded; the newest committed step at each failure."""
+    newest_at_failure = []
+    for attempt, (step, checkpoint) in enumerate(points, start=1):
+        sandbox.wait_for(lambda: objects.reached(attempt, step, checkpoint), f"{name}: step {step} in attempt "
+                         f"{attempt}", timeout=timeout, interval=0.3)
+        chaos(sandbox, "kill", f"{name}-{attempt}", "--reason", "NodeLost")
+        wait_failed_attempts(sandbox, name, attempt)
+        newest_at_failure.append(objects.committed()[-1])
+    return newest_at_failure
+
+
+def assert_same_tensors(got: dict, expected: dict, what: str) -> None:
+    """The same tensor names with equal values, exactly (==, no tolerance)."""
+    assert got.keys() == expected.keys(), what
+    for key in got:
+        assert (got[key] == expected[key]).all(), (what, key)
+
+
 class Objects:
     """A TrainingJob's objects straight from the sandbox's S3 (no operator lag)."""
 
@@ -110,14 +131,9 @@ def test_killed_twice_succeeds_after_two_restarts_with_the_same_losses_and_weigh
     apply_example(sandbox)  # the reference, alongside
     apply(sandbox, trainingjob(name, step_delay=1.0))
     objects = Objects(sandbox, name)
-    newest_at_failure = []
     # once mid-epoch, past its first checkpoint; once in the EMA phase, past a checkpoint holding EMA weights
-    for attempt, step, checkpoint in ((1, EVERY + 2, EVERY), (2, EMA_START + 2, EMA_START)):
-        sandbox.wait_for(lambda: objects.reached(attempt, step, checkpoint), f"{name}: step {step} in attempt "
-                         f"{attempt}", timeout=400, interval=0.3)
-        chaos(sandbox, "kill", f"{name}-{attempt}", "--reason", "NodeLost")
-        wait_failed_attempts(sandbox, name, attempt)
-        newest_at_failure.append(objects.committed()[-1])
+    newest_at_failure = kill_attempts(sandbox, objects, name, [(EVERY + 2, EVERY), (EMA_START + 2, EMA_START)],
+                                      timeout=400)
 
     final = wait_final(sandbox, name)
     assert final["phase"] == "Succeeded", json.dumps(final, indent=1)
@@ -139,10 +155,7 @@ def test_killed_twice_succeeds_after_two_restarts_with_the_same_losses_and_weigh
     assert sorted(reference) == list(range(1, STEPS + 1))
     assert step_losses(sandbox, name) == reference  # exact equality, not a tolerance
     for artifact in ("model", "ema-model"):
-        got, expected = objects.weights(artifact), steady.weights(artifact)
-        assert got.keys() == expected.keys()
-        for key in got:
-            assert (got[key] == expected[key]).all(), (artifact, key)
+        assert_same_tensors(objects.weights(artifact), steady.weights(artifact), artifact)
     goodput = objects.json("result.json")["goodput"]
     recoveries = goodput["recoveries"]
     assert [(r["attempt"], r["resumedAtStep"]) for r in recoveries] == [(2, newest_at_failure[0]),
