@@ -277,7 +277,7 @@ def _fsdp_rank(rank: int, world: int, endpoint: str, workdir: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     from kubeforge.storage.objectstore import S3ObjectStore
-    from kubeforge_workloads.common.checkpoint import load_sharded, save_sharded
+    from kubeforge_workloads.common.checkpoint import AsyncShardedSaver, load_sharded
 
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     dist.init_process_group("gloo", init_method=f"file://{workdir}/rendezvous", rank=rank, world_size=world)
@@ -296,8 +296,19 @@ def _fsdp_rank(rank: int, world: int, endpoint: str, workdir: str) -> None:
             return fully_shard(model)
 
         saved = sharded_model(seed=1)
+        expected = {name: tensor.to_local().clone() for name, tensor in saved.state_dict().items()}
         local = Path(workdir) / f"save-{rank}"
-        files = save_sharded({"model": saved.state_dict()}, local)
+        # as the training loop saves: staged, written in the background with DCP's collectives on a gloo group of
+        # their own, while the live weights change at once and the training's collectives go on the default group
+        saver = AsyncShardedSaver(dist.new_group(backend="gloo"))
+        pending = saver.start({"model": saved.state_dict()}, local)
+        with torch.no_grad():
+            for parameter in saved.parameters():
+                parameter.to_local().add_(1.0)
+            for _ in range(20):
+                dist.all_reduce(torch.ones(4))
+        files = pending.result()
+        saver.close()
         if rank > 0:  # as the training loop does: every upload in the background, the manifest once all are up
             checkpointer.contribute_in_background(7, local, files)
         files_by_rank: list = [None] * world
@@ -313,8 +324,8 @@ def _fsdp_rank(rank: int, world: int, endpoint: str, workdir: str) -> None:
         load_sharded(state, Path(workdir) / f"restore-{rank}", checkpointer.files(7, Path(workdir) /
                                                                                    f"restore-{rank}").fetch)
         restored.load_state_dict(state["model"])
-        equal = all(torch.equal(a.to_local(), b.to_local())
-                    for a, b in zip(saved.state_dict().values(), restored.state_dict().values()))
+        equal = all(torch.equal(expected[name], tensor.to_local())
+                    for name, tensor in restored.state_dict().items())
         Path(workdir, f"result-{rank}.json").write_text(json.dumps({"downloaded": sorted(downloaded),
                                                                      "equal": equal}))
     finally:
@@ -322,7 +333,9 @@ def _fsdp_rank(rank: int, world: int, endpoint: str, workdir: str) -> None:
 
 
 def test_each_rank_restores_only_its_own_fsdp_shards(tmp_path):
-    """Two gloo ranks save a sharded FSDP2 checkpoint; on restore each rank downloads the DCP metadata and its
+    """Two gloo ranks save a sharded FSDP2 checkpoint asynchronously (the weights they get back are the ones of
+    the save, not the ones changed while it was written, and the write's collectives on their own group do not
+    mix with the training's on the default group); on restore each rank downloads the DCP metadata and its
     own shard file (after the manifest), never the other rank's, and gets its shard back."""
     pytest.importorskip("torch")
     import multiprocessing

@@ -122,3 +122,39 @@ def test_trains_exports_and_resumes_bit_exactly(seeded, tracking_uri):
         assert torch.equal(value, final[key]), key
     for key, value in weights(seeded, prefix + "ema-model/").items():
         assert torch.equal(value, ema[key]), key
+
+
+class DiesBeforeItsManifest(Checkpointer):
+    """The background commit of step 4 dies after every file is up, right before the manifest (a crash there)."""
+
+    def write_manifest(self, step: int, manifest: dict) -> None:
+        if step == 4:
+            raise Killed()
+        super().write_manifest(step, manifest)
+
+
+class CommitDiesAt4(Pretraining):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checkpointer.__class__ = DiesBeforeItsManifest
+        self.saved: list[int] = []
+
+    def save(self, step: int) -> None:
+        self.saved.append(step)
+        super().save(step)
+
+
+def test_a_checkpoint_whose_background_write_dies_is_never_committed_and_fails_the_next_save(seeded, tracking_uri):
+    storage = WorkloadStorage(context("torn", 1, tracking_uri), seeded)
+    job = CommitDiesAt4(storage.context, spec(), storage, rank=0, heartbeat=None)
+    with pytest.raises(Killed):
+        run_to_end(job)
+    # the step loop went on after handing step 4 over, and the next checkpoint raised the background error
+    assert job.saved == [2, 4, 6]
+    checkpointer = Checkpointer(storage)
+    assert checkpointer.committed() == [2]  # step 4's files are all up, but without a manifest it never counts
+    assert any(key.startswith("ns/TrainingJob/torn/checkpoints/step-4/")
+               for key in seeded.list(BUCKET, "ns/TrainingJob/torn/checkpoints/"))
+    resumed = run("torn", 2, seeded, tracking_uri)
+    assert resumed.resumed_from == f"s3://{BUCKET}/ns/TrainingJob/torn/checkpoints/step-2/"
+    assert checkpointer.committed() == [STEPS - EVERY, STEPS]

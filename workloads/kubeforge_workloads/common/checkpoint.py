@@ -133,10 +133,14 @@ class Checkpointer:
         manifest = CheckpointManifest(step=step, epoch=epoch, attempt=self.storage.context.attempt, files=sizes,
                                       created_at=utcnow()).model_dump(by_alias=True)
         manifest[FILES_BY_RANK] = {str(rank): names for rank, names in sorted(files_by_rank.items())}
-        self.storage.store.put(self.prefix.bucket, base + MANIFEST_FILE, json.dumps(manifest).encode())
+        self.write_manifest(step, manifest)
         self.commits.append(Commit(step, time.monotonic() - started, sum(sizes.values())))
         self.prune()
         return self.uri(step)
+
+    def write_manifest(self, step: int, manifest: dict) -> None:
+        """The commit itself: the one object whose presence makes step a committed checkpoint."""
+        self.storage.store.put(self.prefix.bucket, self.prefix.manifest_key(step), json.dumps(manifest).encode())
 
     def _await_contributions(self, step: int, names: set[str], deadline: float) -> dict[str, int]:
         """The sizes of other ranks' files once all are in the object store; IOError naming the missing ones
@@ -207,6 +211,11 @@ class Checkpointer:
 
         self._submit(upload)
 
+    def in_background(self, work: Callable[[], object]) -> None:
+        """Any work that ends in contribute() or save() (e.g. waiting for an asynchronous DCP write first) on this
+        rank's background thread, after the previous background work ended (its error is raised here)."""
+        self._submit(work)
+
     def _submit(self, work: Callable[[], object]) -> None:
         self.wait()
         if self._committer is None:
@@ -268,8 +277,61 @@ def save_sharded(state_dict: dict, local_dir: Path) -> list[str]:
 
     local_dir.mkdir(parents=True, exist_ok=True)
     before = set(local_files(local_dir))
-    dcp.save(state_dict, storage_writer=dcp.FileSystemWriter(str(local_dir), single_file_per_rank=True))
+    dcp.save(state_dict, storage_writer=local_writer(local_dir))
     return sorted(set(local_files(local_dir)) - before)
+
+
+def local_writer(local_dir: Path):
+    """DCP's file writer, one file per rank, without fsync: the files only go on to the object store, and a crash
+    before the manifest leaves nothing committed whatever the disk kept."""
+    import torch.distributed.checkpoint as dcp
+
+    return dcp.FileSystemWriter(str(local_dir), single_file_per_rank=True, sync_files=False)
+
+
+class AsyncShardedSaver:
+    """This rank's side of asynchronous sharded saves (torch's dcp.async_save): start() copies the state into CPU
+    buffers that are reused from save to save (DCP's DefaultStager keyed by the live tensors' storages), so the
+    step loop may change the live tensors as soon as it returns, and DCP writes the copy on a background thread.
+
+    DCP's collectives (the save plans, the metadata gather) run on `process_group`: pass a gloo group of their own
+    (new_group(backend="gloo"), created by every rank), so that a write in the background never interleaves its
+    collectives with the training's on the default group. Without torch.distributed initialized it saves as one
+    process. One write at a time: the caller waits for start()'s future before the next start() (the staging
+    buffers are reused)."""
+
+    def __init__(self, process_group=None):
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        self.process_group = process_group
+        self.stager = DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False,
+                                                   use_async_staging=False, use_non_blocking_copy=False))
+
+    def start(self, state_dict: dict, local_dir: Path, writer=None) -> Future:
+        """Stage state_dict now, write it into local_dir in the background; the future's result is the files this
+        rank wrote (its shard file; rank 0 also the DCP metadata), or the write's error."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        local_dir.mkdir(parents=True, exist_ok=True)
+        before = set(local_files(local_dir))
+        written = dcp.async_save(state_dict, storage_writer=writer or local_writer(local_dir),
+                                 process_group=self.process_group, async_stager=self.stager,
+                                 no_dist=not (dist.is_available() and dist.is_initialized()))
+        files: Future = Future()
+
+        def ended(write: Future) -> None:
+            try:
+                write.result()
+                files.set_result(sorted(set(local_files(local_dir)) - before))
+            except BaseException as error:  # noqa: B036 - handed to whoever waits for the files
+                files.set_exception(error)
+
+        written.add_done_callback(ended)
+        return files
+
+    def close(self) -> None:
+        self.stager.close()
 
 
 DCP_METADATA_FILE = ".metadata"

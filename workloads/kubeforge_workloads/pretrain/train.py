@@ -25,8 +25,8 @@ from kubeforge.api.finetune import Precision
 from kubeforge.api.trainingjob import FsdpShardingStrategy, Strategy, TrainingJobSpec
 from kubeforge.api.workload import WorkloadContext
 from kubeforge_workloads.common import chaos
-from kubeforge_workloads.common.checkpoint import (CONTRIBUTIONS_TIMEOUT_SECONDS, Checkpointer, load_sharded,
-                                                   save_sharded)
+from kubeforge_workloads.common.checkpoint import (CONTRIBUTIONS_TIMEOUT_SECONDS, AsyncShardedSaver, Checkpointer,
+                                                   load_sharded)
 from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.models import load_model_dir
@@ -97,6 +97,10 @@ class TrainingLoop:
         self.goodput = GoodputMeter(storage, now=self.clock) if rank == 0 else None
         self.checkpoint_stalls: dict[int, float] = {}  # step -> seconds the step loop waited for its checkpoint
         self.logged_commits: list = []
+        # Checkpoints are written in the background; their collectives (DCP's plans, the file names' gather) run on
+        # a gloo group of their own, created here by every rank, never on the training's default group.
+        self.checkpoint_group = dist.new_group(backend="gloo") if self.distributed else None
+        self.sharded_saver = AsyncShardedSaver(self.checkpoint_group)
 
     def beat(self, **fields) -> None:
         if self.heartbeat:
@@ -261,11 +265,13 @@ class TrainingLoop:
         return latest
 
     def save(self, step: int) -> None:
-        """Collective: every rank writes its DCP files and RNG state, then uploads them in the background; rank 0
-        commits in the background (the manifest last, once every rank's files are up) while training goes on.
-        What the step loop waits for here is recorded as the checkpoint's stall (checkpoint_stalls)."""
+        """Collective: every rank copies its state (model, optimizer, EMA: DCP staging) and its RNG state, then
+        goes back to training; in the background each rank's DCP write ends, the ranks exchange their file names
+        (on the checkpoint group), ranks > 0 upload theirs, and rank 0 uploads its own and writes the manifest last,
+        once every rank's files are up. The previous checkpoint's background work ends first (one at a time, its
+        error is raised here). What the step loop waits for here is recorded as the checkpoint's stall
+        (checkpoint_stalls)."""
         import torch
-        import torch.distributed as dist
 
         started = time.monotonic()
         phases: dict[str, float] = {}  # where the stall went, for the log line below
@@ -274,36 +280,24 @@ class TrainingLoop:
             phases[name] = time.monotonic() - started - sum(phases.values())
 
         self.beat(phase="Checkpointing")
-        self.checkpointer.wait()  # one commit (or contribution) at a time; the previous one's error is raised here
-        phase_ended("previous commit")
+        self.checkpointer.wait()  # the previous checkpoint's write and commit ended (or its error is raised here)
+        phase_ended("previous checkpoint")
         if self.rank == 0:
             self.log_commits()
-            self.checkpointer.clear(step)
             if self.metrics:
                 self.metrics.flush()  # every metric up to a committed step is durable
+        phase_ended("flush")
         local = self.cache / f"save-{step}"
-        for older in self.cache.glob("save-*"):  # the previous commit has ended: its files are up
-            shutil.rmtree(older, ignore_errors=True)
-        phase_ended("clear and flush")
-        files = save_sharded(self.state(self.ema.state_dict() if self.ema else {}), local)
-        torch.save(rng_state(), local / f"rng_state_{self.rank}.pt")
-        files.append(f"rng_state_{self.rank}.pt")
+        written = self.sharded_saver.start(self.state(self.ema.state_dict() if self.ema else {}), local)
+        phase_ended("stage")
+        extra = [f"rng_state_{self.rank}.pt"]
+        torch.save(rng_state(), local / extra[0])
         if self.goodput is not None:
             (local / GOODPUT_STATE_FILE).write_text(json.dumps(self.goodput.state()))
-            files.append(GOODPUT_STATE_FILE)
-        phase_ended("serialize")
-        files_by_rank = {self.rank: files}
-        if self.distributed and self.world > 1:
-            if self.rank > 0:
-                self.checkpointer.contribute_in_background(step, local, files)
-            gathered: list = [None] * self.world
-            dist.all_gather_object(gathered, files)
-            files_by_rank = dict(enumerate(gathered))
+            extra.append(GOODPUT_STATE_FILE)
+        phase_ended("rng and goodput state")
+        self.checkpointer.in_background(lambda: self.commit_checkpoint(step, local, written, extra))
         if self.rank == 0:
-            self.checkpointer.save_in_background(step, files_by_rank, local, self.epoch_at(step),
-                                                 on_committed=lambda uri: self.beat(last_checkpoint=uri),
-                                                 contributions_timeout=CONTRIBUTIONS_TIMEOUT_SECONDS)
-            phase_ended("gather and hand over")
             stall = time.monotonic() - started
             self.checkpoint_stalls[step] = stall
             print(f"kubeforge: checkpoint step-{step} stalled training {stall:.3f}s ("
@@ -312,6 +306,28 @@ class TrainingLoop:
                 self.metrics.add({"checkpoint_stall_seconds": stall}, step)
         self.after_checkpoint(step)
         self.beat(phase="Training")
+
+    def commit_checkpoint(self, step: int, local: Path, written, extra: list[str]) -> None:
+        """On every rank's background thread: the rest of save(step) once the step loop went on."""
+        import torch.distributed as dist
+
+        files = written.result() + extra  # DCP's write ended (the staging buffers are free again)
+        if self.rank == 0:
+            # Leftovers of an interrupted earlier writer go before any rank uploads: ranks > 0 upload only after
+            # the exchange below, which rank 0 joins after this.
+            self.checkpointer.clear(step)
+        files_by_rank = {self.rank: files}
+        if self.distributed and self.world > 1:
+            gathered: list = [None] * self.world
+            dist.all_gather_object(gathered, files, group=self.checkpoint_group)
+            files_by_rank = dict(enumerate(gathered))
+        if self.rank == 0:
+            uri = self.checkpointer.save(step, files_by_rank, local, self.epoch_at(step),
+                                         contributions_timeout=CONTRIBUTIONS_TIMEOUT_SECONDS)
+            self.beat(last_checkpoint=uri)
+        else:
+            self.checkpointer.contribute(step, local, files)
+        shutil.rmtree(local, ignore_errors=True)
 
     def log_commits(self) -> None:
         """On rank 0: the commits that ended since the last call go to MLflow (their seconds are known only once
@@ -417,10 +433,13 @@ class TrainingLoop:
     def finish(self) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+        # The last checkpoint is durable (every rank's files up, the manifest written) before anything is exported,
+        # and a background write's error fails the run here.
+        self.checkpointer.close()
+        self.sharded_saver.close()
         model_state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
                                                                                 cpu_offload=True))
         ema_state = self.full_state(self.ema.state_dict()) if self.ema and self.ema.active else None
-        self.checkpointer.close()  # the last checkpoint is durable (every rank's files up) before the run reports Done
         if self.rank != 0:
             return
         self.log_commits()
