@@ -60,6 +60,25 @@ def test_steps_trained_again_after_a_resume_count_once(object_store):
     assert ledger["recoveries"] == [recovery.model_dump(by_alias=True)] and ledger["lastStep"] == 8
 
 
+def test_a_killed_group_loses_exactly_the_steps_it_trained_past_the_checkpoint(object_store):
+    """No close(): the worker group is killed. Every step's ledger update goes up (in the background; flush()
+    stands for the milliseconds a write takes against a step's seconds), so the next attempt sees the exact last
+    step and its time, not a sample taken seconds earlier."""
+    clock = FakeClock()
+    first = GoodputMeter(storage_of(object_store, 1), now=clock)
+    train(first, clock, range(1, 8), seconds=0.5)  # checkpoint at step 4; steps 5, 6 and 7 are lost
+    first.flush()
+    killed_after_step_7 = clock.now
+    clock.now += 12.0
+    second = GoodputMeter(storage_of(object_store, 2), now=clock)
+    second.resumed(4, 2.0)
+    train(second, clock, range(5, 6), seconds=0.5)
+    second.close()
+    [recovery] = second.report().recoveries
+    assert (recovery.resumed_at_step, recovery.steps_lost) == (4, 3)
+    assert recovery.recovery_seconds == round(clock.now - killed_after_step_7, 3) == 12.5
+
+
 def test_a_resume_with_no_step_left_still_records_its_recovery(object_store):
     clock = FakeClock()
     first = GoodputMeter(storage_of(object_store, 1), now=clock)

@@ -6,13 +6,17 @@ worker group trained past its last checkpoint are trained again and only their s
 stalls and everything outside the step loop (start-up, restore, retries) are wall time only.
 
 The ledger (LEDGER_FILE under the resource's prefix, written by rank 0) survives the attempts: when the resource
-was first started, the last step trained and when (written at most every LEDGER_INTERVAL_SECONDS, in the
-background), and one Recovery per resume: the steps lost and the seconds from the failed group's last recorded
-step to the first step finished after the resume.
+was first started, the last step trained and when it finished, and one Recovery per resume: the steps lost and
+the seconds from the failed group's last step to the first step finished after the resume. Every step's update
+goes up in the background (the step loop never waits on the object store for it), coalesced: while a write is
+in flight the newest state waits for it, so a kill loses at most the step of the write in flight, not the
+seconds of a sampling interval (which would under-count the steps lost and over-count the recovery).
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional
@@ -22,7 +26,6 @@ from kubeforge_workloads.common.storage import WorkloadStorage
 
 LEDGER_FILE = "goodput.json"
 GOODPUT_STATE_FILE = "goodput_state.json"
-LEDGER_INTERVAL_SECONDS = 2.0
 
 
 def record_first_start(storage: WorkloadStorage, now: Callable[[], float] = time.time) -> dict:
@@ -42,7 +45,9 @@ class GoodputMeter:
         self.ledger = record_first_start(storage, now)
         self.productive_seconds = 0.0
         self._open_recovery: Optional[tuple[Recovery, float]] = None
-        self._last_write = float("-inf")
+        self._lock = threading.Lock()
+        self._pending: Optional[dict] = None  # the newest ledger not yet handed to a write
+        self._writing = False
         self._writer: Optional[ThreadPoolExecutor] = None
         self._in_flight: Optional[Future] = None
 
@@ -63,9 +68,7 @@ class GoodputMeter:
         self.ledger.update(lastStep=step, lastStepAt=now)
         if self._open_recovery is not None:
             self._close_recovery(*self._open_recovery, now)
-            self._write(force=True)
-        else:
-            self._write(force=False)
+        self._write()
 
     def _close_recovery(self, recovery: Recovery, failed_at: float, now: float) -> None:
         recovery.recovery_seconds = round(now - failed_at, 3)
@@ -87,33 +90,39 @@ class GoodputMeter:
         if self._open_recovery is not None:
             recovery, failed_at = self._open_recovery
             self._close_recovery(recovery, failed_at, self.now())
-        self._write(force=True)
-        self._report_failed_write()
+        self._write()
+        self.flush()
         if self._writer is not None:
             self._writer.shutdown()
             self._writer = None
 
-    def _write(self, force: bool) -> None:
-        """The ledger goes up in the background, at most every LEDGER_INTERVAL_SECONDS (the step loop never waits
-        on the object store for it), and at once when a recovery was recorded."""
-        now = time.monotonic()
-        busy = self._in_flight is not None and not self._in_flight.done()
-        if busy and not force:
-            return
-        if not force and now - self._last_write < LEDGER_INTERVAL_SECONDS:
-            return
-        self._report_failed_write()
+    def flush(self) -> None:
+        """Wait until the newest state is in the object store (a failed write is printed: it costs accuracy,
+        never the training)."""
+        in_flight = self._in_flight
+        if in_flight is not None:
+            in_flight.result()
+
+    def _write(self) -> None:
+        """Hand the ledger as it is now to the background writer: written next, or right after the write in
+        flight (only the newest state waiting is kept)."""
+        with self._lock:
+            self._pending = copy.deepcopy(self.ledger)
+            if self._writing:
+                return
+            self._writing = True
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeforge-goodput")
-        self._last_write = now
-        snapshot = dict(self.ledger)
-        self._in_flight = self._writer.submit(self.storage.put_json, snapshot, LEDGER_FILE)
+        self._in_flight = self._writer.submit(self._drain)
 
-    def _report_failed_write(self) -> None:
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is None:
-            return
-        try:
-            in_flight.result()
-        except Exception as error:  # a missed ledger write costs accuracy, not the training
-            print(f"kubeforge: goodput ledger write failed: {error}", flush=True)
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                snapshot, self._pending = self._pending, None
+                if snapshot is None:
+                    self._writing = False
+                    return
+            try:
+                self.storage.put_json(snapshot, LEDGER_FILE)
+            except Exception as error:  # a missed ledger write costs accuracy, not the training
+                print(f"kubeforge: goodput ledger write failed: {error}", flush=True)
