@@ -30,6 +30,7 @@ from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.storage import WorkloadStorage, run_entrypoint, utcnow
 from kubeforge_workloads.index import engine
 from kubeforge_workloads.index.embedding import max_chunk_tokens, model_path
+from kubeforge_workloads.index.incremental import IndexUpdate, index_shape, update_index
 from kubeforge_workloads.index.partial import FLUSH_SECONDS, PartialChunks, embedded_table, load_partial
 from kubeforge_workloads.index.sources import SourceObject, list_sources
 from kubeforge_workloads.index.versions import (
@@ -352,10 +353,13 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     vectors = np.asarray(table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False),
                          dtype=np.float32).reshape(table.num_rows, -1)
     stored = engine.prepare(vectors, spec.index.metric.value)
-    hnsw = spec.index.hnsw
-    index = engine.build(stored, spec.index.metric.value, spec.index.type.value, hnsw.m, hnsw.ef_construction)
+    update = _update_index(storage, previous, index_config, table, stored, spec)
+    table = table.set_column(table.column_names.index("vector_id"), "vector_id",
+                             pa.array(update.vector_ids, pa.int64()))
+    index = update.index
     recall, queries = engine.recall_at_k(index, stored, spec.index.metric.value, RECALL_K, RECALL_SAMPLE,
-                                         hnsw.ef_search)
+                                         spec.index.hnsw.ef_search,
+                                         excluded=update.tombstones if len(update.tombstones) else None)
 
     out = work / f"v-{version}-new"
     out.mkdir(parents=True)
@@ -371,6 +375,8 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
         "chunking": spec.chunking.wire(), "index": index_config, "metric": spec.index.metric.value,
         "dims": int(vectors.shape[1]), "documents": len(indexed), "chunks": table.num_rows,
         "recall": {"k": RECALL_K, "value": round(recall, 4), "queries": queries},
+        "vectors": {"total": int(index.ntotal), "tombstones": len(update.tombstones), "update": update.mode,
+                    "reason": update.reason},
         "skipped": skipped,
         "sync": {"embeddedDocuments": len(plan.to_embed), "reusedDocuments": len(plan.unchanged),
                  "deletedDocuments": len(plan.deleted), "addedDocuments": len(plan.added),
@@ -385,6 +391,25 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     manifest = read_manifest(storage.store, storage.prefix, version)
     return {**_result(context, spec, manifest, storage.prefix, version), "removedVersions": removed,
             "phaseSeconds": phases.seconds()}
+
+
+def _update_index(storage: WorkloadStorage, previous: Optional[Previous], index_config: dict, table, stored,
+                  spec: VectorIndexSpec) -> IndexUpdate:
+    """Grow the previous version's index by this sync's new vectors when it has the same shape, else build."""
+    hnsw = spec.index.hnsw
+    reused_ids = np.asarray(table.column("vector_id").to_numpy(zero_copy_only=False), dtype=np.int64)
+    previous_index, why = None, "no previous version"
+    if previous is not None and previous.documents:
+        if index_shape(previous.manifest.get("index") or {}) == index_shape(index_config):
+            download_version(storage.store, storage.prefix, previous.version, previous.manifest, previous.local_dir,
+                             [INDEX_VECTORS_FILE])
+            previous_index = engine.load(str(previous.local_dir / INDEX_VECTORS_FILE))
+        else:
+            why = "the index's metric, type, m or efConstruction changed"
+    elif previous is not None:
+        why = "chunking or embedding changed"
+    return update_index(stored, reused_ids, previous_index, spec.index.metric.value, spec.index.type.value, hnsw.m,
+                        hnsw.ef_construction, why)
 
 
 def _documents_schema():
@@ -474,20 +499,24 @@ def _embed(documents: list[dict], spec: VectorIndexSpec):
 
 
 def _chunk_table(previous: Optional[Previous], reused_documents: set[str], embedded: list):
-    """Reused chunks (unchanged documents, from the previous version) and new ones (embedded_table()s), sorted by
-    document and ordinal; row i is vector id i."""
+    """Reused chunks (unchanged documents, from the previous version, with their vector ids) and new ones
+    (embedded_table()s, vector id -1), sorted by document and ordinal."""
     import hashlib
 
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    columns = ["document_id", "ordinal", "text", "metadata", "document_hash", "vector"]
     parts = []
     if previous is not None and reused_documents:
         old = pq.read_table(previous.local_dir / INDEX_CHUNKS_FILE)
+        if "vector_id" not in old.column_names:  # a format-1 version: row r is vector id r
+            old = old.append_column("vector_id", pa.array(np.arange(old.num_rows, dtype=np.int64)))
         old = old.filter(pc.is_in(old.column("document_id"), value_set=pa.array(sorted(reused_documents))))
-        parts.append(old.select(["document_id", "ordinal", "text", "metadata", "document_hash", "vector"]))
-    parts.extend(part.select(["document_id", "ordinal", "text", "metadata", "document_hash", "vector"])
+        parts.append(old.select(columns + ["vector_id"]))
+    # New chunks get their vector ids when the index is updated (-1 until then).
+    parts.extend(part.select(columns).append_column("vector_id", pa.array(np.full(part.num_rows, -1, np.int64)))
                  for part in embedded)
     if not parts:
         return pa.table({"document_id": pa.array([], pa.string())})
@@ -528,6 +557,7 @@ def _result(context: WorkloadContext, spec: VectorIndexSpec, manifest: dict, pre
         "skippedDocuments": sum(entry["count"] for entry in manifest["skipped"].values()),
         **({"sync": {**{k: 0 for k in manifest["sync"]}, "reusedDocuments": manifest["documents"],
                      "reusedChunks": manifest["chunks"]}} if unchanged else {"sync": manifest["sync"]}),
+        "indexUpdate": "none" if unchanged else (manifest.get("vectors") or {}).get("update"),
         "unchanged": unchanged, "lastSyncTime": utcnow(), "syncGeneration": spec.sync_generation,
         "resourceUid": context.uid, "generation": context.generation, "attempt": context.attempt,
     }

@@ -1,8 +1,13 @@
-"""The vector index engine (faiss): build flat or HNSW over the chunk vectors, search with an optional id filter,
-and measure recall@k of the built index against exact search.
+"""The vector index engine (faiss): build flat or HNSW over the chunk vectors, grow the previous version's index
+with a sync's new vectors, search with an optional id filter while skipping retired ids, and measure recall@k of
+the index against exact search.
 
-Row i of the chunk table is vector id i. Scores are always "higher is closer": cosine similarity, inner product,
-or the negated squared L2 distance.
+A vector id is a row of the faiss index and never moves: a full build numbers the chunk table's rows 0..n-1; an
+incremental sync appends its new chunks' vectors after the previous version's and leaves the vectors of deleted
+or changed chunks in the graph as tombstones (ids no chunk row names), which every search filters out. faiss's
+HNSW cannot remove a vector (`remove_ids` is not implemented for it), so tombstones it is, until they pass
+versions.REBUILD_TOMBSTONE_FRACTION and the next sync builds afresh. Scores are always "higher is closer": cosine
+similarity, inner product, or the negated squared L2 distance.
 """
 
 from __future__ import annotations
@@ -43,34 +48,56 @@ def build(vectors: np.ndarray, metric: str, index_type: str, m: int = 32, ef_con
         return index
     index = faiss.IndexHNSWFlat(dims, m, faiss_metric)
     index.hnsw.efConstruction = ef_construction
+    add(index, vectors)
+    return index
+
+
+def add(index, vectors: np.ndarray) -> np.ndarray:
+    """Append `vectors` (rows of prepare()) to `index`; returns their ids (index.ntotal before, onwards). One
+    thread, so the same index and vectors always give the same graph."""
+    faiss = _faiss()
+    first = index.ntotal
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
         index.add(vectors)
     finally:
         faiss.omp_set_num_threads(threads)
-    return index
+    return np.arange(first, index.ntotal, dtype=np.int64)
+
+
+def tombstones(total: int, live_ids: np.ndarray) -> np.ndarray:
+    """Ids below `total` that no live chunk holds: vectors of deleted or changed chunks still in the graph."""
+    return np.setdiff1d(np.arange(total, dtype=np.int64), np.asarray(live_ids, dtype=np.int64))
 
 
 def search(index, queries: np.ndarray, k: int, metric: str, ef_search: Optional[int] = None,
-           allowed: Optional[np.ndarray] = None, vectors: Optional[np.ndarray] = None
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids) of the k closest rows per query, -1 ids where fewer exist. `allowed` restricts the answer to
-    those row ids (exactly, through `vectors`, when there are few of them)."""
+           allowed: Optional[np.ndarray] = None, allowed_vectors: Optional[np.ndarray] = None,
+           excluded: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the k closest vectors per query, -1 ids where fewer exist. `allowed` restricts the answer
+    to those ids (exactly, over `allowed_vectors` = their vectors, when there are few of them); otherwise
+    `excluded` ids (tombstones) are never returned."""
     faiss = _faiss()
     queries = prepare(np.atleast_2d(queries), metric)
-    k = max(1, min(k, index.ntotal))
+    live = index.ntotal - (0 if excluded is None or allowed is not None else len(excluded))
+    if live <= 0:
+        return np.full((len(queries), 0), np.nan, dtype=np.float32), np.full((len(queries), 0), -1)
+    k = max(1, min(k, live))
+    selector = None
     if allowed is not None:
         allowed = np.asarray(allowed, dtype=np.int64)
         if len(allowed) == 0:
             return np.full((len(queries), 0), np.nan, dtype=np.float32), np.full((len(queries), 0), -1)
-        if vectors is not None and len(allowed) <= EXACT_FILTER_LIMIT:
-            return _exact(vectors[allowed], queries, min(k, len(allowed)), metric, allowed)
+        if allowed_vectors is not None and len(allowed) <= EXACT_FILTER_LIMIT:
+            return _exact(allowed_vectors, queries, min(k, len(allowed)), metric, allowed)
+        selector = faiss.IDSelectorBatch(allowed)
+    elif excluded is not None and len(excluded):
+        # IDSelectorNot keeps a reference to the batch it negates (faiss's add_ref_in_constructor).
+        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(excluded, dtype=np.int64)))
     params = None
     if isinstance(index, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW(efSearch=max(ef_search or 16, k))
-    if allowed is not None:
-        selector = faiss.IDSelectorBatch(allowed)
+    if selector is not None:
         params = params or faiss.SearchParameters()
         params.sel = selector
     distances, ids = index.search(queries, k, params=params) if params is not None else index.search(queries, k)
@@ -90,10 +117,12 @@ def _exact(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str, ids: O
 
 
 def recall_at_k(index, vectors: np.ndarray, metric: str, k: int = 10, sample: int = 200,
-                ef_search: Optional[int] = None, seed: int = 0) -> tuple[float, int]:
-    """(recall@k, queries): a deterministic sample of stored vectors used as queries; an answer counts when the
-    index returns it among its k or it scores at least as well as the k-th exact answer (ties between equal
-    vectors, such as duplicate chunks, are not misses)."""
+                ef_search: Optional[int] = None, seed: int = 0, excluded: Optional[np.ndarray] = None
+                ) -> tuple[float, int]:
+    """(recall@k, queries): a deterministic sample of the live vectors (`vectors`; the index also holds the
+    `excluded` tombstones) used as queries; an answer counts when the index returns it among its k or it scores
+    at least as well as the k-th exact answer (ties between equal vectors, such as duplicate chunks, are not
+    misses)."""
     total = len(vectors)
     if total == 0:
         return 0.0, 0
@@ -101,7 +130,7 @@ def recall_at_k(index, vectors: np.ndarray, metric: str, k: int = 10, sample: in
     picks = np.random.default_rng(seed).choice(total, size=min(sample, total), replace=False)
     queries = vectors[np.sort(picks)]
     exact_scores, _ = _exact(vectors, queries, k, metric)
-    approx_scores, approx_ids = search(index, queries, k, metric, ef_search)
+    approx_scores, approx_ids = search(index, queries, k, metric, ef_search, excluded=excluded)
     found = 0
     for row in range(len(queries)):
         threshold = exact_scores[row, -1] - 1e-5 * max(1.0, abs(float(exact_scores[row, -1])))

@@ -58,6 +58,13 @@ class IndexVersion:
                                       self.metric)
         self.index = engine.load(str(local_dir / INDEX_VECTORS_FILE))
         self.ef_search = manifest["index"].get("hnsw", {}).get("efSearch")
+        # Row r's vector is id vector_ids[r] in the index (a version written before ids were stable: r itself);
+        # ids no row holds are tombstones of an incremental sync.
+        self.vector_ids = (np.asarray(table.column("vector_id").to_numpy(), dtype=np.int64)
+                           if "vector_id" in table.column_names else np.arange(len(self.chunk_ids), dtype=np.int64))
+        self.row_of = np.full(self.index.ntotal, -1, dtype=np.int64)
+        self.row_of[self.vector_ids] = np.arange(len(self.vector_ids))
+        self.tombstones = engine.tombstones(self.index.ntotal, self.vector_ids)
 
     @property
     def uri(self) -> str:
@@ -81,15 +88,22 @@ class IndexVersion:
         if vector.shape[-1] != self.dims:
             raise ValueError(f"query vector has {vector.shape[-1]} dimensions, index version {self.version} has "
                              f"{self.dims}")
-        allowed = None
+        allowed = rows = None
         if filter:
             wanted = {key: str(value) for key, value in filter.items()}
-            allowed = np.array([i for i, meta in enumerate(self.metadata)
-                                if all(str(meta.get(key)) == value for key, value in wanted.items())],
-                               dtype=np.int64)
-        scores, ids = engine.search(self.index, vector, k, self.metric, self.ef_search, allowed, self.vectors)
-        return [Hit(self.chunk_ids[i], self.document_ids[i], float(score), self.texts[i], self.metadata[i])
-                for score, i in zip(scores[0], ids[0]) if i >= 0]
+            rows = np.array([i for i, meta in enumerate(self.metadata)
+                             if all(str(meta.get(key)) == value for key, value in wanted.items())], dtype=np.int64)
+            allowed = self.vector_ids[rows]
+        scores, ids = engine.search(self.index, vector, k, self.metric, self.ef_search, allowed,
+                                    None if rows is None else self.vectors[rows],
+                                    self.tombstones if len(self.tombstones) else None)
+        hits = []
+        for score, vector_id in zip(scores[0], ids[0]):
+            row = int(self.row_of[vector_id]) if vector_id >= 0 else -1
+            if row >= 0:
+                hits.append(Hit(self.chunk_ids[row], self.document_ids[row], float(score), self.texts[row],
+                                self.metadata[row]))
+        return hits
 
 
 def prefix_of(location: Union[str, ResourcePrefix]) -> ResourcePrefix:

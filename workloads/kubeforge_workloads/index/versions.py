@@ -2,10 +2,12 @@
 and retention.
 
     outputs/index/v-<n>/chunks.parquet     chunk_id, document_id, ordinal, text, metadata (JSON), content_hash
-                                           (of the chunk text), document_hash, vector
+                                           (of the chunk text), document_hash, vector, vector_id
     outputs/index/v-<n>/documents.parquet  one row per document or skipped record: what the next sync diffs
-    outputs/index/v-<n>/index.faiss        the faiss index; vector id = row of chunks.parquet
-    outputs/index/v-<n>/MANIFEST.json      written last, lists every file with size and sha256
+    outputs/index/v-<n>/index.faiss        the faiss index; a row's vector is id vector_id (format 1, without
+                                           the column: its row number); ids no row holds are tombstones
+    outputs/index/v-<n>/MANIFEST.json      written last, lists every file with size and sha256; `vectors` says
+                                           the index's size, tombstones and whether it was grown or rebuilt
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from kubeforge.storage.layout import (
 )
 
 VERSION_FILES = (INDEX_CHUNKS_FILE, INDEX_DOCUMENTS_FILE, INDEX_VECTORS_FILE)
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+"""2: chunks.parquet has vector_id (stable ids, tombstones); 1: row r is vector id r."""
 
 
 def config_fingerprint(spec) -> str:
