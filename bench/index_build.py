@@ -72,27 +72,79 @@ def upload_corpus(s3, copies: int, documents: int | None = None) -> list[str]:
     return keys
 
 
-def run_workload(args, attempt: int, generation: int) -> tuple[dict, float]:
-    """One sync on a fresh local Ray; returns (result.json, wall seconds including interpreter and Ray start)."""
+class TreeCpu:
+    """CPU seconds of a process and all its descendants (Ray's GCS, raylet, workers, the embedding actor),
+    polled every `interval` seconds: a process that exits between polls loses at most that much of its CPU."""
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        import threading
+
+        self.pid, self.interval, self.seen = pid, interval, {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while not self.done.is_set():
+            try:
+                processes = [root] + root.children(recursive=True)
+            except psutil.Error:
+                processes = []
+            for process in processes:
+                try:
+                    times = process.cpu_times()
+                    self.seen[(process.pid, process.create_time())] = times.user + times.system
+                except psutil.Error:
+                    pass
+            self.done.wait(self.interval)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return sum(self.seen.values())
+
+
+def process_cpu(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def run_workload(args, prefix: str, attempt: int, generation: int) -> dict:
+    """One sync on a fresh local Ray, as its own process; returns result.json plus `wall_s` (interpreter start to
+    exit: imports, Ray start and shutdown included), `cpu_s` (the process tree's CPU seconds) and `s3_cpu_s` (the
+    moto server's CPU seconds meanwhile: the reads the raw side does not do)."""
     from kubeforge.api.workload import CONTEXT_ENV, MlflowContext, StorageContext, WorkloadContext
 
     context = WorkloadContext(kind="VectorIndex", namespace="bench", name="corpus", uid="bench-uid",
                               generation=generation, attempt=attempt, spec=spec(args.threads, args.device),
-                              storage=StorageContext(bucket=BUCKET, prefix=PREFIX),
+                              storage=StorageContext(bucket=BUCKET, prefix=prefix),
                               mlflow=MlflowContext(experiment="bench/VectorIndex", run_name="corpus"))
+    s3_before = process_cpu(args.s3_pid)
     started = time.monotonic()
-    # One logical CPU more than the embedding actor asks for, so reading and chunking tasks are never starved.
-    result = subprocess.run([sys.executable, "-m", "kubeforge_workloads.index"], cwd=args.work,
-                            env={**os.environ, CONTEXT_ENV: context.model_dump_json(), "RAY_ADDRESS": "",
-                                 "KUBEFORGE_LOCAL_RAY_CPUS": str(args.threads + 1)},
-                            capture_output=True, text=True)
+    # One logical CPU more than the embedding actor asks for, so reading tasks are never starved.
+    process = subprocess.Popen([sys.executable, "-m", "kubeforge_workloads.index"], cwd=args.work,
+                               env={**os.environ, CONTEXT_ENV: context.model_dump_json(), "RAY_ADDRESS": "",
+                                    "KUBEFORGE_LOCAL_RAY_CPUS": str(args.threads + 1)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cpu = TreeCpu(process.pid)
+    _, stderr = process.communicate()
     wall = time.monotonic() - started
-    if result.returncode != 0:
-        sys.exit(f"workload failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    cpu_s = cpu.stop()
+    if process.returncode != 0:
+        sys.exit(f"workload failed ({process.returncode}):\n{stderr[-3000:]}")
     import boto3
 
-    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"{PREFIX}/outputs/result.json")["Body"].read()
-    return json.loads(body), wall
+    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"{prefix}/outputs/result.json")["Body"].read()
+    return {**json.loads(body), "wall_s": round(wall, 2), "cpu_s": round(cpu_s, 2),
+            "s3_cpu_s": round(process_cpu(args.s3_pid) - s3_before, 2)}
 
 
 def raw_encode_and_add(texts_file: Path, device: str, threads: int) -> dict:
@@ -119,28 +171,41 @@ def raw_encode_and_add(texts_file: Path, device: str, threads: int) -> dict:
 
 
 def run_raw(args, texts_file: Path) -> dict:
+    """The raw baseline as its own process; adds `wall_s` (interpreter start to exit: imports and model load
+    included, as on the workload's side) and `cpu_s` (its CPU seconds)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     result = subprocess.run([sys.executable, __file__, "--raw", str(texts_file), "--device", args.device,
                              "--threads", str(args.threads)],
                             env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         sys.exit(f"raw encode failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
 
 
-def chunk_texts(s3, version: int) -> list[str]:
+def chunk_texts(s3, prefix: str, version: int) -> list[str]:
     import pyarrow.parquet as pq
 
-    body = s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/outputs/index/v-{version}/chunks.parquet")["Body"].read()
+    body = s3.get_object(Bucket=BUCKET, Key=f"{prefix}/outputs/index/v-{version}/chunks.parquet")["Body"].read()
     return pq.read_table(io.BytesIO(body)).column("text").to_pylist()
 
 
-def change_one_percent(s3, keys: list[str]) -> int:
-    """Append a sentence to 1% of the text documents (at least one); returns how many changed."""
+def change_documents(s3, keys: list[str], percent: float, round_: int) -> int:
+    """Append a sentence to `percent`% of the documents (text ones, at least one), spread over the corpus and
+    shifted by `round_` so each re-sync changes other documents; returns how many changed."""
     texts = [key for key in keys if not key.endswith(".pdf")]
-    changed = texts[::max(1, round(100 * len(texts) / max(1, len(keys))))][:max(1, math.ceil(len(keys) / 100))]
+    count = max(1, math.ceil(len(keys) * percent / 100))
+    stride = max(1, len(texts) // count)
+    changed = texts[round_ % stride::stride][:count]
     for key in changed:
         body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-        s3.put_object(Bucket=BUCKET, Key=key, Body=body + b"\nThis note was revised for the re-sync benchmark.\n")
+        s3.put_object(Bucket=BUCKET, Key=key,
+                      Body=body + f"\nThis note was revised in re-sync round {round_}.\n".encode())
     return len(changed)
 
 
@@ -214,17 +279,98 @@ def query_latency(args, work: Path) -> dict:
     return report
 
 
+def median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
+
+
+def build_report(full: list[dict], raw: list[dict]) -> dict:
+    """Full build against raw encode, medians over the repeats. Every ratio is kubeforge's chunks/s over raw's,
+    i.e. raw seconds over kubeforge seconds for the same chunks."""
+    chunks = full[0]["chunks"]
+    wl_wall, wl_build = median([r["wall_s"] for r in full]), median([r["buildSeconds"] for r in full])
+    wl_cpu = median([r["cpu_s"] for r in full])
+    wl_cpu_s3 = median([r["cpu_s"] + r["s3_cpu_s"] for r in full])
+    raw_wall, raw_cpu = median([r["wall_s"] for r in raw]), median([r["cpu_s"] for r in raw])
+    raw_in = median([r["load_s"] + r["encode_s"] + r["add_s"] for r in raw])
+    raw_encode = median([r["encode_s"] + r["add_s"] for r in raw])
+    phases = sorted(full, key=lambda r: r["wall_s"])[len(full) // 2].get("phaseSeconds")
+    return {
+        "documents": full[0]["documents"], "chunks": chunks, "skipped_documents": full[0]["skippedDocuments"],
+        "repeats": len(full), "order": "ABBA: workload, raw, raw, workload, ...",
+        "kubeforge_wall_s": [r["wall_s"] for r in full], "kubeforge_build_s": [r["buildSeconds"] for r in full],
+        "kubeforge_cpu_s": [r["cpu_s"] for r in full], "kubeforge_s3_server_cpu_s": [r["s3_cpu_s"] for r in full],
+        "kubeforge_phase_s_of_median_run": phases,
+        "raw_wall_s": [r["wall_s"] for r in raw], "raw_cpu_s": [r["cpu_s"] for r in raw],
+        "raw_model_load_s": [round(r["load_s"], 2) for r in raw], "raw_encode_s": [round(r["encode_s"], 2) for r in raw],
+        "raw_faiss_add_s": [round(r["add_s"], 3) for r in raw],
+        "kubeforge_chunks_per_s_wall": round(chunks / wl_wall, 2), "raw_chunks_per_s_wall": round(chunks / raw_wall, 2),
+        # Both whole processes, interpreter start to exit: imports and model load on both sides; Ray's start,
+        # S3 reads, chunking, the recall check and the version's commit on kubeforge's.
+        "build_throughput_ratio_wall": round(raw_wall / wl_wall, 3),
+        # CPU seconds of kubeforge's process tree (driver, Ray, actor, read tasks) against the raw process: the
+        # fairer measure while other work shares the 2 cores. The second adds the S3 server's CPU for the reads.
+        "build_throughput_ratio_cpu": round(raw_cpu / wl_cpu, 3),
+        "build_throughput_ratio_cpu_incl_s3_server": round(raw_cpu / wl_cpu_s3, 3),
+        # After the interpreter's imports on both sides, model load on both: run()'s seconds against load +
+        # encode + add measured inside the raw process.
+        "build_throughput_ratio_in_process": round(raw_in / wl_build, 3),
+        # Against encode + add alone (no model load on the raw side; kubeforge still pays its start-up).
+        "build_throughput_ratio_vs_raw_encode_only": round(raw_encode / wl_build, 3),
+    }
+
+
+def resync_report(full: dict, resyncs: list[dict], larger: dict | None, documents: int) -> dict:
+    """1% re-syncs against the full build of the same corpus in the same run, and a cost model: a re-sync costs
+    F (size-independent: interpreter, imports, model load) + a per document of the corpus (listing, the previous
+    version's files, the new chunk table) + r per changed document (read, chunk, embed)."""
+    wall = median([r["wall_s"] for r in resyncs])
+    report = {
+        "changed_documents": [r["changed"] for r in resyncs], "of_documents": documents,
+        "embedded_chunks": [r["sync"]["embeddedChunks"] for r in resyncs],
+        "reused_chunks": [r["sync"]["reusedChunks"] for r in resyncs],
+        "index_update": [r.get("indexUpdate") for r in resyncs],
+        "resync_wall_s": [r["wall_s"] for r in resyncs], "resync_build_s": [r["buildSeconds"] for r in resyncs],
+        "resync_cpu_s": [r["cpu_s"] for r in resyncs],
+        "resync_phase_s_of_median_run": sorted(resyncs, key=lambda r: r["wall_s"])[len(resyncs) // 2].get(
+            "phaseSeconds"),
+        "full_build_wall_s": full["wall_s"],
+        "resync_cost_fraction_of_full_wall": round(wall / full["wall_s"], 4),
+        "resync_cost_fraction_of_full_build_s": round(median([r["buildSeconds"] for r in resyncs])
+                                                      / full["buildSeconds"], 4),
+        "resync_cost_fraction_of_full_cpu": round(median([r["cpu_s"] for r in resyncs]) / full["cpu_s"], 4),
+    }
+    if larger is not None:
+        small_changed = median([r["changed"] for r in resyncs])
+        per_changed = (larger["wall_s"] - wall) / max(1, larger["changed"] - small_changed)
+        phases = sorted(resyncs, key=lambda r: r["wall_s"])[len(resyncs) // 2].get("phaseSeconds") or {}
+        per_corpus_document = sum(phases.get(p, 0) for p in ("Listing", "Indexing", "Writing")) / documents
+        fixed = wall - per_changed * small_changed - per_corpus_document * documents
+        full_per_document = full["wall_s"] / documents  # all of the full build as per-document: conservative
+        denominator = 0.03 * full_per_document - per_corpus_document - 0.01 * per_changed
+        report["cost_model"] = {
+            "larger_change": {"changed_documents": larger["changed"], "wall_s": larger["wall_s"],
+                              "phase_s": larger.get("phaseSeconds")},
+            "fixed_s": round(fixed, 2), "per_corpus_document_s": round(per_corpus_document, 6),
+            "per_changed_document_s": round(per_changed, 4), "full_build_per_document_s": round(full_per_document, 4),
+            "documents_for_0.03": math.ceil(fixed / denominator) if denominator > 0 else None,
+        }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--copies", type=int, default=8, help="copies of examples/corpus to index")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--repeats", type=int, default=2, help="full builds and raw encodes, alternated ABBA")
+    parser.add_argument("--resyncs", type=int, default=3, help="1%% re-syncs after the last full build")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--documents", type=int, default=None, help="index only this many corpus documents per copy")
-    parser.add_argument("--no-resync", action="store_true", help="skip the 1%% re-sync")
+    parser.add_argument("--no-resync", action="store_true", help="skip the 1%% re-syncs")
+    parser.add_argument("--no-query", action="store_true", help="skip the query latency part")
     parser.add_argument("--quick", action="store_true",
-                        help="16 documents, no re-sync, 2000 vectors, 50 queries (a smoke run)")
+                        help="16 documents, one repeat, no re-sync, 2000 vectors, 50 queries (a smoke run)")
     parser.add_argument("--raw", metavar="TEXTS_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw:
@@ -232,6 +378,7 @@ def main() -> None:
         return
     if args.quick:
         args.copies, args.documents, args.vectors, args.queries, args.no_resync = 1, 16, 2000, 50, True
+        args.repeats = 1
 
     import boto3
 
@@ -240,70 +387,51 @@ def main() -> None:
 
     args.work = work = Path(tempfile.mkdtemp(prefix="kubeforge-bench-index-"))
     server, endpoint = start_s3_server(work)
+    args.s3_pid = server.pid
     os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
                        "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
                        "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "workloads"),
                                                       os.environ.get("PYTHONPATH", "")])})
+    report: dict = {"device": args.device, "threads_each_side": args.threads, "copies": args.copies}
     try:
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         keys = upload_corpus(s3, args.copies, args.documents)
-
-        full, full_wall = run_workload(args, attempt=1, generation=1)
         texts_file = work / "chunks.json"
-        texts_file.write_text(json.dumps(chunk_texts(s3, full["version"])))
-        raw = run_raw(args, texts_file)
-        print(f"full build: kubeforge {full['buildSeconds']:.1f} s for {full['chunks']} chunks; raw encode "
-              f"{raw['encode_s']:.1f} s + add {raw['add_s']:.2f} s (+ load {raw['load_s']:.1f} s)", file=sys.stderr)
-        resync = None
+        full, raw = [], []
+
+        def workload_side(repeat: int) -> None:
+            prefix = f"{PREFIX}-{repeat}"  # a fresh resource each repeat: a full build, never a re-sync
+            full.append({**run_workload(args, prefix, attempt=1, generation=1), "prefix": prefix})
+            if not texts_file.exists():
+                texts_file.write_text(json.dumps(chunk_texts(s3, prefix, full[-1]["version"])))
+            print(f"full build {repeat}: {full[-1]['wall_s']} s wall, {full[-1]['cpu_s']} CPU s, phases "
+                  f"{full[-1].get('phaseSeconds')}", file=sys.stderr)
+
+        def raw_side() -> None:
+            raw.append(run_raw(args, texts_file))
+            print(f"raw encode: {raw[-1]['wall_s']} s wall, {raw[-1]['cpu_s']} CPU s", file=sys.stderr)
+
+        for repeat in range(args.repeats):  # ABBA, so load drift hits both sides alike
+            for side in ("workload", "raw") if repeat % 2 == 0 else ("raw", "workload"):
+                workload_side(repeat) if side == "workload" else raw_side()
+        report["build"] = build_report(full, raw)
         if not args.no_resync:
-            changed = change_one_percent(s3, keys)
-            resync, resync_wall = run_workload(args, attempt=1, generation=2)
-        query = query_latency(args, work)
+            last, resyncs = full[-1], []
+            for round_ in range(args.resyncs):
+                changed = change_documents(s3, keys, 1, round_)
+                resyncs.append({**run_workload(args, last["prefix"], 1, 2 + round_), "changed": changed})
+                print(f"re-sync {round_}: {resyncs[-1]['wall_s']} s wall", file=sys.stderr)
+            changed = change_documents(s3, keys, 5, args.resyncs)
+            larger = {**run_workload(args, last["prefix"], 1, 2 + args.resyncs), "changed": changed}
+            report["resync_1_percent"] = resync_report(last, resyncs, larger, last["documents"])
+        if not args.no_query:
+            report["query"] = query_latency(args, work)
     finally:
         server.terminate()
         server.wait()
         shutil.rmtree(work, ignore_errors=True)
-
-    chunks = full["chunks"]
-    kubeforge_rate = chunks / full["buildSeconds"]
-    raw_rate = chunks / (raw["encode_s"] + raw["add_s"])
-    raw_rate_with_load = chunks / (raw["load_s"] + raw["encode_s"] + raw["add_s"])
-    phase_s = full.get("phaseSeconds") or {}
-    steady_s = phase_s.get("Embedding")
-    embedding_s = (steady_s or 0) + phase_s.get("EmbeddingStartup", 0)
-    first_batch = min(chunks, 64)
-    print(json.dumps({
-        "device": args.device, "threads_each_side": args.threads, "copies": args.copies,
-        "build": {
-            "documents": full["documents"], "chunks": chunks, "skipped_documents": full["skippedDocuments"],
-            "kubeforge_build_s": full["buildSeconds"], "kubeforge_wall_s_incl_interpreter": round(full_wall, 1),
-            "kubeforge_chunks_per_s": round(kubeforge_rate, 2), "kubeforge_phase_s": full.get("phaseSeconds"),
-            "raw_model_load_s": round(raw["load_s"], 2), "raw_encode_s": round(raw["encode_s"], 2),
-            "raw_faiss_add_s": round(raw["add_s"], 3), "raw_chunks_per_s": round(raw_rate, 2),
-            "raw_chunks_per_s_incl_model_load": round(raw_rate_with_load, 2),
-            "build_throughput_ratio": round(kubeforge_rate / raw_rate, 3),
-            "build_throughput_ratio_vs_raw_incl_model_load": round(kubeforge_rate / raw_rate_with_load, 3),
-            # The whole process (interpreter, imports, Ray start) against raw encode + add: the user's wall clock.
-            "wall_throughput_ratio_incl_startup": round(chunks / full_wall / raw_rate, 3),
-            # Only the embedding phase (chunking, the actor's start and model load, encode): the pipeline's
-            # embedding throughput without Ray's start-up, listing, reading and writing.
-            "embedding_phase_ratio": round(chunks / embedding_s / raw_rate, 3) if embedding_s else None,
-            # Once the first batch is back: chunks after it over the seconds after it.
-            "embedding_steady_state_ratio": round((chunks - first_batch) / steady_s / raw_rate, 3)
-            if steady_s else None,
-        },
-        "resync_1_percent": None if resync is None else {
-            "changed_documents": changed, "of_documents": full["documents"],
-            "embedded_chunks": resync["sync"]["embeddedChunks"], "reused_chunks": resync["sync"]["reusedChunks"],
-            "embedded_fraction_of_chunks": round(resync["sync"]["embeddedChunks"] / resync["chunks"], 4),
-            "resync_build_s": resync["buildSeconds"], "resync_wall_s": round(resync_wall, 1),
-            "resync_cost_fraction_of_full": round(resync["buildSeconds"] / full["buildSeconds"], 3),
-            "resync_wall_fraction_of_full_wall_incl_startup": round(resync_wall / full_wall, 3),
-            "resync_phase_s": resync.get("phaseSeconds"),
-        },
-        "query": query,
-    }, indent=1))
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
