@@ -60,3 +60,13 @@ def test_memory_point_allocates_towards_the_named_size(tmp_path, monkeypatch):
     monkeypatch.setattr(chaos, "_held", [])
     chaos.stall_point()
     assert sum(len(c) for c in chaos._held) == 3 * chaos.ALLOCATION_CHUNK_BYTES
+
+
+def test_the_manifest_delay_holds_back_only_the_listed_steps(monkeypatch):
+    monkeypatch.setenv(chaos.MANIFEST_DELAY_ENV, "10")
+    monkeypatch.delenv(chaos.MANIFEST_DELAY_STEPS_ENV, raising=False)
+    assert [chaos.manifest_delay_seconds(step) for step in (4, 8, 12)] == [10.0, 10.0, 10.0]  # every step
+    monkeypatch.setenv(chaos.MANIFEST_DELAY_STEPS_ENV, "12, 20")
+    assert [chaos.manifest_delay_seconds(step) for step in (4, 8, 12, 16, 20)] == [0.0, 0.0, 10.0, 0.0, 10.0]
+    monkeypatch.delenv(chaos.MANIFEST_DELAY_ENV)
+    assert chaos.manifest_delay_seconds(12) == 0.0  # no delay set: none, whatever the steps

@@ -14,6 +14,8 @@ import time
 
 STALL_FILE_ENV = "KUBEFORGE_CHAOS_STALL_FILE"
 MEMORY_FILE_ENV = "KUBEFORGE_CHAOS_MEMORY_FILE"
+MANIFEST_DELAY_ENV = "KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS"
+MANIFEST_DELAY_STEPS_ENV = "KUBEFORGE_CHAOS_MANIFEST_DELAY_STEPS"
 POLL_SECONDS = 0.2
 ALLOCATION_CHUNK_BYTES = 64 * 2**20
 
@@ -28,6 +30,17 @@ def stall_point(poll_seconds: float = POLL_SECONDS) -> None:
     memory_file = os.environ.get(MEMORY_FILE_ENV)
     if memory_file and os.path.exists(memory_file):
         _grow_to(memory_file)
+
+
+def manifest_delay_seconds(step: int) -> float:
+    """How long a checkpoint's manifest is held back once its files are up (the torn window a kill can land in):
+    KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS, for the steps KUBEFORGE_CHAOS_MANIFEST_DELAY_STEPS lists (comma-separated;
+    every step when it is unset)."""
+    delay = float(os.environ.get(MANIFEST_DELAY_ENV) or 0)
+    steps = os.environ.get(MANIFEST_DELAY_STEPS_ENV)
+    if delay and steps and step not in {int(listed) for listed in steps.split(",") if listed.strip()}:
+        return 0.0
+    return delay
 
 
 def _grow_to(memory_file: str) -> None:
