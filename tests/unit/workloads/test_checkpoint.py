@@ -134,6 +134,7 @@ def test_retention_keeps_the_latest_in_the_object_store(storage, tmp_path):
         save_dir(checkpointer, step, directory)
     storage.store.put("kfbucket", BASE + "step-16/adapter_model.safetensors", b"being written")
     save_dir(checkpointer, 12, directory)
+    checkpointer.wait()  # retention runs on its own thread, after the commit
     assert checkpointer.committed() == [8, 12]
     steps_present = sorted({int(k[len(BASE):].split("/")[0][5:]) for k in storage.store.list("kfbucket", BASE)})
     assert steps_present == [8, 12, 16]  # step-16 (being written, above the newest) is left alone
@@ -145,9 +146,24 @@ def test_retention_never_deletes_the_newest(storage, tmp_path):
     directory = checkpoint_dir(tmp_path)
     for step in (4, 8):
         save_dir(checkpointer, step, directory)
+    checkpointer.wait()
     assert checkpointer.committed() == [8]
     with pytest.raises(ValueError, match="at least 1"):
         Checkpointer(storage, keep_latest=0)
+
+
+class RetentionRefused(Checkpointer):
+    def prune(self) -> list[int]:
+        raise IOError("delete refused")
+
+
+def test_retention_runs_after_the_commit_and_its_error_is_raised_by_wait(storage, tmp_path):
+    checkpointer = RetentionRefused(storage, keep_latest=1)
+    save_dir(checkpointer, 4, checkpoint_dir(tmp_path))
+    assert checkpointer.committed() == [4]  # committed whatever retention does afterwards
+    with pytest.raises(IOError, match="delete refused"):
+        checkpointer.wait()
+    checkpointer.close()
 
 
 def test_without_keep_latest_every_checkpoint_stays(checkpointer, tmp_path):

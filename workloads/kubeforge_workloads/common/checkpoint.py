@@ -4,7 +4,8 @@ manifest last, so a step counts as committed only once its MANIFEST.json exists.
     checkpoints/step-<n>/<files of every rank>
     checkpoints/step-<n>/MANIFEST.json   CheckpointManifest (what the operator reads) plus filesByRank
 
-Retention (`keep_latest`) acts in the object store after each commit. Commits, and the other ranks' contributions,
+Retention (`keep_latest`) acts in the object store after each commit, on a thread of its own (nobody waits for
+old checkpoints to be deleted; wait() and close() raise its error). Commits, and the other ranks' contributions,
 can run on a background thread, one at a time per rank, so a large upload costs the steps it overlaps instead of
 stalling them: the committing rank then waits (in its background thread) until every other rank's files are in the
 object store before it writes the manifest. An S3 object appears whole or not at all, so a file that is listed is
@@ -22,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
 from kubeforge.storage.layout import MANIFEST_FILE, committed_steps
 from kubeforge.storage.progress import CheckpointManifest
-from kubeforge_workloads.common.storage import WorkloadStorage, download_files, upload_files, utcnow
+from kubeforge_workloads.common.storage import TRANSFER_CONCURRENCY, WorkloadStorage, download_files, utcnow
 
 CHAOS_MANIFEST_DELAY_ENV = "KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS"
 """Seconds between the last file and the manifest: widens the torn-checkpoint window for tests."""
@@ -35,6 +38,13 @@ CONTRIBUTIONS_TIMEOUT_SECONDS = 1800.0
 """How long a background commit waits for other ranks' background contributions: a rank whose upload failed
 raises at its own next checkpoint (and its worker group restarts), so this only bounds a commit nobody ends."""
 _CONTRIBUTIONS_POLL_SECONDS = 0.05  # one small list request; a commit waits at most this long past the last file
+
+
+def transfer_concurrency_per_rank(local_ranks: int) -> int:
+    """Each of `local_ranks` ranks on one machine gets its share of TRANSFER_CONCURRENCY (at least 2): the same
+    transfers in flight per machine however many ranks it runs (measured with 2 ranks: 8 each made a 130 MB
+    checkpoint's uploads 0.80x one transfer manager's, 4 each 0.87x)."""
+    return max(2, TRANSFER_CONCURRENCY // max(1, local_ranks))
 
 
 @dataclass
@@ -58,13 +68,19 @@ class Checkpointer:
     `rank` is the rank of this process: in save(), its files are uploaded from the local directory, while every
     other rank's files must already have been contributed (contribute()) by that rank."""
 
-    def __init__(self, storage: WorkloadStorage, rank: int = 0, keep_latest: Optional[int] = None):
+    def __init__(self, storage: WorkloadStorage, rank: int = 0, keep_latest: Optional[int] = None,
+                 transfer_concurrency: int = TRANSFER_CONCURRENCY):
+        """transfer_concurrency: this rank's transfers in flight at once; ranks that share a machine (and its
+        network) share TRANSFER_CONCURRENCY (transfer_concurrency_per_rank) instead of each starting as many."""
         if keep_latest is not None and keep_latest < 1:
             raise ValueError(f"keep_latest must be at least 1 (the newest committed checkpoint), got {keep_latest}")
         self.storage, self.rank, self.keep_latest = storage, rank, keep_latest
         self.prefix, self.client = storage.prefix, storage.store.client
+        self.transfer_config = TransferConfig(max_concurrency=transfer_concurrency, use_threads=True)
         self._committer: Optional[ThreadPoolExecutor] = None
         self._in_flight: Optional[Future] = None
+        self._janitor: Optional[ThreadPoolExecutor] = None
+        self._pruning: Optional[Future] = None
         self.commits: list[Commit] = []
         """Every checkpoint this rank committed, in order (what the training loop compares its stalls with)."""
 
@@ -111,7 +127,15 @@ class Checkpointer:
     def contribute(self, step: int, local_dir: Path, names: Iterable[str]) -> None:
         """Upload this rank's files of a checkpoint without committing it (the committing rank lists them)."""
         base = self.prefix.checkpoint_key(step)
-        upload_files(self.client, self.prefix.bucket, {base + name: local_dir / name for name in names})
+        self.upload({base + name: local_dir / name for name in names})
+
+    def upload(self, files: Mapping[str, Path]) -> None:
+        """key -> local path, side by side with this rank's transfer concurrency; the first error is raised once
+        every transfer has ended."""
+        with create_transfer_manager(self.client, self.transfer_config) as manager:
+            futures = [manager.upload(str(path), self.prefix.bucket, key) for key, path in sorted(files.items())]
+        for future in futures:
+            future.result()
 
     def save(self, step: int, files_by_rank: Mapping[int, Iterable[str]], local_dir: Path, epoch: float = 0.0,
              contributions_timeout: float = 0.0) -> str:
@@ -122,7 +146,7 @@ class Checkpointer:
         files_by_rank = {int(rank): sorted(names) for rank, names in files_by_rank.items()}
         base = self.prefix.checkpoint_key(step)
         own = files_by_rank.get(self.rank, [])
-        upload_files(self.client, self.prefix.bucket, {base + name: local_dir / name for name in own})
+        self.upload({base + name: local_dir / name for name in own})
         sizes = {name: (local_dir / name).stat().st_size for name in own}
         others = {name for rank, names in files_by_rank.items() if rank != self.rank for name in names}
         if others:
@@ -135,8 +159,23 @@ class Checkpointer:
         manifest[FILES_BY_RANK] = {str(rank): names for rank, names in sorted(files_by_rank.items())}
         self.write_manifest(step, manifest)
         self.commits.append(Commit(step, time.monotonic() - started, sum(sizes.values())))
-        self.prune()
+        self.prune_in_background()
         return self.uri(step)
+
+    def prune_in_background(self) -> None:
+        """Retention after a commit, off its critical path (the checkpoint is committed already; deleting the old
+        ones is nobody's wait); its error is raised by the next wait() or close()."""
+        if self.keep_latest is None:
+            return
+        self._raise_failed_prune()
+        if self._janitor is None:
+            self._janitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeforge-retention")
+        self._pruning = self._janitor.submit(self.prune)
+
+    def _raise_failed_prune(self) -> None:
+        pruning, self._pruning = self._pruning, None
+        if pruning is not None:
+            pruning.result()
 
     def write_manifest(self, step: int, manifest: dict) -> None:
         """The commit itself: the one object whose presence makes step a committed checkpoint."""
@@ -226,7 +265,9 @@ class Checkpointer:
         """Block until the background save (or contribution) in flight has ended; returns a save's URI, or raises
         its error."""
         in_flight, self._in_flight = self._in_flight, None
-        return in_flight.result() if in_flight is not None else None
+        uri = in_flight.result() if in_flight is not None else None
+        self._raise_failed_prune()
+        return uri
 
     def close(self) -> None:
         """Wait for the commit or contribution in flight (the last checkpoint is durable before the run reports
@@ -234,9 +275,10 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            if self._committer is not None:
-                self._committer.shutdown()
-                self._committer = None
+            for executor in (self._committer, self._janitor):
+                if executor is not None:
+                    executor.shutdown()
+            self._committer = self._janitor = None
 
 
 class CheckpointFiles:

@@ -13,6 +13,7 @@ LMs here, `DiffusionPretraining` (diffusion.py) for latent diffusion U-Nets.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -26,7 +27,7 @@ from kubeforge.api.trainingjob import FsdpShardingStrategy, Strategy, TrainingJo
 from kubeforge.api.workload import WorkloadContext
 from kubeforge_workloads.common import chaos
 from kubeforge_workloads.common.checkpoint import (CONTRIBUTIONS_TIMEOUT_SECONDS, AsyncShardedSaver, Checkpointer,
-                                                   load_sharded)
+                                                   load_sharded, transfer_concurrency_per_rank)
 from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.models import load_model_dir
@@ -90,7 +91,9 @@ class TrainingLoop:
         self.world = dist.get_world_size() if self.distributed else 1
         self.use_gpu = spec.resources.gpus_per_worker > 0
         self.cache = Path(tempfile.mkdtemp(prefix=f"kubeforge-{context.name}-{context.attempt}-{rank}-"))
-        self.checkpointer = Checkpointer(storage, rank=rank, keep_latest=spec.training.keep_checkpoints)
+        self.checkpointer = Checkpointer(storage, rank=rank, keep_latest=spec.training.keep_checkpoints,
+                                         transfer_concurrency=transfer_concurrency_per_rank(
+                                             int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))  # set by Ray Train
         self.metrics = None
         self.run_id: Optional[str] = None
         self.resumed_from: Optional[str] = None
@@ -374,8 +377,6 @@ class TrainingLoop:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def train(self, start: int) -> None:
-        import os
-
         import torch
         import torch.distributed as dist
 
