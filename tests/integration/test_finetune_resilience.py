@@ -16,6 +16,7 @@ from kubeforge.storage.layout import ResourcePrefix, checkpoint_step_of
 from kubeforge.storage.objectstore import S3ObjectStore
 from kubeforge.storage.progress import Progress
 from tests.conftest import REPO_ROOT
+from tests.integration.background import BackgroundScenario, selected
 
 pytestmark = pytest.mark.slow
 
@@ -100,9 +101,11 @@ def test_killed_twice_resumes_bit_exactly(sandbox):
     """Killed after its second checkpoint, then again while its third is being uploaded (files up, manifest not):
     the torn third checkpoint is never used, and the losses match an uninterrupted run exactly."""
     apply(sandbox, finetune("steady"))
-    apply(sandbox, finetune("chaotic", step_delay=0.5, env={"KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS": "10"}))
-    objects = ResourceObjects(sandbox, "chaotic")
     second, third = 2 * EVERY, 3 * EVERY
+    # only the third checkpoint's manifest is held back: the window the second kill lands in
+    apply(sandbox, finetune("chaotic", step_delay=0.5, env={"KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS": "10",
+                                                            "KUBEFORGE_CHAOS_MANIFEST_DELAY_STEPS": str(third)}))
+    objects = ResourceObjects(sandbox, "chaotic")
 
     sandbox.wait_for(lambda: checkpoint_step(status(sandbox, "chaotic")) >= second,
                      "chaotic's second checkpoint", timeout=300, interval=0.5)
@@ -146,13 +149,35 @@ def test_killed_twice_resumes_bit_exactly(sandbox):
     assert resumed["attempt"] == 3  # the torn step-12 was written again, whole, by the attempt that resumed
 
 
-def test_a_stalled_loop_and_a_frozen_job_are_each_detected_as_hang_and_resumed(sandbox):
+HANG_TIMEOUT = 40
+
+
+def others_past_start_up(sandbox) -> bool:
+    """No FineTune is about to start or starting an attempt (importing, starting Ray, loading a model): each is
+    training, ended, or held back (stalled on its spec, waiting for a dependency)."""
+    for item in json.loads(sandbox.kubectl("get", "ft", "-o", "json").stdout)["items"]:
+        current = item.get("status") or {}
+        held = any(c["type"] == "Stalled" and c["status"] == "True" for c in current.get("conditions") or [])
+        starting = current.get("phase") in ("Pending", "Retrying") or (
+            current.get("phase") == "Running" and not (current.get("progress") or {}).get("step"))
+        if starting and not held:
+            return False
+    return True
+
+
+def stalled_then_frozen(sandbox) -> None:
     """Attempt 1's training loop stalls while its heartbeat thread keeps beating (only progress reveals it);
     attempt 2's processes are frozen whole (SIGSTOP: the heartbeat stops too). Each is a Hang, each attempt
     resumes from the last checkpoint, and the run succeeds."""
+    # It runs beside the kill-twice scenario: it starts once no other FineTune is starting up, so two start-ups
+    # never share the 2 cores with a hang timeout running.
+    time.sleep(5)  # the kill-twice test applies its resources at once
+    sandbox.wait_for(lambda: others_past_start_up(sandbox), "the other FineTunes to be past their start-up",
+                     timeout=600, interval=1)
     # hangTimeout counts from the last progress, start-up phases included: leave them room on a loaded machine
     # 40 steps: attempt 2 must still be training when the second fault lands, wherever attempt 1 stalled
-    apply(sandbox, finetune("hangs", step_delay=0.5, failurePolicy={"hangTimeout": "30s"}, training={"maxSteps": 40}))
+    apply(sandbox, finetune("hangs", step_delay=0.5, failurePolicy={"hangTimeout": f"{HANG_TIMEOUT}s"},
+                            training={"maxSteps": 40}))
     objects = ResourceObjects(sandbox, "hangs")
     sandbox.wait_for(lambda: checkpoint_step(status(sandbox, "hangs")) >= EVERY, "a first checkpoint", timeout=300)
     chaos(sandbox, "stall", "hangs-1")
@@ -166,7 +191,7 @@ def test_a_stalled_loop_and_a_frozen_job_are_each_detected_as_hang_and_resumed(s
                      "the stall to be detected as a hang", timeout=60, interval=0.5)
     # hangTimeout + the heartbeat interval (the last step seen) + one reconcile period and tick, plus slack
     # for a loaded 2-core machine
-    assert time.monotonic() - stalled_at < 30 + 2 + 1 + 1 + 6
+    assert time.monotonic() - stalled_at < HANG_TIMEOUT + 2 + 1 + 1 + 6
 
     def attempt_2_training_past_its_resume() -> bool:
         progress = objects.progress()
@@ -179,7 +204,7 @@ def test_a_stalled_loop_and_a_frozen_job_are_each_detected_as_hang_and_resumed(s
     chaos(sandbox, "hang", "hangs-2")
     sandbox.wait_for(lambda: [a.get("reason") for a in status(sandbox, "hangs").get("attempts") or []][:2]
                      == ["Hang", "Hang"], "the frozen job to be detected as a hang", timeout=60, interval=0.5)
-    assert time.monotonic() - hung_at < 30 + 2 + 10  # hangTimeout + a reconcile period + heartbeat interval
+    assert time.monotonic() - hung_at < HANG_TIMEOUT + 2 + 10  # + a reconcile period + heartbeat interval
     final = wait_final(sandbox, "hangs")
     assert final["phase"] == "Succeeded", json.dumps(final, indent=1)
     attempts = final["attempts"]
@@ -189,12 +214,26 @@ def test_a_stalled_loop_and_a_frozen_job_are_each_detected_as_hang_and_resumed(s
 
 
 @pytest.fixture(scope="module", autouse=True)
-def quick_failures(sandbox):
-    """The resources of the fast-failing scenarios, applied when the module starts: they end while the long
-    scenarios run, and their tests only read the outcome."""
+def started_with_the_module(sandbox, request):
+    """What runs beside the kill-twice scenario, started when the module starts: the fast-failing resources (their
+    tests only read the outcome) and the hang scenario, driven on its own thread (its two hang timeouts are
+    waiting, not work)."""
     apply(sandbox, finetune("always-broken", env={"KUBEFORGE_FAIL_NODE_CHECK": "1"},
                             failurePolicy={"maxRestarts": 1}))
     apply(sandbox, finetune("missing-data", dataset={"trainUri": "s3://kubeforge/seed/datasets/nope.jsonl"}))
+    scenarios = {}
+    if selected(request, HANG_TEST):
+        scenarios["hangs"] = BackgroundScenario("hangs", lambda: stalled_then_frozen(sandbox))
+    yield scenarios
+    for scenario in scenarios.values():
+        scenario.wait_quietly(timeout=600)
+
+
+HANG_TEST = "test_a_stalled_loop_and_a_frozen_job_are_each_detected_as_hang_and_resumed"
+
+
+def test_a_stalled_loop_and_a_frozen_job_are_each_detected_as_hang_and_resumed(started_with_the_module):
+    started_with_the_module["hangs"].result(timeout=800)
 
 
 def test_exhausted_restarts_fail_with_a_readable_summary(sandbox):

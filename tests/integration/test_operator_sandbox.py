@@ -77,9 +77,13 @@ def rayjob_status(sandbox, name: str) -> dict:
     return sandbox.get("rayjob", name).get("status") or {}
 
 
+STEPS_TO_ADOPT = 36
+
+
 def test_operator_restart_adopts_the_running_rayjob(sandbox):
-    # Slow steps keep the job running well past the new operator's start (about a minute of training left).
-    obj = finetune("adopt", maxSteps=60, checkpointEverySteps=10)
+    # Slow steps keep the job running well past the new operator's start (about half a minute of training left;
+    # the operator is back in a few seconds).
+    obj = finetune("adopt", maxSteps=STEPS_TO_ADOPT, checkpointEverySteps=10)
     obj["spec"]["ray"] = {"runtimeEnv": {"env_vars": {"KUBEFORGE_STEP_DELAY_SECONDS": "1.0"}}}
     assert apply(sandbox, obj).returncode == 0
 
@@ -99,7 +103,7 @@ def test_operator_restart_adopts_the_running_rayjob(sandbox):
         return status["progress"]["step"] > step_at_restart and status
 
     seen = sandbox.wait_for(new_operator_observed_progress, "the restarted operator to observe progress", timeout=120)
-    assert seen["phase"] == "Running" and seen["progress"]["step"] < 60
+    assert seen["phase"] == "Running" and seen["progress"]["step"] < STEPS_TO_ADOPT
     assert rayjob_status(sandbox, child).get("jobStatus") == "RUNNING"  # adopted while running, not after
     assert rayjobs_of(sandbox, "adopt") == [child]
 

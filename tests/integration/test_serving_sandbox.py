@@ -46,6 +46,14 @@ def chat(client, model: str, text: str, **kwargs):
     return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], **kwargs)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def endpoints_deleted_afterwards(sandbox):
+    """Serve replicas hold Ray CPUs in the shared sandbox: the modules after this one get them back."""
+    yield
+    sandbox.kubectl("delete", "servingendpoint", "assistant", "docs-rag", "--ignore-not-found", "--wait=false",
+                    check=False)
+
+
 @pytest.fixture(scope="module")
 def assistant(sandbox):
     apply_file(sandbox, "examples/serving.yaml")

@@ -22,6 +22,7 @@ from kubeforge.storage.layout import ResourcePrefix, checkpoint_step_of, committ
 from kubeforge.storage.objectstore import S3ObjectStore
 from kubeforge.storage.progress import Progress
 from tests.conftest import REPO_ROOT
+from tests.integration.background import BackgroundScenario, selected
 from tests.integration.test_finetune_resilience import chaos
 
 pytestmark = pytest.mark.slow
@@ -169,7 +170,27 @@ def test_killed_twice_succeeds_after_two_restarts_with_the_same_losses_and_weigh
     print(f"killed twice: resumed at {newest_at_failure}, goodput {json.dumps(goodput)}")
 
 
-def test_after_a_lost_node_a_user_shrinks_it_to_one_worker_and_it_resumes_with_the_same_losses(sandbox):
+SHRINK_TEST = "test_after_a_lost_node_a_user_shrinks_it_to_one_worker_and_it_resumes_with_the_same_losses"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def started_with_the_module(sandbox, request):
+    """The shrink scenario, driven on its own thread from the module's start: its slow steps and restart overlap
+    the kill-twice scenario's instead of following them."""
+    scenarios = {}
+    if selected(request, SHRINK_TEST):
+        scenarios["shrunk"] = BackgroundScenario("shrunk", lambda: shrunk_after_a_lost_node(sandbox))
+    yield scenarios
+    for scenario in scenarios.values():
+        scenario.wait_quietly(timeout=600)
+
+
+def test_after_a_lost_node_a_user_shrinks_it_to_one_worker_and_it_resumes_with_the_same_losses(
+        started_with_the_module):
+    started_with_the_module["shrunk"].result(timeout=900)
+
+
+def shrunk_after_a_lost_node(sandbox) -> None:
     name = "tj-shrunk"
     apply_example(sandbox)  # the reference (unchanged if the test above applied it)
     apply(sandbox, trainingjob(name, step_delay=1.0))
