@@ -118,19 +118,30 @@ def test_the_embedding_actor_chunks_its_documents_on_as_many_torch_threads_as_cp
     import torch
 
     threads = torch.get_num_threads()
+    text = " ".join(f"Sentence number {i} talks about vector search." for i in range(12))
+    documents = {"object": np.array(["a.txt", "b.txt", "bad.txt", "c.txt"]),
+                 "document_id": np.array(["a.txt", "b.txt", "bad.txt", "c.txt"]),
+                 "text": np.array([text, "Unchanged since the last version.", "", "Saved by a killed attempt."]),
+                 "metadata": np.array([json.dumps({"source": "a.txt"})] + ["{}"] * 3),
+                 "anchors": np.array(["[]"] * 4), "document_hash": np.array(["h", "hb", "", "hc"]),
+                 "cause": np.array(["", "", "empty", ""]), "message": np.array(["", "", "bad.txt is empty", ""])}
     try:
         torch.set_num_threads(2)
-        actor = build.DocumentEmbedder("all-MiniLM-L6-v2", "tokens", 16, 2, 8, True, "cpu", threads=1)
+        actor = build.DocumentEmbedder("all-MiniLM-L6-v2", "tokens", 16, 2, 8, True, "cpu", threads=1,
+                                       skip=frozenset({("b.txt", "hb"), ("c.txt", "hc")}))
         assert torch.get_num_threads() == 1
-        text = " ".join(f"Sentence number {i} talks about vector search." for i in range(12))
-        out = actor({"document_id": np.array(["a.txt"]), "text": np.array([text]),
-                     "metadata": np.array([json.dumps({"source": "a.txt"})]), "anchors": np.array(["[]"]),
-                     "document_hash": np.array(["h"])})
+        out = actor(documents)
     finally:
         torch.set_num_threads(threads)
-    count = len(out["text"])
-    assert count > 3 and list(out["ordinal"]) == list(range(count))
-    assert set(out["chunks_in_document"]) == {count} and out["vector"].shape == (count, 384)
+    chunk = out["ordinal"] >= 0
+    count = int(chunk.sum())
+    assert count > 3 and set(out["document_id"][chunk]) == {"a.txt"}  # b and c skipped, bad.txt not a document
+    assert list(out["ordinal"][chunk]) == list(range(count)) and set(out["chunks_in_document"][chunk]) == {count}
+    assert out["vector"].shape == (count + 4, 384) and not out["vector"][~chunk].any()
+    # every input row comes back once as a record, with what the driver diffs and reports
+    assert list(out["document_id"][~chunk]) == list(documents["document_id"])
+    assert list(out["cause"][~chunk]) == ["", "", "empty", ""] and list(out["object"][~chunk])[2] == "bad.txt"
+    assert list(out["document_hash"][~chunk]) == ["h", "hb", "", "hc"]
 
 
 def test_a_first_build_runs_on_ray_data_however_small_and_a_large_change_too():

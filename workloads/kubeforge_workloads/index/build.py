@@ -31,7 +31,9 @@ from kubeforge_workloads.common.storage import WorkloadStorage, run_entrypoint, 
 from kubeforge_workloads.index import engine
 from kubeforge_workloads.index.embedding import max_chunk_tokens, model_path
 from kubeforge_workloads.index.incremental import IndexUpdate, index_shape, update_index
-from kubeforge_workloads.index.partial import FLUSH_SECONDS, PartialChunks, embedded_table, load_partial
+from kubeforge_workloads.index.partial import (
+    FLUSH_SECONDS, PartialChunks, current_only, embedded_table, load_partial, saved_documents,
+)
 from kubeforge_workloads.index.sources import SourceObject, list_sources
 from kubeforge_workloads.index.versions import (
     apply_retention, commit_version, committed_versions, config_fingerprint, diff_documents, download_version,
@@ -124,22 +126,53 @@ def chunk_documents(batch: dict, model: str, strategy: str, size: int, overlap: 
     return rows
 
 
+RECORD_COLUMNS = ("object", "cause", "message")
+
+
 class DocumentEmbedder:
-    """The Ray Data actor: chunks a batch of documents and embeds the chunks. Chunking here rather than in tasks of
-    its own keeps the model's tokenizer in one process and leaves the CPUs to the model instead of to a second
-    pool of workers loading transformers."""
+    """The Ray Data actor: chunks a batch of parsed documents and embeds the chunks. Chunking here rather than in
+    tasks of its own keeps the model's tokenizer in one process and leaves the CPUs to the model instead of to a
+    second pool of workers loading transformers.
+
+    Every input row (a document or a skipped record) also comes out as one record row (ordinal -1, a zero vector)
+    carrying what the driver needs to diff and report it, so the read stage can stream into this one; documents
+    whose (id, content hash) is in `skip` (unchanged since the previous version, or saved by a killed attempt)
+    are not embedded."""
 
     def __init__(self, model: str, strategy: str, size: int, overlap: int, batch_size: int, normalize: bool,
-                 device: str, threads: int):
+                 device: str, threads: int, skip: frozenset = frozenset()):
         from kubeforge_workloads.index.embedding import ChunkEmbedder
 
         _set_torch_threads(threads)
         self.chunking = {"model": model, "strategy": strategy, "size": size, "overlap": overlap}
         self.embedder = ChunkEmbedder(model, batch_size, normalize, device)
+        self.dims = self.embedder.model.get_sentence_embedding_dimension()
+        self.skip = skip
 
     def __call__(self, documents: dict) -> dict:
-        chunks = chunk_documents(documents, **self.chunking)
-        return self.embedder({name: np.asarray(values) for name, values in chunks.items()})
+        count = len(documents["document_id"])
+        records = {name: [str(v) for v in documents.get(name, [""] * count)] for name in RECORD_COLUMNS}
+        embed = [not records["cause"][i] and (str(documents["document_id"][i]), str(documents["document_hash"][i]))
+                 not in self.skip for i in range(count)]
+        chunks = chunk_documents({name: [v for v, e in zip(values, embed) if e] for name, values in documents.items()
+                                  if name in ("document_id", "text", "metadata", "anchors", "document_hash")},
+                                 **self.chunking)
+        if chunks["text"]:
+            chunks = self.embedder({name: np.asarray(values) for name, values in chunks.items()})
+        else:
+            chunks["vector"] = np.zeros((0, self.dims), dtype=np.float32)
+        embedded = len(chunks["text"])
+        out = {name: list(chunks[name]) + [""] * count for name in ("text", "metadata")}
+        out["document_id"] = list(chunks["document_id"]) + [str(v) for v in documents["document_id"]]
+        out["document_hash"] = list(chunks["document_hash"]) + [str(v) for v in documents["document_hash"]]
+        out["ordinal"] = list(chunks["ordinal"]) + [-1] * count
+        out["chunks_in_document"] = list(chunks["chunks_in_document"]) + [0] * count
+        for name in RECORD_COLUMNS:
+            out[name] = [""] * embedded + records[name]
+        result = {name: np.asarray(values) for name, values in out.items()}
+        result["vector"] = np.concatenate([np.asarray(chunks["vector"], dtype=np.float32).reshape(-1, self.dims),
+                                           np.zeros((count, self.dims), dtype=np.float32)])
+        return result
 
 
 def _set_torch_threads(threads: int) -> None:
@@ -288,11 +321,54 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     heartbeat.update(phase="Reading", message=f"reading {len(to_read)} new or changed of {len(objects)} objects")
     resources = spec.resources
     in_process = embeds_in_driver(previous, to_read)
-    if not in_process:
+    version = (committed_versions(storage.store, storage.prefix) or [0])[-1] + 1
+    saved = load_partial(storage.store, storage.prefix, version, None)
+    previous_pairs = {(row["document_id"], row["document_hash"]) for row in (previous.documents if previous else [])
+                      if not row["cause"]}
+    done = len(kept_rows)
+    saver = PartialChunks(storage.store, storage.prefix, version, context.attempt,
+                          float(os.environ.get(PARTIAL_SAVE_SECONDS_ENV) or FLUSH_SECONDS))
+    embedded: list = []
+    seen: dict[str, int] = {}
+
+    def take(batch: dict) -> None:
+        """A batch of embedded chunks (numpy columns): kept, saved for a retry, counted as progress."""
+        nonlocal done
+        if not embedded:
+            phases.enter("Embedding")
+        embedded.append(embedded_table(batch))
+        saver.add(embedded[-1])
+        for document_id, total in zip(batch["document_id"], batch["chunks_in_document"]):
+            seen[document_id] = seen.get(document_id, 0) + 1
+            if seen[document_id] == int(total):
+                done += 1
+        heartbeat.update(step=done)
+        stall_point()
+
+    if in_process:
+        phases.enter("Reading")
+        parsed_rows = _read(to_read, _bucket(source.uri), spec)
+    else:
         phases.enter("RayInit")
         init_ray(resources.workers * resources.cpus_per_worker + 1)
-    phases.enter("Reading")
-    parsed_rows = _read(to_read, _bucket(source.uri), spec, in_process)
+        # Reading, the actors' start-up and embedding overlap: one streaming Ray Data pipeline. Reading ends
+        # when its last record comes back; EmbeddingStartup lasts until the first embedded batch does.
+        phases.enter("EmbeddingStartup")
+        heartbeat.update(phase="Embedding", step=done, total_steps=done + len(to_read),
+                         message=f"reading and embedding {len(to_read)} new or changed objects, reusing {done} "
+                                 "documents")
+        parsed_rows = []
+        skip = frozenset(previous_pairs | saved_documents(saved))
+        for batch in _stream(to_read, _bucket(source.uri), spec, skip):
+            is_record = np.asarray(batch["ordinal"]) < 0
+            records = {name: np.asarray(values)[is_record] for name, values in batch.items()}
+            parsed_rows.extend(_rows({name: records[name] for name in ("object", "document_id", "document_hash",
+                                                                        "cause", "message")}))
+            chunks = {name: np.asarray(values)[~is_record] for name, values in batch.items()}
+            # Saved and counted embedding.batchSize chunks at a time, as in the driver.
+            for start in range(0, len(chunks["ordinal"]), spec.embedding.batch_size):
+                take({name: values[start:start + spec.embedding.batch_size] for name, values in chunks.items()})
+        parsed_rows.sort(key=lambda row: row["document_id"])
 
     read_objects = {o.relative: o for o in to_read}
     current_rows = kept_rows + [{"object": row["object"], "etag": read_objects[row["object"]].etag,
@@ -303,38 +379,24 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     before = {row["document_id"]: row["document_hash"] for row in (previous.documents if previous else [])
               if not row["cause"]}
     plan = diff_documents(before, indexed)
-    embed_ids = plan.to_embed
-    to_embed = [row for row in parsed_rows if not row["cause"] and row["document_id"] in embed_ids]
-
-    version = (committed_versions(storage.store, storage.prefix) or [0])[-1] + 1
-    resumed = load_partial(storage.store, storage.prefix, version,
-                           {row["document_id"]: row["document_hash"] for row in to_embed})
+    streamed = {(str(d), str(h)) for part in embedded for d, h in zip(part.column("document_id").to_pylist(),
+                                                                      part.column("document_hash").to_pylist())}
+    # Saved by a killed attempt, still current, and not embedded again above.
+    resumed = current_only(saved, {d: indexed[d] for d in plan.to_embed if (d, indexed[d]) not in streamed})
     resumed_ids = set(resumed.column("document_id").to_pylist()) if resumed is not None else set()
-    to_embed = [row for row in to_embed if row["document_id"] not in resumed_ids]
-    done = len(plan.unchanged) + len(resumed_ids)
-    # EmbeddingStartup: until the first batch comes back (the actor's start and model load, the first encode).
-    phases.enter("EmbeddingStartup" if to_embed else "Embedding")
-    heartbeat.update(phase="Embedding", step=done, total_steps=len(indexed),
-                     message=f"embedding {len(to_embed)} new or changed documents, reusing {done}")
-    embedded = []
-    if to_embed:
-        saver = PartialChunks(storage.store, storage.prefix, version, context.attempt,
-                              float(os.environ.get(PARTIAL_SAVE_SECONDS_ENV) or FLUSH_SECONDS))
-        seen: dict[str, int] = {}
-        # Batches of embedding.batchSize: what a killed build has saved is never more than one batch behind.
-        for batch in _embedded_batches(to_embed, spec, in_process):
-            if not embedded:
-                phases.enter("Embedding")
-            embedded.append(embedded_table(batch))
-            saver.add(embedded[-1])
-            for document_id, total in zip(batch["document_id"], batch["chunks_in_document"]):
-                seen[document_id] = seen.get(document_id, 0) + 1
-                if seen[document_id] == int(total):
-                    done += 1
-            heartbeat.update(step=done)
-            stall_point()
+    if in_process:
+        to_embed = [row for row in parsed_rows if not row["cause"] and row["document_id"] in plan.to_embed
+                    and row["document_id"] not in resumed_ids]
+        done = len(plan.unchanged) + len(resumed_ids)
+        phases.enter("EmbeddingStartup" if to_embed else "Embedding")
+        heartbeat.update(phase="Embedding", step=done, total_steps=len(indexed),
+                         message=f"embedding {len(to_embed)} new or changed documents, reusing {done}")
+        if to_embed:
+            # Batches of embedding.batchSize: what a killed build has saved is never more than one batch behind.
+            for batch in _embedded_batches(to_embed, spec):
+                take(batch)
     phases.enter("Indexing")
-    heartbeat.update(phase="Indexing", step=len(indexed))
+    heartbeat.update(phase="Indexing", step=len(indexed), total_steps=len(indexed))
     embedded_chunks = sum(part.num_rows for part in embedded)
     resumed_chunks = resumed.num_rows if resumed is not None else 0
 
@@ -435,23 +497,14 @@ def _shutdown_local_ray() -> None:
         ray.shutdown()
 
 
-def _read(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec, in_process: bool = False) -> list[dict]:
+def _read(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec) -> list[dict]:
+    """Read and parse `objects` in the driver (a small re-sync); the Ray path reads in _stream."""
     if not objects:
         return []
     jsonl = spec.source.jsonl
     items = [{"key": o.key, "relative": o.relative, "format": o.format or ""} for o in objects]
-    options = {"bucket": bucket, "text_field": jsonl.text_field, "id_field": jsonl.id_field,
-               "metadata_fields": tuple(jsonl.metadata_fields)}
-    if in_process:
-        rows = _rows(read_and_parse({name: [item[name] for item in items] for name in items[0]}, **options))
-    else:
-        import ray
-        import ray.data
-
-        # A few tasks per CPU: each task pays for its S3 client and parser imports, so not one per 8 documents.
-        batch_size = read_batch_size(len(items), int(ray.cluster_resources().get("CPU", 1)))
-        rows = ray.data.from_items(items).map_batches(read_and_parse, batch_size=batch_size, num_cpus=1,
-                                                      fn_kwargs=options).take_all()
+    rows = _rows(read_and_parse({name: [item[name] for item in items] for name in items[0]}, bucket,
+                                jsonl.text_field, jsonl.id_field, tuple(jsonl.metadata_fields)))
     return sorted(rows, key=lambda row: row["document_id"])
 
 
@@ -468,15 +521,11 @@ def _rows(columns: dict) -> list[dict]:
     return [dict(zip(names, values)) for values in zip(*(columns[name] for name in names))]
 
 
-def _embedded_batches(documents: list[dict], spec: VectorIndexSpec, in_process: bool):
-    """Batches (numpy columns) of embedding.batchSize chunks with their `vector`, in the driver or on Ray Data."""
-    size = spec.embedding.batch_size
-    if not in_process:
-        yield from _embed(documents, spec).iter_batches(batch_size=size, batch_format="numpy")
-        return
+def _embedded_batches(documents: list[dict], spec: VectorIndexSpec):
+    """Batches (numpy columns) of embedding.batchSize chunks with their `vector`, embedded in the driver."""
     from kubeforge_workloads.index.embedding import ChunkEmbedder
 
-    chunking = spec.chunking
+    size, chunking = spec.embedding.batch_size, spec.chunking
     chunks = chunk_documents({name: [row[name] for row in documents] for name in documents[0]},
                              spec.embedding.model, chunking.strategy.value, chunking.size, chunking.overlap)
     embedder = ChunkEmbedder(spec.embedding.model, size, spec.embedding.normalize, spec.embedding.device.value)
@@ -484,18 +533,34 @@ def _embedded_batches(documents: list[dict], spec: VectorIndexSpec, in_process: 
         yield embedder({name: np.asarray(values[start:start + size]) for name, values in chunks.items()})
 
 
-def _embed(documents: list[dict], spec: VectorIndexSpec):
+def _stream(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec, skip: frozenset):
+    """Read, parse, chunk and embed `objects` as one streaming Ray Data pipeline (the actor pool starts while the
+    first objects are read); yields numpy batches of embedded chunks and record rows (DocumentEmbedder). Order is
+    preserved, so the same objects always make the same embedding batches, and so the same vectors."""
+    import ray
     import ray.data
+    from ray.data import DataContext
 
-    embedding, resources, chunking = spec.embedding, spec.resources, spec.chunking
+    if not objects:
+        return
+    DataContext.get_current().execution_options.preserve_order = True
+    jsonl, embedding, resources, chunking = spec.source.jsonl, spec.embedding, spec.resources, spec.chunking
+    items = [{"key": o.key, "relative": o.relative, "format": o.format or ""} for o in objects]
     use_gpu = resources.gpus_per_worker > 0 and embedding.device.value != "cpu"
-    return ray.data.from_items(documents).map_batches(
+    # Read tasks of at most one embedding batch: the actor gets its first documents early.
+    read_batch = min(read_batch_size(len(items), int(ray.cluster_resources().get("CPU", 1))), DOCUMENTS_PER_BATCH)
+    dataset = ray.data.from_items(items).map_batches(
+        read_and_parse, batch_size=read_batch, num_cpus=1,
+        fn_kwargs={"bucket": bucket, "text_field": jsonl.text_field, "id_field": jsonl.id_field,
+                   "metadata_fields": tuple(jsonl.metadata_fields)},
+    ).map_batches(
         DocumentEmbedder, batch_size=DOCUMENTS_PER_BATCH, compute=ray.data.ActorPoolStrategy(size=resources.workers),
         num_cpus=resources.cpus_per_worker, num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs={"model": embedding.model, "strategy": chunking.strategy.value, "size": chunking.size,
                                "overlap": chunking.overlap, "batch_size": embedding.batch_size,
                                "normalize": embedding.normalize, "device": embedding.device.value,
-                               "threads": 0 if use_gpu else max(1, int(resources.cpus_per_worker))})
+                               "threads": 0 if use_gpu else max(1, int(resources.cpus_per_worker)), "skip": skip})
+    yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
 
 
 def _chunk_table(previous: Optional[Previous], reused_documents: set[str], embedded: list):

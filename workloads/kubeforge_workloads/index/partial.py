@@ -84,10 +84,10 @@ class PartialChunks:
         return ready.num_rows
 
 
-def load_partial(store, prefix: ResourcePrefix, version: int, wanted: dict[str, str]) -> Optional[object]:
-    """Saved chunks of complete documents whose content hash is still `wanted[document_id]`; None when none."""
+def load_partial(store, prefix: ResourcePrefix, version: int, wanted: Optional[dict[str, str]]) -> Optional[object]:
+    """Saved chunks of complete documents whose content hash is still `wanted[document_id]` (None: every saved
+    complete document, whatever its hash; current_only() narrows it later); None when none."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     tables = []
@@ -98,15 +98,50 @@ def load_partial(store, prefix: ResourcePrefix, version: int, wanted: dict[str, 
     if not tables:
         return None
     table = pa.concat_tables(tables)
-    current = [wanted.get(d) == h for d, h in zip(table.column("document_id").to_pylist(),
-                                                   table.column("document_hash").to_pylist())]
-    table = table.filter(pa.array(current, pa.bool_()))
+    if wanted is not None:
+        table = _with_hashes(table, wanted)
     # Two attempts may both have saved a document: keep the first copy of every chunk.
     seen, keep = set(), []
-    for document_id, ordinal in zip(table.column("document_id").to_pylist(), table.column("ordinal").to_pylist()):
-        keep.append((document_id, ordinal) not in seen)
-        seen.add((document_id, ordinal))
-    table = table.filter(pa.array(keep, pa.bool_()))
-    complete = pa.array(sorted(_complete_documents(table)), pa.string())
-    table = table.filter(pc.is_in(table.column("document_id"), value_set=complete))
+    for key in zip(table.column("document_id").to_pylist(), table.column("document_hash").to_pylist(),
+                   table.column("ordinal").to_pylist()):
+        keep.append(key not in seen)
+        seen.add(key)
+    table = _complete_only(table.filter(pa.array(keep, pa.bool_())))
     return table if table.num_rows else None
+
+
+def current_only(table, wanted: dict[str, str]) -> Optional[object]:
+    """The saved chunks (load_partial(..., None)) of documents whose content hash is still wanted[document_id]."""
+    if table is None:
+        return None
+    table = _complete_only(_with_hashes(table, wanted))
+    return table if table.num_rows else None
+
+
+def saved_documents(table) -> set[tuple[str, str]]:
+    """(document id, content hash) of every document a load_partial() table holds."""
+    if table is None:
+        return set()
+    return set(zip(table.column("document_id").to_pylist(), table.column("document_hash").to_pylist()))
+
+
+def _with_hashes(table, wanted: dict[str, str]):
+    import pyarrow as pa
+
+    current = [wanted.get(d) == h for d, h in zip(table.column("document_id").to_pylist(),
+                                                   table.column("document_hash").to_pylist())]
+    return table.filter(pa.array(current, pa.bool_()))
+
+
+def _complete_only(table):
+    """Rows of documents all of whose chunks are there, counted per (document id, content hash): two attempts
+    may have saved different contents of one document."""
+    import pyarrow as pa
+
+    keys = list(zip(table.column("document_id").to_pylist(), table.column("document_hash").to_pylist()))
+    counts: dict[tuple[str, str], int] = {}
+    expected: dict[tuple[str, str], int] = {}
+    for key, total in zip(keys, table.column("chunks_in_document").to_pylist()):
+        counts[key] = counts.get(key, 0) + 1
+        expected[key] = total
+    return table.filter(pa.array([counts[key] >= expected[key] for key in keys], pa.bool_()))
