@@ -215,8 +215,8 @@ class Phase(ApiModel):
 
 
 class SampleSpec(ApiModel):
-    """Images generated at every checkpoint (with the U-Net and, once started, its EMA) and logged to MLflow as a
-    grid, so progress shows as pictures."""
+    """Images generated at checkpoints (with the U-Net and, once started, its EMA) and logged to MLflow as a grid,
+    so progress shows as pictures."""
 
     prompts: list[str] = Field(default_factory=list, max_length=16)
     """Captions to sample; empty: the first `count` captions of the dataset."""
@@ -228,6 +228,10 @@ class SampleSpec(ApiModel):
     """Classifier-free guidance scale (1: no guidance)."""
     seed: int = Field(default=0, ge=0)
     """Seed of the initial noise: the same images at every checkpoint differ only by the weights."""
+    every_checkpoints: int = Field(default=1, ge=1, le=1000)
+    """Draw a grid at every this many checkpoints (those of steps that are multiples of
+    training.checkpointEverySteps x everyCheckpoints) and at the last step: checkpoints can be frequent, to lose little
+    work to a failure, while grids (whose sampling stalls training) stay as frequent as a person looks at them."""
 
 
 class TrainingOutput(ApiModel):

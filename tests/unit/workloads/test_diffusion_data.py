@@ -1,5 +1,6 @@
 """The diffusion workload's data side: image-caption pairs from tar shards and Parquet (bad samples skipped and
-named), pixels, the seed's shapes dataset and tiny components, and the latent cache (keyed, computed once, reused)."""
+named), pixels, the seed's shapes dataset and tiny components, and the latent cache (keyed, computed once, reused;
+an attempt that finds every latent cached never downloads the images)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge_workloads.common.errors import DataError, UserError
 from kubeforge_workloads.common.storage import upload_tree
-from kubeforge_workloads.pretrain.images import pixels, read_pairs
+from kubeforge_workloads.pretrain.images import FIRST_CAPTIONS, ImageDataset, pixels, read_pairs
 from kubeforge_workloads.seed.shapes import shape_samples, write_parquet, write_shapes, write_webdataset
 from tests.unit.workloads.conftest import BUCKET
 
@@ -264,7 +265,7 @@ class CountingEncode:
 def shapes_pairs(object_store, samples, tmp_path):
     write_webdataset(tmp_path / "wds", samples, shards=2)
     uri = _upload(object_store, tmp_path / "wds", "seed/datasets/shapes/")
-    return uri, read_pairs(diffusion_spec(uri), object_store, tmp_path / "read")
+    return uri, ImageDataset(diffusion_spec(uri), object_store, tmp_path / "read")
 
 
 def test_the_cache_key_follows_every_input_and_nothing_else():
@@ -335,12 +336,12 @@ def test_latents_are_computed_once_into_the_bucket_cache_then_reused_without_the
     from kubeforge.storage.layout import MANIFEST_FILE
     from kubeforge_workloads.pretrain.latents import PrecomputedInputs, phase_inputs
 
-    uri, pairs = shapes_pairs
+    uri, dataset = shapes_pairs
     vae, text_encoder, tokenizer = encoders
     spec = diffusion_spec(uri)
     counting = CountingEncode(vae, monkeypatch)
     barriers = []
-    first = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
+    first = phase_inputs(spec, 32, dataset, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
                          tmp_path / "a1", is_writer=True, wait=lambda: barriers.append("attempt 1"), batch_size=5)
     assert isinstance(first, PrecomputedInputs) and not first.reused
     assert counting.calls == 3  # 12 samples in batches of 5
@@ -348,22 +349,28 @@ def test_latents_are_computed_once_into_the_bucket_cache_then_reused_without_the
     cache_prefix = first.uri[len(f"s3://{BUCKET}/"):]
     assert sorted(object_store.list(BUCKET, cache_prefix)) == [cache_prefix + MANIFEST_FILE,
                                                                cache_prefix + "shard-00000.safetensors"]
-    assert first.count == len(pairs) and first.captions == pairs.captions
+    pairs = dataset.pairs()
+    assert first.count == len(pairs) == first.summary.count == first.manifest["count"]
+    assert first.summary.first_captions == first.manifest["firstCaptions"] == pairs.captions[:FIRST_CAPTIONS]
     expected = first.batch([0, 5, 11])
 
-    # A later attempt, and another resource with the same inputs: read, not recomputed, the VAE never called.
+    # A later attempt, and another resource with the same inputs: read, not recomputed, the VAE never called, and
+    # the images never downloaded (the dataset's summary comes from the manifest).
     counting.calls = 0
     for storage in (trainingjob_storage(object_store, 2), trainingjob_storage(object_store, 1, name="sd-copy")):
-        again = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, storage, tmp_path / storage.context.name,
+        local = tmp_path / storage.context.name
+        listed = ImageDataset(spec, object_store, local)
+        again = phase_inputs(spec, 32, listed, vae, text_encoder, tokenizer, storage, local,
                              is_writer=True, wait=lambda: barriers.append("later"))
         assert again.reused and again.uri == first.uri and counting.calls == 0
+        assert not listed.loaded and not (local / "dataset").exists() and again.summary == first.summary
         assert again.manifest["createdBy"]["attempt"] == 1 and again.manifest["createdBy"]["name"] == "sd"
         for name, tensor in again.batch(torch.tensor([0, 5, 11])).items():
             assert torch.equal(tensor, expected[name]), name
     assert barriers == ["attempt 1", "later", "later"]
 
     # Another resolution is another cache entry.
-    other = phase_inputs(spec, 64, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 2),
+    other = phase_inputs(spec, 64, dataset, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 2),
                          tmp_path / "r64", is_writer=True, wait=lambda: None)
     assert not other.reused and other.uri != first.uri
     assert other.batch([0])["latents"].shape == (1, 4, 16, 16)
@@ -375,39 +382,68 @@ def test_other_ranks_read_what_the_writer_stored_after_the_barrier(object_store,
 
     from kubeforge_workloads.pretrain.latents import phase_inputs
 
-    uri, pairs = shapes_pairs
+    uri, dataset = shapes_pairs
     vae, text_encoder, tokenizer = encoders
     spec = diffusion_spec(uri)
     written = {}
 
     def writer_then_barrier():
         # The barrier returns once the writer has stored the cache: here, the writer runs inside it.
-        written["writer"] = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer,
+        written["writer"] = phase_inputs(spec, 32, dataset, vae, text_encoder, tokenizer,
                                          trainingjob_storage(object_store, 1), tmp_path / "rank0", is_writer=True,
                                          wait=lambda: None)
 
     counting = CountingEncode(vae, monkeypatch)
-    reader = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
+    reader = phase_inputs(spec, 32, dataset, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
                           tmp_path / "rank1", is_writer=False, wait=writer_then_barrier)
     assert counting.calls == 1  # the writer's one batch; the reader encoded nothing
     assert not reader.reused and reader.uri == written["writer"].uri
-    ids = list(range(len(pairs)))
+    ids = list(range(len(dataset.pairs())))
     for name, tensor in reader.batch(ids).items():
         assert torch.equal(tensor, written["writer"].batch(ids)[name]), name
+
+
+def test_a_manifest_without_the_dataset_summary_reads_the_pairs_and_checks_the_count(object_store, shapes_pairs,
+                                                                                     encoders, tmp_path):
+    """A cache written before manifests held firstCaptions: the summary comes from the pairs, which are read, and a
+    count that differs from the dataset's is refused."""
+    import json
+
+    from kubeforge.storage.layout import MANIFEST_FILE
+    from kubeforge_workloads.common.errors import WorkloadError
+    from kubeforge_workloads.pretrain.latents import phase_inputs
+
+    uri, dataset = shapes_pairs
+    vae, text_encoder, tokenizer = encoders
+    spec = diffusion_spec(uri)
+    first = phase_inputs(spec, 32, dataset, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
+                         tmp_path / "a1", is_writer=True, wait=lambda: None)
+    manifest_key = first.uri[len(f"s3://{BUCKET}/"):] + MANIFEST_FILE
+    old = {key: value for key, value in first.manifest.items() if key != "firstCaptions"}
+    object_store.put(BUCKET, manifest_key, json.dumps(old).encode())
+    listed = ImageDataset(spec, object_store, tmp_path / "a2")
+    again = phase_inputs(spec, 32, listed, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 2),
+                         tmp_path / "a2", is_writer=True, wait=lambda: None)
+    assert again.reused and listed.loaded and again.summary == first.summary
+
+    object_store.put(BUCKET, manifest_key, json.dumps({**old, "count": old["count"] + 1}).encode())
+    with pytest.raises(WorkloadError, match="holds 13 samples but the dataset has 12"):
+        phase_inputs(spec, 32, ImageDataset(spec, object_store, tmp_path / "a3"), vae, text_encoder, tokenizer,
+                     trainingjob_storage(object_store, 3), tmp_path / "a3", is_writer=True, wait=lambda: None)
 
 
 def test_a_torn_cache_without_its_manifest_is_recomputed(object_store, shapes_pairs, encoders, tmp_path):
     from kubeforge.storage.layout import MANIFEST_FILE
     from kubeforge_workloads.pretrain.latents import phase_inputs
 
-    uri, pairs = shapes_pairs
+    uri, dataset = shapes_pairs
     vae, text_encoder, tokenizer = encoders
     spec = diffusion_spec(uri)
-    first = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
+    first = phase_inputs(spec, 32, dataset, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
                          tmp_path / "a1", is_writer=True, wait=lambda: None)
     cache_prefix = first.uri[len(f"s3://{BUCKET}/"):]
     object_store.client.delete_object(Bucket=BUCKET, Key=cache_prefix + MANIFEST_FILE)  # the writer died before it
-    again = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 2),
+    again = phase_inputs(spec, 32, dataset, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 2),
                          tmp_path / "a2", is_writer=True, wait=lambda: None)
     assert not again.reused and object_store.get(BUCKET, cache_prefix + MANIFEST_FILE) is not None
 
@@ -421,12 +457,12 @@ def test_precomputed_inputs_match_encoding_at_every_batch(object_store, shapes_p
 
     from kubeforge_workloads.pretrain.latents import OnTheFlyInputs, phase_inputs
 
-    uri, pairs = shapes_pairs
+    uri, dataset = shapes_pairs
     vae, text_encoder, tokenizer = encoders
     spec = diffusion_spec(uri, **{"precompute.dtype": dtype})
-    cached = phase_inputs(spec, 32, pairs, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
+    cached = phase_inputs(spec, 32, dataset, vae, text_encoder, tokenizer, trainingjob_storage(object_store, 1),
                           tmp_path / "c", is_writer=True, wait=lambda: None)
-    live = phase_inputs(diffusion_spec(uri, **{"precompute.latents": False}), 32, pairs, vae, text_encoder, tokenizer,
+    live = phase_inputs(diffusion_spec(uri, **{"precompute.latents": False}), 32, dataset, vae, text_encoder, tokenizer,
                         trainingjob_storage(object_store, 1), tmp_path / "l", is_writer=True,
                         wait=lambda: pytest.fail("encoding at every batch needs no barrier"))
     assert isinstance(live, OnTheFlyInputs) and live.uri is None and not live.reused
@@ -438,5 +474,5 @@ def test_precomputed_inputs_match_encoding_at_every_batch(object_store, shapes_p
     assert from_cache["latents"].shape == (4, 4, 8, 8) and from_cache["encoder_hidden_states"].shape == (4, 16, 32)
     # The latents are scaled: the VAE's raw posterior mean times its scaling factor.
     with torch.no_grad():
-        raw = vae.encode(pixels([pairs.images[3]], 32)).latent_dist.mean
+        raw = vae.encode(pixels([dataset.pairs().images[3]], 32)).latent_dist.mean
     torch.testing.assert_close(from_encoders["latents"][0], raw[0] * vae.config.scaling_factor)

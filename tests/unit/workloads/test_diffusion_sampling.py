@@ -1,6 +1,7 @@
 """A diffusion run's checkpoint grids (the real loop in one process: moto S3, MLflow on sqlite, the seed's tiny
 U-Net, VAE and CLIP): every grid is in MLflow, drawn from its checkpoint's weights, a grid that fails fails the run,
-one sampling U-Net serves every row, and drawing a grid moves no global RNG."""
+one sampling U-Net serves every row and holds exactly the weights it is handed, drawing a grid moves no global RNG,
+and samples.everyCheckpoints draws a grid at every Nth checkpoint and the last step only."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tests.unit.workloads.conftest import BUCKET, isolated_mlflow, run_to_end  #
 STEPS, EVERY = 6, 2
 
 
-def spec() -> TrainingJobSpec:
+def spec(steps: int = STEPS, every_checkpoints: int = 1) -> TrainingJobSpec:
     from kubeforge_workloads.seed.shapes import TINY_UNET_CONFIG, TINY_VAE_CONFIG
 
     clip = f"s3://{BUCKET}/seed/models/tiny-clip"
@@ -30,13 +31,13 @@ def spec() -> TrainingJobSpec:
         "model": {"unet": {"config": TINY_UNET_CONFIG}, "vae": {"config": TINY_VAE_CONFIG},
                   "textEncoder": {"uri": clip}, "tokenizer": {"uri": clip}},
         "dataset": {"uri": f"s3://{BUCKET}/seed/datasets/shapes/", "format": "webdataset"},
-        "phases": [{"resolution": 16, "steps": STEPS}],
+        "phases": [{"resolution": 16, "steps": steps}],
         "precompute": {"latents": True, "dtype": "fp16"},
         "training": {"globalBatchSize": 4, "microBatchSize": 4, "learningRate": 0.002, "warmupSteps": 1,
                      "scheduler": "constant_with_warmup", "checkpointEverySteps": EVERY, "keepCheckpoints": 2,
                      "seed": 7},
         "ema": {"decay": 0.8, "startFraction": 0.5},
-        "samples": {"count": 2, "inferenceSteps": 2}})
+        "samples": {"count": 2, "inferenceSteps": 2, "everyCheckpoints": every_checkpoints}})
 
 
 class HeldGrids(DiffusionPretraining):
@@ -84,8 +85,8 @@ def store(tmp_path_factory):
             torch.set_num_threads(threads)
 
 
-def job(store, name: str, fail_grid_at: int = 0) -> HeldGrids:
-    the_spec = spec()
+def job(store, name: str, fail_grid_at: int = 0, **changes) -> HeldGrids:
+    the_spec = spec(**changes)
     context = WorkloadContext(kind="TrainingJob", namespace="ns", name=name, uid=f"uid-{name}", generation=1,
                               attempt=1, spec=the_spec.model_dump(mode="json", by_alias=True),
                               storage=StorageContext(bucket=BUCKET, prefix=f"ns/TrainingJob/{name}"),
@@ -130,3 +131,24 @@ def test_drawing_a_grid_moves_no_global_rng(finished):
 def test_a_grid_that_fails_fails_the_run(store, step):
     with pytest.raises(RuntimeError, match="the grid could not be drawn"):
         run_to_end(job(store, f"failing-{step}", fail_grid_at=step))
+
+
+def test_the_sampling_unet_holds_exactly_the_weights_it_is_given(finished):
+    """Built on the meta device (no random init), then every parameter loaded: none left empty or random."""
+    state = {name: tensor.clone() + 0.25 for name, tensor in finished.model.state_dict().items()}
+    unet = finished.unet_from(state)
+    assert not any(tensor.is_meta for tensor in unet.state_dict().values())
+    assert unet.state_dict().keys() == state.keys()
+    assert all(torch.equal(unet.state_dict()[name], tensor) for name, tensor in state.items())
+
+
+def test_every_checkpoints_draws_every_nth_checkpoints_grid_and_the_last_steps(store):
+    """Checkpoints at 2, 4, 6 and 7 (the end); with everyCheckpoints 2 the grids of 4 and 7 only. The checkpoints
+    themselves are all taken."""
+    from mlflow.tracking import MlflowClient
+
+    held = run_to_end(job(store, "every-second", steps=7, every_checkpoints=2))
+    assert sorted(held.weights_at) == [2, 4, 6, 7]
+    assert held.grids_of_checkpointed_weights == {4: True, 7: True}
+    grids = [a.path for a in MlflowClient().list_artifacts(held.run_id, "samples")]
+    assert grids == ["samples/step-00000004.png", "samples/step-00000007.png"]

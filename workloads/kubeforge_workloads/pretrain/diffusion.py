@@ -14,8 +14,12 @@ sampler of the checkpoint grids and of the exported pipeline.
 
 A checkpoint's sample grid is drawn in the step loop, and its time is a checkpoint stall, not productive: drawn in
 the background, it slowed the steps beside it by about its own cost (measured on CPU: the same wall time, with the
-grid's compute counted as step time). The sampling U-Net is built once and reloaded per row, not rebuilt (with a
-random init) per row.
+grid's compute counted as step time). So grids are drawn at every samples.everyCheckpoints-th checkpoint (and the
+last step): checkpoints can be frequent while grids stay few. The sampling U-Net is built once per attempt without
+a random init (its weights are loaded before every row).
+
+The image dataset is only listed at start-up (its fingerprint keys the latent cache); it is downloaded only when
+latents are to be computed or encoding happens at every batch, never by an attempt that finds them all cached.
 """
 
 from __future__ import annotations
@@ -151,7 +155,7 @@ class DiffusionPretraining(TrainingLoop):
 
     # data and frozen components
     def load_data(self) -> None:
-        from kubeforge_workloads.pretrain.images import read_pairs
+        from kubeforge_workloads.pretrain.images import ImageDataset
 
         self.tokenizer = self.load_tokenizer()
         self.text_encoder = self.frozen(self.load_text_encoder())
@@ -160,7 +164,7 @@ class DiffusionPretraining(TrainingLoop):
         from diffusers import DDPMScheduler
 
         self.noise = DDPMScheduler.from_config(self.scheduler_for_sampling.config)
-        self.pairs = read_pairs(self.spec, self.storage.store, self.cache)
+        self.dataset = ImageDataset(self.spec, self.storage.store, self.cache)  # listed; read only if needed
         self.starts = phase_starts(self.spec.phases)
         self.inputs: dict[int, object] = {}
         self.samplers: dict[int, GlobalSampler] = {}
@@ -267,7 +271,7 @@ class DiffusionPretraining(TrainingLoop):
         first = self.phase_of(min(start, self.total_steps - 1))
         for index in range(first, len(self.spec.phases)):
             resolution = self.spec.phases[index].resolution
-            inputs = phase_inputs(self.spec, resolution, self.pairs, self.vae, self.text_encoder, self.tokenizer,
+            inputs = phase_inputs(self.spec, resolution, self.dataset, self.vae, self.text_encoder, self.tokenizer,
                                   self.storage, self.cache, is_writer=self.rank == 0, wait=self.barrier)
             try:
                 self.samplers[index] = GlobalSampler(inputs.count, training.global_batch_size, seed)
@@ -276,6 +280,7 @@ class DiffusionPretraining(TrainingLoop):
                                 f"one global batch (spec.training.globalBatchSize {training.global_batch_size})"
                                 ) from error
             self.inputs[index] = inputs
+        self.pairs = self.inputs[first].summary  # count, skipped, first captions: the images may be unread
         self.beat(message=self.data_summary())
 
     def latents_report(self) -> list[dict]:
@@ -286,7 +291,7 @@ class DiffusionPretraining(TrainingLoop):
         """For the heartbeat's message: what was skipped, and which latents were reused or computed."""
         latents = ", ".join(f"{entry['resolution']}px {'reused' if entry['reused'] else 'computed'}"
                             for entry in self.latents_report() if entry["uri"])
-        parts = [f"{len(self.pairs)} image-caption pairs"]
+        parts = [f"{self.pairs.count} image-caption pairs"]
         if self.pairs.skipped:
             parts.append(f"skipped {self.pairs.skipped_count} ({', '.join(sorted(self.pairs.skipped))})")
         if latents:
@@ -347,17 +352,26 @@ class DiffusionPretraining(TrainingLoop):
                 "total_steps": self.total_steps, "seed": t.seed, "precision": t.precision.value,
                 "precomputed_latents": bool(spec.precompute and spec.precompute.enabled and spec.precompute.latents),
                 "low_precision_norms": spec.low_precision_norms,
-                "ema_decay": spec.ema.decay if spec.ema else None, "pairs": len(self.pairs),
+                "ema_decay": spec.ema.decay if spec.ema else None, "pairs": self.pairs.count,
                 "skipped_pairs": self.pairs.skipped_count}
 
     # samples
     def unet_from(self, state: dict):
         """The one sampling U-Net (built on first use), in eval mode on the device, holding `state`'s weights."""
+        import torch
         from diffusers import UNet2DConditionModel
 
         if self.sampling_unet is None:
-            self.sampling_unet = UNet2DConditionModel.from_config(self.unet_config).eval().to(self.device)
-        self.sampling_unet.load_state_dict(state)
+            # on the meta device: no random init (0.6 s for the bench's sd2/8 U-Net) of weights load_state_dict
+            # overwrites; a U-Net with buffers (which a state dict may not hold) is built for real
+            with torch.device("meta"):
+                unet = UNet2DConditionModel.from_config(self.unet_config)
+            if any(True for _ in unet.buffers()):
+                unet = UNet2DConditionModel.from_config(self.unet_config).to(self.device)
+            else:
+                unet = unet.to_empty(device=self.device)
+            self.sampling_unet = unet.eval()
+        self.sampling_unet.load_state_dict(state)  # strict: every parameter is overwritten
         return self.sampling_unet
 
     def pipeline(self, unet):
@@ -374,13 +388,19 @@ class DiffusionPretraining(TrainingLoop):
         samples = self.spec.samples
         if samples.count == 0:
             return []
-        return list(samples.prompts) or self.pairs.captions[:samples.count]
+        return list(samples.prompts) or self.pairs.first_captions[:samples.count]
+
+    def draws_grid(self, step: int) -> bool:
+        """Whether checkpoint `step` gets a sample grid: every samples.everyCheckpoints-th checkpoint, and the last
+        step (a function of the step: a resumed run draws the grids an uninterrupted one does)."""
+        every = self.spec.training.checkpoint_every_steps * self.spec.samples.every_checkpoints
+        return step % every == 0 or step == self.total_steps
 
     def after_checkpoint(self, step: int) -> None:
         """Collective (the weights are gathered from every rank); rank 0 draws the grid: one row per prompt set,
         the U-Net's and, once it runs, the EMA's."""
         prompts = self.prompts()
-        if not prompts:
+        if not prompts or not self.draws_grid(step):
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

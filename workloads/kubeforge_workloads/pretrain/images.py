@@ -3,7 +3,11 @@
 A sample that cannot be used (an image PIL cannot decode, an empty or missing caption, a caption without an image)
 is skipped and counted per cause with its shard and key or row named, never silently. The order is deterministic:
 shards sorted by key, samples in their order within a shard, so sample id i is the same pair on every rank and
-every attempt. Images stay encoded until `pixels` decodes a batch of them."""
+every attempt. Images stay encoded until `pixels` decodes a batch of them.
+
+`ImageDataset` lists the shards at once (their fingerprint keys the latent cache) but downloads and reads them only
+when the pairs are first asked for: an attempt whose latents are all cached never does (a resume used to download
+the whole image dataset on every rank only to train on cached latents)."""
 
 from __future__ import annotations
 
@@ -69,29 +73,75 @@ class ImagePairs:
         return f"{self.uri}: skipped {self.skipped_count} of {self.skipped_count + len(self)} samples: {causes}"
 
 
+    def summary(self) -> "DatasetSummary":
+        return DatasetSummary(count=len(self), skipped=self.skipped, first_captions=self.captions[:FIRST_CAPTIONS])
+
+
+FIRST_CAPTIONS = 16
+"""Captions a DatasetSummary keeps: the most spec.samples.count takes from the dataset."""
+
+
+@dataclass
+class DatasetSummary:
+    """What training needs to know of the pairs besides their latents: how many, what was skipped, and the first
+    captions (the sample grid's prompts when spec.samples.prompts is empty). A latent cache's manifest holds it."""
+    count: int
+    skipped: dict[str, dict]
+    first_captions: list[str]
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(entry["count"] for entry in self.skipped.values())
+
+
+class ImageDataset:
+    """spec.dataset (format webdataset or parquet), listed: `fingerprint` is known at once, `pairs()` downloads into
+    `cache` and reads the shards on its first call only."""
+
+    def __init__(self, spec, store, cache: Path):
+        dataset = spec.dataset
+        self.format = getattr(dataset.format, "value", dataset.format)
+        if self.format not in ("webdataset", "parquet"):
+            raise UserError(f"spec.dataset.format {self.format!r} holds no image-caption pairs; use webdataset or "
+                            "parquet")
+        self.spec_dataset, self.store, self.cache = dataset, store, cache
+        self.uri = dataset.uri
+        self.objects = _list_objects(store, dataset.uri, ".tar" if self.format == "webdataset" else ".parquet")
+        self.fingerprint = _fingerprint(self.objects)
+        self._pairs: ImagePairs | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._pairs is not None
+
+    def pairs(self) -> ImagePairs:
+        """Every usable image-caption pair (downloaded and read once)."""
+        if self._pairs is None:
+            self._pairs = self._read()
+        return self._pairs
+
+    def _read(self) -> ImagePairs:
+        dataset = self.spec_dataset
+        pairs = ImagePairs(uri=dataset.uri, fingerprint=self.fingerprint)
+        bucket, _ = parse_s3_uri(dataset.uri)
+        local = {name: self.cache / "dataset" / name for name, _, _, _ in self.objects}
+        download_files(self.store.client, bucket, {key: local[name] for name, key, _, _ in self.objects})
+        for name, _, _, _ in self.objects:
+            if self.format == "webdataset":
+                _read_tar(local[name], name, pairs)
+            else:
+                _read_parquet(local[name], name, dataset.image_field, dataset.caption_field, pairs)
+        if pairs.skipped:
+            print(f"kubeforge: {pairs.skipped_summary()}", flush=True)
+        if not pairs.images:
+            reason = f"; {pairs.skipped_summary()}" if pairs.skipped else ""
+            raise DataError(f"{dataset.uri}: no usable image-caption pairs (spec.dataset.uri){reason}")
+        return pairs
+
+
 def read_pairs(spec, store, cache: Path) -> ImagePairs:
     """Every usable image-caption pair of spec.dataset (format webdataset or parquet), downloaded into `cache`."""
-    dataset = spec.dataset
-    fmt = getattr(dataset.format, "value", dataset.format)
-    if fmt not in ("webdataset", "parquet"):
-        raise UserError(f"spec.dataset.format {fmt!r} holds no image-caption pairs; use webdataset or parquet")
-    suffix = ".tar" if fmt == "webdataset" else ".parquet"
-    objects = _list_objects(store, dataset.uri, suffix)
-    pairs = ImagePairs(uri=dataset.uri, fingerprint=_fingerprint(objects))
-    bucket, _ = parse_s3_uri(dataset.uri)
-    local = {name: cache / "dataset" / name for name, _, _, _ in objects}
-    download_files(store.client, bucket, {key: local[name] for name, key, _, _ in objects})
-    for name, _, _, _ in objects:
-        if fmt == "webdataset":
-            _read_tar(local[name], name, pairs)
-        else:
-            _read_parquet(local[name], name, dataset.image_field, dataset.caption_field, pairs)
-    if pairs.skipped:
-        print(f"kubeforge: {pairs.skipped_summary()}", flush=True)
-    if not pairs.images:
-        reason = f"; {pairs.skipped_summary()}" if pairs.skipped else ""
-        raise DataError(f"{dataset.uri}: no usable image-caption pairs (spec.dataset.uri){reason}")
-    return pairs
+    return ImageDataset(spec, store, cache).pairs()
 
 
 def pixels(images: list[bytes], resolution: int):

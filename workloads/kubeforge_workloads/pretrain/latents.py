@@ -8,7 +8,10 @@ Without it the VAE and the text encoder run at every batch (the baseline the ben
 
 Latents are the VAE posterior's mean (deterministic, so the cache equals what an on-the-fly run would use), scaled
 by vae.config.scaling_factor; captions are encoded as diffusers' StableDiffusionPipeline encodes prompts, so the
-U-Net trains on what it samples from."""
+U-Net trains on what it samples from.
+
+The manifest also holds the dataset's summary (count, skipped samples, first captions), so an attempt that finds
+every phase cached never downloads the image dataset."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from kubeforge_workloads.common.errors import WorkloadError
 from kubeforge_workloads.common.storage import download_files, utcnow
 from kubeforge_workloads.pretrain.cache import (cache_digest, commit, created_by, enum_value, shard_paths,
                                                tokenizer_pipeline)
-from kubeforge_workloads.pretrain.images import ImagePairs, pixels
+from kubeforge_workloads.pretrain.images import DatasetSummary, ImageDataset, ImagePairs, pixels
 
 CACHE_FORMAT = 1
 """Bump when what is stored, or how it is computed, changes: older caches then no longer match."""
@@ -126,7 +129,8 @@ class PhaseInputs:
     [B,T,D]}, float32 on the requested device."""
 
     count: int
-    captions: list[str]
+    summary: DatasetSummary
+    """The dataset's: from the pairs when they were read, else from the cache's manifest."""
     resolution: int
     reused: bool = False
     """True when the inputs were read from a cache an earlier run (or attempt, or resource) computed."""
@@ -143,7 +147,7 @@ class OnTheFlyInputs(PhaseInputs):
     def __init__(self, pairs: ImagePairs, resolution: int, vae, text_encoder, tokenizer):
         self.pairs, self.resolution = pairs, resolution
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
-        self.count, self.captions = len(pairs), pairs.captions
+        self.count, self.summary = len(pairs), pairs.summary()
 
     def batch(self, ids, device="cpu") -> dict:
         import torch
@@ -158,10 +162,10 @@ class OnTheFlyInputs(PhaseInputs):
 class PrecomputedInputs(PhaseInputs):
     """Latents and hidden states of every sample, held in the stored dtype; batch() gathers and widens them."""
 
-    def __init__(self, latents, hidden_states, captions: list[str], resolution: int, uri: str, reused: bool,
+    def __init__(self, latents, hidden_states, summary: DatasetSummary, resolution: int, uri: str, reused: bool,
                  manifest: dict):
         self.latents, self.hidden_states = latents, hidden_states
-        self.count, self.captions, self.resolution = len(latents), captions, resolution
+        self.count, self.summary, self.resolution = len(latents), summary, resolution
         self.uri, self.reused, self.manifest = uri, reused, manifest
 
     def batch(self, ids, device="cpu") -> dict:
@@ -173,44 +177,57 @@ class PrecomputedInputs(PhaseInputs):
                                                                                     dtype=torch.float32)}
 
 
-def phase_inputs(spec, resolution: int, pairs: ImagePairs, vae, text_encoder, tokenizer, storage, cache: Path, *,
-                 is_writer: bool, wait: Callable[[], None], batch_size: int = ENCODE_BATCH) -> PhaseInputs:
+def phase_inputs(spec, resolution: int, dataset: ImageDataset, vae, text_encoder, tokenizer, storage, cache: Path,
+                 *, is_writer: bool, wait: Callable[[], None], batch_size: int = ENCODE_BATCH) -> PhaseInputs:
     """The phase's inputs: from the precompute cache when spec.precompute enables latents (the writer computes and
-    stores them first if no committed cache exists), else encoded at every batch.
+    stores them first if no committed cache exists), else encoded at every batch. The dataset's images are read
+    only to encode them (by the writer, or at every batch), or for a cache whose manifest predates its summary.
 
     Every rank calls wait() exactly once after the writer's part, whether or not the cache existed: a rank that
     decided alone to skip the barrier could leave the others waiting for it."""
     precompute = spec.precompute
     if not (precompute and precompute.enabled and precompute.latents):
-        return OnTheFlyInputs(pairs, resolution, vae, text_encoder, tokenizer)
+        return OnTheFlyInputs(dataset.pairs(), resolution, vae, text_encoder, tokenizer)
     encoders = encoders_fingerprint(vae, text_encoder, tokenizer)
-    key = cache_key(spec, resolution, pairs.fingerprint, encoders)
+    key = cache_key(spec, resolution, dataset.fingerprint, encoders)
     store, bucket = storage.store, storage.prefix.bucket
     prefix = precompute_cache_prefix(key)
     uri = f"s3://{bucket}/{prefix}"
     manifest_raw = store.get(bucket, prefix + MANIFEST_FILE)
     computed = None
     if manifest_raw is None and is_writer:
-        computed = _compute(spec, resolution, pairs, vae, text_encoder, tokenizer, encoders, storage,
+        computed = _compute(spec, resolution, dataset.pairs(), vae, text_encoder, tokenizer, encoders, storage,
                             cache / "latents" / key, prefix, batch_size)
     wait()
     if computed is not None:
         latents, hidden, manifest = computed
-        print(f"kubeforge: latents of {len(pairs)} samples at {resolution} px computed into {uri}", flush=True)
-        return PrecomputedInputs(latents, hidden, pairs.captions, resolution, uri, reused=False, manifest=manifest)
+        print(f"kubeforge: latents of {len(latents)} samples at {resolution} px computed into {uri}", flush=True)
+        return PrecomputedInputs(latents, hidden, dataset.pairs().summary(), resolution, uri, reused=False,
+                                 manifest=manifest)
     raw = manifest_raw or store.get(bucket, prefix + MANIFEST_FILE)
     if raw is None:
         raise WorkloadError(f"{uri}: the latent cache has no {MANIFEST_FILE} after the writing rank finished")
     manifest = json.loads(raw)
-    if manifest.get("count") != len(pairs):
-        raise WorkloadError(f"{uri} holds {manifest.get('count')} samples but the dataset has {len(pairs)}; delete "
-                            "that prefix to have it recomputed")
+    summary = summary_of(manifest)
+    if summary is None or dataset.loaded:  # a manifest without the summary: the pairs are its source
+        summary = dataset.pairs().summary()
+        if manifest.get("count") != summary.count:
+            raise WorkloadError(f"{uri} holds {manifest.get('count')} samples but the dataset has {summary.count}; "
+                                "delete that prefix to have it recomputed")
     latents, hidden = _download(manifest, bucket, prefix, store, cache / "latents" / key)
     if manifest_raw is not None:
-        print(f"kubeforge: reusing the latents of {len(pairs)} samples at {resolution} px from {uri} (computed "
+        print(f"kubeforge: reusing the latents of {summary.count} samples at {resolution} px from {uri} (computed "
               f"{manifest.get('created')})", flush=True)
-    return PrecomputedInputs(latents, hidden, pairs.captions, resolution, uri, reused=manifest_raw is not None,
+    return PrecomputedInputs(latents, hidden, summary, resolution, uri, reused=manifest_raw is not None,
                              manifest=manifest)
+
+
+def summary_of(manifest: dict) -> Optional[DatasetSummary]:
+    """The dataset summary a manifest holds; None for one written before manifests held firstCaptions."""
+    if "firstCaptions" not in manifest:
+        return None
+    return DatasetSummary(count=manifest["count"], skipped=manifest.get("skipped", {}),
+                          first_captions=list(manifest["firstCaptions"]))
 
 
 def _compute(spec, resolution, pairs, vae, text_encoder, tokenizer, encoders: str, storage, local: Path,
@@ -239,7 +256,8 @@ def _compute(spec, resolution, pairs, vae, text_encoder, tokenizer, encoders: st
                 "inputs": cache_inputs(spec, resolution, pairs.fingerprint, encoders),
                 "count": len(pairs), "dtype": stored_dtype_name(spec), "resolution": resolution,
                 "latentShape": list(all_latents.shape[1:]), "hiddenShape": list(all_hidden.shape[1:]),
-                "shards": shards, "skipped": pairs.skipped, "created": utcnow(),
+                "shards": shards, "skipped": pairs.skipped, "firstCaptions": pairs.summary().first_captions,
+                "created": utcnow(),
                 "createdBy": created_by(storage.context)}
     commit(storage, prefix, files, manifest)
     return all_latents, all_hidden, manifest
