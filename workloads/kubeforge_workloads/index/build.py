@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,8 +241,8 @@ def load_previous(storage: WorkloadStorage, fingerprint: str, work: Path) -> Opt
     if manifest is None:
         return None
     local = work / f"v-{versions[-1]}"
-    download_version(storage.store, storage.prefix, versions[-1], manifest, local,
-                     [INDEX_DOCUMENTS_FILE, INDEX_CHUNKS_FILE])
+    # chunks.parquet once the sync knows it has work to do; the index when it is grown (_update_index).
+    download_version(storage.store, storage.prefix, versions[-1], manifest, local, [INDEX_DOCUMENTS_FILE])
     if manifest.get("configFingerprint") != fingerprint:
         print(f"kubeforge: chunking or embedding changed since version {versions[-1]}: embedding every document")
         return Previous(versions[-1], manifest, [], local)
@@ -321,6 +322,10 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     heartbeat.update(phase="Reading", message=f"reading {len(to_read)} new or changed of {len(objects)} objects")
     resources = spec.resources
     in_process = embeds_in_driver(previous, to_read)
+    preload = preload_model(spec) if in_process else None
+    if previous is not None and previous.documents:  # the chunks to reuse: downloaded while the model loads
+        download_version(storage.store, storage.prefix, previous.version, previous.manifest, previous.local_dir,
+                         [INDEX_CHUNKS_FILE])
     version = (committed_versions(storage.store, storage.prefix) or [0])[-1] + 1
     saved = load_partial(storage.store, storage.prefix, version, None)
     previous_pairs = {(row["document_id"], row["document_hash"]) for row in (previous.documents if previous else [])
@@ -391,6 +396,8 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
         phases.enter("EmbeddingStartup" if to_embed else "Embedding")
         heartbeat.update(phase="Embedding", step=done, total_steps=len(indexed),
                          message=f"embedding {len(to_embed)} new or changed documents, reusing {done}")
+        if preload is not None:
+            preload.join()  # transformers' lazy imports are not safe from two threads at once
         if to_embed:
             # Batches of embedding.batchSize: what a killed build has saved is never more than one batch behind.
             for batch in _embedded_batches(to_embed, spec):
@@ -506,6 +513,24 @@ def _read(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec) -> li
     rows = _rows(read_and_parse({name: [item[name] for item in items] for name in items[0]}, bucket,
                                 jsonl.text_field, jsonl.id_field, tuple(jsonl.metadata_fields)))
     return sorted(rows, key=lambda row: row["document_id"])
+
+
+def preload_model(spec: VectorIndexSpec) -> threading.Thread:
+    """Import torch and sentence-transformers and load the model in the background while the driver downloads the
+    previous version's chunks and reads the changed documents (network waits): a small re-sync embeds in the
+    driver, and those imports are most of its cost. load_model() caches the model; a failure here is left for
+    it to report."""
+    from kubeforge_workloads.index.embedding import load_model
+
+    def load() -> None:
+        try:
+            load_model(spec.embedding.model, spec.embedding.device.value)
+        except Exception:  # noqa: BLE001 - the embedding phase loads it again and reports why
+            pass
+
+    thread = threading.Thread(target=load, name="kubeforge-preload-model", daemon=True)
+    thread.start()
+    return thread
 
 
 def embeds_in_driver(previous: Optional[Previous], to_read: list[SourceObject]) -> bool:
