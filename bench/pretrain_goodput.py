@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -127,6 +128,23 @@ class Workload:
 
     def __init__(self, work: Path, s3):
         self.work, self.s3 = work, s3
+        self.started_at: dict[tuple[str, int], float] = {}  # (name, attempt) -> wall clock at the process start
+
+    def startup(self, name: str, attempt: int) -> dict:
+        """Where an attempt's time before its first step went: the process start to the first step (the log's
+        `first step ... finished at`), of which the worker group's own phases (data, model, restore, ...); the
+        rest is Python/Ray start-up, the driver's preflight and the worker group's creation."""
+        text = (self.work / f"{name}-{attempt}.log").read_text()
+        match = re.search(r"kubeforge: first step (\d+) finished at ([\d.]+); this worker group's start-up: (.*)",
+                          text)
+        if not match:
+            return {}
+        phases = {part.rsplit(" ", 1)[0]: float(part.rsplit(" ", 1)[1].rstrip("s"))
+                  for part in match.group(3).split(", ")}
+        total = float(match.group(2)) - self.started_at[(name, attempt)]
+        return {"first_step": int(match.group(1)), "process_start_to_first_step_s": round(total, 2),
+                "ray_driver_and_worker_group_s": round(total - sum(phases.values()), 2),
+                "worker_phases_s": phases}
 
     def context(self, name: str, the_spec: dict, attempt: int) -> str:
         from kubeforge.api.workload import MlflowContext, StorageContext, WorkloadContext
@@ -144,10 +162,19 @@ class Workload:
         key = f"bench/TrainingJob/{name}/checkpoints/step-{step}/MANIFEST.json"
         return "Contents" in self.s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
 
+    def last_step(self, name: str) -> int:
+        """The last step the run's goodput ledger recorded (every step goes up, in the background)."""
+        try:
+            body = self.s3.get_object(Bucket=BUCKET, Key=f"bench/TrainingJob/{name}/outputs/goodput.json")["Body"]
+        except self.s3.exceptions.NoSuchKey:
+            return 0
+        return int(json.loads(body.read()).get("lastStep") or 0)
+
     def run(self, name: str, the_spec: dict, attempt: int = 1, step_delay: float = 0.0,
-            kill_after: tuple[int, float] | None = None) -> float:
-        """Wall seconds. kill_after=(step, seconds): SIGKILL the whole process group `seconds` after checkpoint
-        `step` is committed (the heartbeat lags by up to 2 s, the manifest does not)."""
+            kill_after: tuple[int, int] | None = None) -> float:
+        """Wall seconds. kill_after=(step, steps_past): SIGKILL the whole process group once checkpoint `step` is
+        committed and the run has trained `steps_past` steps past it (the ledger says so): between two
+        checkpoints, never right after one."""
         from kubeforge.api.workload import CONTEXT_ENV
 
         workers = the_spec["resources"]["workers"]
@@ -155,13 +182,14 @@ class Workload:
                "KUBEFORGE_LOCAL_RAY_CPUS": str(workers + 1), "KUBEFORGE_STEP_DELAY_SECONDS": str(step_delay)}
         log = self.work / f"{name}-{attempt}.log"
         started = time.monotonic()
+        self.started_at[(name, attempt)] = time.time()
         with open(log, "w") as out:
             process = subprocess.Popen([sys.executable, "-m", "kubeforge_workloads.pretrain"], cwd=self.work,
                                        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 while process.poll() is None:
-                    if kill_after is not None and self.committed(name, kill_after[0]):
-                        time.sleep(kill_after[1])
+                    if (kill_after is not None and self.last_step(name) >= sum(kill_after)
+                            and self.committed(name, kill_after[0])):
                         os.killpg(process.pid, signal.SIGKILL)
                         process.wait()
                         return time.monotonic() - started
@@ -177,6 +205,61 @@ class Workload:
         return time.monotonic() - started
 
 
+def goodput_spec(args) -> dict:
+    """The goodput runs' spec: 2 workers, a scheduled EMA over the last quarter (the second failure lands in it)."""
+    the_spec = spec(args, 2, args.goodput_every)
+    the_spec["training"]["maxSteps"] = args.goodput_steps
+    the_spec["ema"] = {"decay": 0.99, "startFraction": 0.75}
+    return the_spec
+
+
+def goodput_bench(args, workload: "Workload") -> dict:
+    """Goodput of an uninterrupted 2-worker run against the same run SIGKILLed twice (whole process group, as a
+    lost node; resumed at once as the next attempt, no operator back-off: what the workload itself costs). Each
+    kill lands once the run trained half a checkpoint interval past a committed checkpoint (the goodput ledger's
+    last step), the first mid-epoch at about a third of the run, the second inside the EMA window, so each loses
+    about half an interval of steps, as a failure at a random time does. Every step of both runs takes --goodput-step-delay seconds more
+    (KUBEFORGE_STEP_DELAY_SECONDS, counted as step time): the compute of a larger model."""
+    the_spec, delay, every = goodput_spec(args), args.goodput_step_delay, args.goodput_every
+    steps = args.goodput_steps
+    kills = [every * round(steps * 0.35 / every), every * round(steps * 0.85 / every)]
+    past = max(1, every // 2)  # steps past the checkpoint: about half an interval lost
+    uninterrupted_wall = workload.run("uninterrupted", the_spec, step_delay=delay)
+    walls = []
+    for attempt, step in enumerate(kills, start=1):
+        walls.append(workload.run("killed", the_spec, attempt=attempt, step_delay=delay, kill_after=(step, past)))
+    walls.append(workload.run("killed", the_spec, attempt=len(kills) + 1, step_delay=delay))
+    uninterrupted, killed = workload.result("uninterrupted"), workload.result("killed")
+    good_u, good_k = uninterrupted["goodput"], killed["goodput"]
+
+    def costs(result: dict) -> dict:
+        """Where the wall went that was not productive step time."""
+        goodput = result["goodput"]
+        stalls = [c["stallSeconds"] for c in result["checkpoints"] if c["stallSeconds"] is not None]
+        step_s = goodput["productiveSeconds"] / steps
+        lost = [round(r["stepsLost"] * step_s, 1) for r in goodput.get("recoveries", [])]
+        return {"wall_s": goodput["wallSeconds"], "productive_s": goodput["productiveSeconds"],
+                "not_productive_s": round(goodput["wallSeconds"] - goodput["productiveSeconds"], 1),
+                "mean_step_s": round(step_s, 3),
+                "checkpoint_stalls_last_attempt_s": {"count": len(stalls), "sum": round(sum(stalls), 2),
+                                                     "median": round(median(stalls), 3) if stalls else None},
+                "per_failure_steps_lost_s": lost,
+                "per_failure_recovery_s": [r.get("recoverySeconds") for r in goodput.get("recoveries", [])]}
+
+    overhead = good_k["wallSeconds"] - good_k["productiveSeconds"]
+    return {
+        "step_delay_s": delay, "steps": steps, "checkpoint_every": every, "kills_after_checkpoints": kills,
+        "kill_steps_past_checkpoint": past,
+        "uninterrupted": {"goodput": good_u["ratio"], "process_wall_s": round(uninterrupted_wall, 1),
+                          "costs": costs(uninterrupted), "start_up": workload.startup("uninterrupted", 1)},
+        "killed_twice": {"goodput": good_k["ratio"], "attempt_process_walls_s": [round(w, 1) for w in walls],
+                         "recoveries": good_k.get("recoveries", []), "costs": costs(killed),
+                         "start_up_per_attempt": [workload.startup("killed", a) for a in range(1, len(walls) + 1)]},
+        "ratio_killed_over_uninterrupted": round(good_k["ratio"] / good_u["ratio"], 3),
+        "productive_s_the_0_90_goal_needs_at_these_costs": round(9 * overhead, 1),
+    }
+
+
 def tokens_per_second(result: dict, steps: int) -> float:
     return steps * GLOBAL_BATCH * SEQUENCE / result["goodput"]["productiveSeconds"]
 
@@ -186,7 +269,7 @@ def checkpoint_bench(args, workload: "Workload", s3, work: Path, tokenizer_dir: 
     run's last checkpoint against raw boto3 transfers of the same files (see the module docstring)."""
     from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
-    from kubeforge_workloads.common.checkpoint import Checkpointer
+    from kubeforge_workloads.common.checkpoint import Checkpointer, transfer_concurrency_per_rank
     from kubeforge_workloads.common.storage import TRANSFER_CONCURRENCY, WorkloadStorage
     from kubeforge.api.workload import WorkloadContext
 
@@ -208,8 +291,9 @@ def checkpoint_bench(args, workload: "Workload", s3, work: Path, tokenizer_dir: 
     config = TransferConfig(max_concurrency=TRANSFER_CONCURRENCY, use_threads=True)
 
     bench_context = WorkloadContext.model_validate_json(workload.context("checkpoint-saves", the_spec, 1))
-    rank_0 = Checkpointer(WorkloadStorage(bench_context), rank=0, keep_latest=2)
-    rank_1 = Checkpointer(WorkloadStorage(bench_context), rank=1)
+    per_rank = transfer_concurrency_per_rank(2)  # as the loop's 2 ranks on one machine
+    rank_0 = Checkpointer(WorkloadStorage(bench_context), rank=0, keep_latest=2, transfer_concurrency=per_rank)
+    rank_1 = Checkpointer(WorkloadStorage(bench_context), rank=1, transfer_concurrency=per_rank)
 
     def raw_upload(repeat: int) -> float:
         started = time.perf_counter()
@@ -226,7 +310,9 @@ def checkpoint_bench(args, workload: "Workload", s3, work: Path, tokenizer_dir: 
         rank_0.save(repeat, {rank: names for rank, names in files_by_rank.items()}, source, 0.0,
                     contributions_timeout=600)
         rank_1.wait()
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        rank_0.wait()  # retention (deleting the checkpoint before last) runs after the commit, untimed as the
+        return seconds  # raw side's deletes are
 
     def raw_download(target: Path) -> float:
         started = time.perf_counter()
@@ -321,7 +407,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--goodput-step-delay", type=float, default=1.0,
-                        help="seconds added to every step of the two goodput runs (stands for step compute)")
+                        help="seconds added to every step of the goodput runs (stands for step compute)")
+    parser.add_argument("--goodput-steps", type=int, default=240,
+                        help="steps of the goodput runs (about 5 minutes each at the default delay)")
+    parser.add_argument("--goodput-every", type=int, default=5, help="checkpoint interval of the goodput runs")
+    parser.add_argument("--only-goodput", action="store_true", help="run the goodput section only")
     parser.add_argument("--checkpoint-hidden", type=int, default=512,
                         help="hidden size of the checkpoint section's model (512 x 8 layers: about 270 MB of state)")
     parser.add_argument("--checkpoint-layers", type=int, default=8)
@@ -338,7 +428,7 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.every, args.hidden, args.layers, args.repeats = 12, 4, 64, 2, 1
-        args.goodput_step_delay = 0.5
+        args.goodput_step_delay, args.goodput_steps, args.goodput_every = 0.5, 40, 4
         args.checkpoint_hidden, args.checkpoint_layers, args.checkpoint_steps, args.checkpoint_every = 256, 4, 6, 3
         args.checkpoint_repeats = 1
 
@@ -361,6 +451,12 @@ def main() -> None:
     upload_tree(s3, tokenizer_dir, BUCKET, "tokenizer/")
     s3.upload_file(str(train_file), BUCKET, "data/train.jsonl")
     workload = Workload(work, s3)
+    if args.only_goodput:
+        goodput = goodput_bench(args, workload)
+        server.terminate()
+        server.wait()
+        print(json.dumps({"goodput": goodput}, indent=1))
+        return
     if args.only_checkpoints:
         checkpoints = checkpoint_bench(args, workload, s3, work, tokenizer_dir)
         server.terminate()
@@ -382,17 +478,7 @@ def main() -> None:
             print(f"repeat {repeat}, {workers} worker(s): raw {raw[workers][-1]:.0f} tok/s, kubeforge "
                   f"{kubeforge[workers][-1]:.0f} tok/s", file=sys.stderr)
 
-    # Goodput, uninterrupted vs killed once half-way between two checkpoints (the steps since the first one are
-    # lost) and resumed at once as attempt 2. Both runs' steps are stretched by the same --goodput-step-delay, so
-    # that the kill lands between checkpoints and the steps weigh against start-up as a longer job's do.
-    goodput_spec = spec(args, 2, args.every)
-    delay = args.goodput_step_delay
-    workload.run("uninterrupted", goodput_spec, step_delay=delay)
-    killed_wall = workload.run("killed", goodput_spec, attempt=1, step_delay=delay,
-                               kill_after=(args.every, delay * args.every / 2))
-    resumed_wall = workload.run("killed", goodput_spec, attempt=2, step_delay=delay)
-    killed = workload.result("killed")["goodput"]
-    uninterrupted = workload.result("uninterrupted")["goodput"]
+    goodput = goodput_bench(args, workload)
     checkpoints = checkpoint_bench(args, workload, s3, work, tokenizer_dir)
     server.terminate()
     server.wait()
@@ -409,11 +495,7 @@ def main() -> None:
         "throughput_ratio_1_worker_vs_raw_1_thread": ratio(1),
         "throughput_ratio_2_workers_vs_raw_2_threads": ratio(2),
         "throughput_ratio_2_workers_vs_raw_1_thread": round(median(kubeforge[2]) / median(raw[1]), 3),
-        "goodput_step_delay_s": delay,
-        "goodput_uninterrupted_2_workers": uninterrupted,
-        "goodput_killed_once_2_workers": killed,
-        "killed_run_attempt_walls_s": [round(killed_wall, 1), round(resumed_wall, 1)],
-        "goodput_ratio_killed_over_uninterrupted": round(killed["ratio"] / uninterrupted["ratio"], 3),
+        "goodput": goodput,
         "checkpoints": checkpoints,
     }, indent=1))
 

@@ -121,6 +121,8 @@ class TrainingLoop:
         import torch
 
         spec, training = self.spec, self.spec.training
+        self.startup: dict[str, float] = {}  # what this worker group spent before its first step, for the log
+        self.startup_at = time.monotonic()
         node_check(expect_gpu=self.use_gpu)
         self.beat(phase="Loading")
         self.device = torch.device("cpu")
@@ -128,8 +130,10 @@ class TrainingLoop:
             from ray.train.torch import get_device
 
             self.device = get_device()
+        self.startup_phase("node check")
         self.load_data()
         self.total_steps = self.plan_steps()
+        self.startup_phase("data")
         torch.manual_seed(training.seed)
         random.seed(training.seed)
         self.model = self.wrap(self.build_model())
@@ -141,10 +145,13 @@ class TrainingLoop:
                                        num_warmup_steps=training.warmup_steps, num_training_steps=self.total_steps)
         self.ema = ScheduledEMA(spec.ema.decay, ema_start_step(self.total_steps, spec.ema.start_fraction)) \
             if spec.ema else None
+        self.startup_phase("model")
         start = self.restore()
+        self.startup_phase("restore")
         self.prepare(start)
         if self.rank == 0:
             self.start_tracking()
+        self.startup_phase("prepare and tracking")
         self.train(start)
         self.finish()
 
@@ -413,8 +420,16 @@ class TrainingLoop:
             if done % training.checkpoint_every_steps == 0 or done == self.total_steps:
                 self.save(done)
 
+    def startup_phase(self, name: str) -> None:
+        now = time.monotonic()
+        self.startup[name], self.startup_at = now - self.startup_at, now
+
     def step_finished(self, done: int, seconds: float, tokens: int) -> None:
         """On rank 0 after each optimizer step (its checkpoint not yet saved): metrics, goodput, heartbeat."""
+        if "first step" not in self.startup:
+            self.startup_phase("first step")
+            print(f"kubeforge: first step {done} finished at {time.time():.3f}; this worker group's start-up: "
+                  + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.startup.items()), flush=True)
         self.metrics.add({"loss": self.last_loss, "learning_rate": self.scheduler.get_last_lr()[0]}, done)
         self.goodput.step_finished(done, seconds)
         self.beat(step=done, epoch=round(self.epoch_at(done), 4), loss=self.last_loss,
