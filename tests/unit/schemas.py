@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import yaml
 from openapi_schema_validator import OAS30Validator
 
 
+@functools.lru_cache(maxsize=None)
 def crd_schema(path: Path, version: str) -> dict:
-    crd = yaml.safe_load(path.read_text())
+    """Parsed once per file and version: KubeRay's CRDs are over a megabyte of YAML each. Read-only for callers."""
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     served = next(v for v in crd["spec"]["versions"] if v["name"] == version)
     return served["schema"]["openAPIV3Schema"]
 
