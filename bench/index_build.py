@@ -79,7 +79,7 @@ class TreeCpu:
     def __init__(self, pid: int, interval: float = 0.25):
         import threading
 
-        self.pid, self.interval, self.seen = pid, interval, {}
+        self.pid, self.interval, self.seen, self.names = pid, interval, {}, {}
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
@@ -99,7 +99,10 @@ class TreeCpu:
             for process in processes:
                 try:
                     times = process.cpu_times()
-                    self.seen[(process.pid, process.create_time())] = times.user + times.system
+                    key = (process.pid, process.create_time())
+                    self.seen[key] = times.user + times.system
+                    if key not in self.names:
+                        self.names[key] = process_label(process)
                 except psutil.Error:
                     pass
             self.done.wait(self.interval)
@@ -108,6 +111,27 @@ class TreeCpu:
         self.done.set()
         self.thread.join()
         return sum(self.seen.values())
+
+    def by_process(self) -> dict[str, float]:
+        """CPU seconds per kind of process (driver, raylet, a Ray worker or actor by its title, ...)."""
+        totals: dict[str, float] = {}
+        for key, seconds in self.seen.items():
+            totals[self.names[key]] = round(totals.get(self.names[key], 0) + seconds, 2)
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def process_label(process) -> str:
+    """Ray retitles its workers (ray::IDLE, ray::MapBatches(...)); others by executable and module."""
+    import psutil
+
+    try:
+        cmdline = process.cmdline()
+    except psutil.Error:
+        return "?"
+    if cmdline and cmdline[0].startswith("ray::"):
+        return cmdline[0].split("(")[0][:60]
+    words = [Path(word).name for word in cmdline[:4] if not word.startswith("-")]
+    return " ".join(words)[:60] or process.name()
 
 
 def process_cpu(pid: int) -> float:
@@ -138,12 +162,13 @@ def run_workload(args, prefix: str, attempt: int, generation: int) -> dict:
     _, stderr = process.communicate()
     wall = time.monotonic() - started
     cpu_s = cpu.stop()
+    cpu_by_process = cpu.by_process()
     if process.returncode != 0:
         sys.exit(f"workload failed ({process.returncode}):\n{stderr[-3000:]}")
     import boto3
 
     body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"{prefix}/outputs/result.json")["Body"].read()
-    return {**json.loads(body), "wall_s": round(wall, 2), "cpu_s": round(cpu_s, 2),
+    return {**json.loads(body), "wall_s": round(wall, 2), "cpu_s": round(cpu_s, 2), "cpu_by_process": cpu_by_process,
             "s3_cpu_s": round(process_cpu(args.s3_pid) - s3_before, 2)}
 
 
@@ -300,6 +325,8 @@ def build_report(full: list[dict], raw: list[dict]) -> dict:
         "kubeforge_wall_s": [r["wall_s"] for r in full], "kubeforge_build_s": [r["buildSeconds"] for r in full],
         "kubeforge_cpu_s": [r["cpu_s"] for r in full], "kubeforge_s3_server_cpu_s": [r["s3_cpu_s"] for r in full],
         "kubeforge_phase_s_of_median_run": phases,
+        "kubeforge_cpu_s_by_process_of_median_run": sorted(full, key=lambda r: r["wall_s"])[len(full) // 2].get(
+            "cpu_by_process"),
         "raw_wall_s": [r["wall_s"] for r in raw], "raw_cpu_s": [r["cpu_s"] for r in raw],
         "raw_model_load_s": [round(r["load_s"], 2) for r in raw], "raw_encode_s": [round(r["encode_s"], 2) for r in raw],
         "raw_faiss_add_s": [round(r["add_s"], 3) for r in raw],
