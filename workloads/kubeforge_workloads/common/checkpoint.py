@@ -15,7 +15,6 @@ a file that is complete.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,9 +26,9 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
 from kubeforge.storage.layout import MANIFEST_FILE, committed_steps
 from kubeforge.storage.progress import CheckpointManifest
+from kubeforge_workloads.common import chaos
 from kubeforge_workloads.common.storage import TRANSFER_CONCURRENCY, WorkloadStorage, download_files, utcnow
 
-CHAOS_MANIFEST_DELAY_ENV = "KUBEFORGE_CHAOS_MANIFEST_DELAY_SECONDS"
 """Seconds between the last file and the manifest: widens the torn-checkpoint window for tests."""
 FILES_BY_RANK = "filesByRank"
 """Manifest key beside CheckpointManifest's own fields (the operator's model ignores it): rank -> its files."""
@@ -151,7 +150,7 @@ class Checkpointer:
         others = {name for rank, names in files_by_rank.items() if rank != self.rank for name in names}
         if others:
             sizes.update(self._await_contributions(step, others, started + contributions_timeout))
-        delay = float(os.environ.get(CHAOS_MANIFEST_DELAY_ENV) or 0)
+        delay = chaos.manifest_delay_seconds(step)
         if delay:  # every file is up, the manifest is not: a kill now leaves a torn checkpoint
             time.sleep(delay)
         manifest = CheckpointManifest(step=step, epoch=epoch, attempt=self.storage.context.attempt, files=sizes,
