@@ -131,7 +131,7 @@ class TreeCpu:
                     times = process.cpu_times()
                     key = (process.pid, process.create_time())
                     self.seen[key] = times.user + times.system
-                    if key not in self.names:
+                    if not self.names.get(key, "").startswith("ray::"):  # Ray retitles a worker once it runs
                         self.names[key] = process_label(process)
                 except psutil.Error:
                     pass
