@@ -29,7 +29,6 @@ from kubeforge.storage.progress import CheckpointManifest
 from kubeforge_workloads.common import chaos
 from kubeforge_workloads.common.storage import TRANSFER_CONCURRENCY, WorkloadStorage, download_files, utcnow
 
-"""Seconds between the last file and the manifest: widens the torn-checkpoint window for tests."""
 FILES_BY_RANK = "filesByRank"
 """Manifest key beside CheckpointManifest's own fields (the operator's model ignores it): rank -> its files."""
 _STEP_DIR = re.compile(r"step-(\d+)/")
