@@ -4,8 +4,9 @@ the test that owns it re-raises whatever it raised."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import pytest
 
@@ -42,3 +43,16 @@ class BackgroundScenario:
 def selected(request: pytest.FixtureRequest, test_name: str) -> bool:
     """Whether this pytest run will run `test_name` (a scenario nobody will check is not worth starting)."""
     return any(item.originalname == test_name for item in request.session.items)
+
+
+@contextlib.contextmanager
+def scenarios_for_selected_tests(request: pytest.FixtureRequest, drives: Mapping[str, Callable[[], Any]],
+                                 teardown_timeout: float = 600) -> Iterator[dict[str, BackgroundScenario]]:
+    """Starts a scenario per test name in `drives` that this run selected, keyed by test name; at exit, lets each
+    thread end before the next module's scenarios start."""
+    scenarios = {test: BackgroundScenario(test, drive) for test, drive in drives.items() if selected(request, test)}
+    try:
+        yield scenarios
+    finally:
+        for scenario in scenarios.values():
+            scenario.wait_quietly(teardown_timeout)

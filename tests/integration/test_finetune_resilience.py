@@ -16,7 +16,7 @@ from kubeforge.storage.layout import ResourcePrefix, checkpoint_step_of
 from kubeforge.storage.objectstore import S3ObjectStore
 from kubeforge.storage.progress import Progress
 from tests.conftest import REPO_ROOT
-from tests.integration.background import BackgroundScenario, selected
+from tests.integration.background import scenarios_for_selected_tests
 
 pytestmark = pytest.mark.slow
 
@@ -221,19 +221,15 @@ def started_with_the_module(sandbox, request):
     apply(sandbox, finetune("always-broken", env={"KUBEFORGE_FAIL_NODE_CHECK": "1"},
                             failurePolicy={"maxRestarts": 1}))
     apply(sandbox, finetune("missing-data", dataset={"trainUri": "s3://kubeforge/seed/datasets/nope.jsonl"}))
-    scenarios = {}
-    if selected(request, HANG_TEST):
-        scenarios["hangs"] = BackgroundScenario("hangs", lambda: stalled_then_frozen(sandbox))
-    yield scenarios
-    for scenario in scenarios.values():
-        scenario.wait_quietly(timeout=600)
+    with scenarios_for_selected_tests(request, {HANG_TEST: lambda: stalled_then_frozen(sandbox)}) as scenarios:
+        yield scenarios
 
 
 HANG_TEST = "test_a_stalled_loop_and_a_frozen_job_are_each_detected_as_hang_and_resumed"
 
 
 def test_a_stalled_loop_and_a_frozen_job_are_each_detected_as_hang_and_resumed(started_with_the_module):
-    started_with_the_module["hangs"].result(timeout=800)
+    started_with_the_module[HANG_TEST].result(timeout=800)
 
 
 def test_exhausted_restarts_fail_with_a_readable_summary(sandbox):

@@ -22,7 +22,7 @@ from kubeforge.storage.layout import ResourcePrefix, checkpoint_step_of, committ
 from kubeforge.storage.objectstore import S3ObjectStore
 from kubeforge.storage.progress import Progress
 from tests.conftest import REPO_ROOT
-from tests.integration.background import BackgroundScenario, selected
+from tests.integration.background import scenarios_for_selected_tests
 from tests.integration.test_finetune_resilience import chaos
 
 pytestmark = pytest.mark.slow
@@ -177,17 +177,13 @@ SHRINK_TEST = "test_after_a_lost_node_a_user_shrinks_it_to_one_worker_and_it_res
 def started_with_the_module(sandbox, request):
     """The shrink scenario, driven on its own thread from the module's start: its slow steps and restart overlap
     the kill-twice scenario's instead of following them."""
-    scenarios = {}
-    if selected(request, SHRINK_TEST):
-        scenarios["shrunk"] = BackgroundScenario("shrunk", lambda: shrunk_after_a_lost_node(sandbox))
-    yield scenarios
-    for scenario in scenarios.values():
-        scenario.wait_quietly(timeout=600)
+    with scenarios_for_selected_tests(request, {SHRINK_TEST: lambda: shrunk_after_a_lost_node(sandbox)}) as scenarios:
+        yield scenarios
 
 
 def test_after_a_lost_node_a_user_shrinks_it_to_one_worker_and_it_resumes_with_the_same_losses(
         started_with_the_module):
-    started_with_the_module["shrunk"].result(timeout=900)
+    started_with_the_module[SHRINK_TEST].result(timeout=900)
 
 
 def shrunk_after_a_lost_node(sandbox) -> None:
