@@ -165,6 +165,7 @@ def build_index(store, prefix, chunk_size: int) -> int:
     from kubeforge_workloads.index import engine
     from kubeforge_workloads.index.build import _chunk_table, _documents_schema, chunk_documents
     from kubeforge_workloads.index.embedding import ChunkEmbedder
+    from kubeforge_workloads.index.incremental import update_index
     from kubeforge_workloads.index.partial import embedded_table
     from kubeforge_workloads.index.versions import commit_version
 
@@ -177,7 +178,11 @@ def build_index(store, prefix, chunk_size: int) -> int:
     table = _chunk_table(None, set(), [embedded_table(embedded)])
     vectors = np.asarray(table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False),
                          dtype=np.float32).reshape(table.num_rows, -1)
-    index = engine.build(engine.prepare(vectors, "cosine"), "cosine", "flat")
+    # As the build does: a first version numbers its vectors 0..n-1 (new chunks come out of _chunk_table as -1).
+    update = update_index(engine.prepare(vectors, "cosine"), table.column("vector_id").to_numpy(), None, "cosine",
+                          "flat", 32, 200)
+    table = table.set_column(table.column_names.index("vector_id"), "vector_id", pa.array(update.vector_ids))
+    index = update.index
     out = Path(tempfile.mkdtemp(prefix="eval-index-"))
     pq.write_table(table, out / "chunks.parquet")
     rows = [{"object": i, "etag": "", "size": 0, "document_id": i, "document_hash": h, "cause": "", "message": "",

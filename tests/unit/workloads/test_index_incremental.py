@@ -164,3 +164,28 @@ def test_a_resync_grows_the_index_answers_as_a_rebuild_and_a_reader_of_the_previ
     again = tmp_path / "v1-again"
     download_version(object_store, held.prefix, 1, read_manifest(object_store, held.prefix, 1), again)
     assert _hits(type(held)(held.prefix, 1, held.manifest, again)) == held_before
+
+
+@pytest.mark.parametrize("vector_ids", [[-1, -1, -1], [0, 1, 3], [0, 1, 1]])
+def test_a_version_whose_chunks_name_ids_the_index_does_not_hold_once_each_is_refused(tmp_path, vector_ids):
+    """Not a search that silently finds nothing: a writer that left new chunks' ids at -1 once made every
+    retrieval metric of an EvalRun 0."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kubeforge.storage.layout import INDEX_CHUNKS_FILE, INDEX_VECTORS_FILE, ResourcePrefix
+    from kubeforge_workloads.index.query import IndexVersion
+
+    vectors = engine.prepare(np.eye(3, dtype=np.float32), "cosine")
+    pq.write_table(pa.table({"chunk_id": ["a#c0", "b#c0", "c#c0"], "document_id": ["a", "b", "c"],
+                             "text": ["a", "b", "c"], "metadata": ["{}"] * 3,
+                             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 3),
+                             "vector_id": pa.array(vector_ids, pa.int64())}), tmp_path / INDEX_CHUNKS_FILE)
+    engine.save(engine.build(vectors, "cosine", "flat"), str(tmp_path / INDEX_VECTORS_FILE))
+    manifest = {"metric": "cosine", "index": {"type": "flat"}, "dims": 3}
+    with pytest.raises(ValueError, match="vector id outside the index's 3 vectors, or ids repeat"):
+        IndexVersion(ResourcePrefix(BUCKET, "ns/VectorIndex/vi"), 1, manifest, tmp_path)
+    pq.write_table(pq.read_table(tmp_path / INDEX_CHUNKS_FILE).drop_columns(["vector_id"]),
+                   tmp_path / INDEX_CHUNKS_FILE)  # format 1: row r is id r
+    hits = IndexVersion(ResourcePrefix(BUCKET, "ns/VectorIndex/vi"), 1, manifest, tmp_path).search(vectors[1], k=1)
+    assert [hit.chunk_id for hit in hits] == ["b#c0"]
