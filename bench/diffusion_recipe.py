@@ -49,12 +49,24 @@ in this process, without Ray: moto S3 in its own process, MLflow on sqlite), in 
    and common/checkpoint.py), loading the frozen components 0.33, U-Net 0.11, latents 0.07, tracking 0.06. At
    these costs two failures reach 0.90 only at ~1,200 steps (every 17): the restore is what stands between.
 
+   Measured 2026-12-04 at a run length where the checkpoint interval can balance its costs (`--goodput-steps 800
+   --every 16 --grid-every 4 --json FILE`, 2 shared cores, bench/pretrain_goodput.py running beside it): goodput
+   uninterrupted 0.956, **two failures 0.919** (ratio 0.961), 0.904 with a process start (5.9 s of python and
+   torch imports) added per attempt; each failure lost 8 steps (ledger = seen), recovery 5.1 and 8.4 s; killed
+   run's wall 781 s: steps lost 16.7, start-up 12.4, checkpoint saves 13.4 (50 of them), sample grids 16.7 (a grid
+   every 64 steps), end 3.2; a resumed attempt's start-up 5.9 s, of it the restore 5.4 s. The cost model from
+   these costs: two failures reach 0.90 from ~420 steps (every 11). The same bench at 600 steps every 20, run
+   while the whole test suite ran (load 4-7): 0.869 two failures, 0.942 uninterrupted (the restore took 11.4 s
+   and steps lost cost 2.5 s each under that load). Images/s, precomputed vs on the fly, sd2/8 at 128 px in that
+   800-step run: 1.255 (CPU) and 1.270 (wall).
+
 Not covered here (no GPU on this machine): bf16 autocast, low-precision norms, FSDP SHARD_GRAD_OP and a >= 100M
 U-Net at 256 px; the issue's cumulative 2.71x table needs a GPU run.
 
     .venv/bin/python bench/diffusion_recipe.py            # full: about 5 min on 2 shared cores
     .venv/bin/python bench/diffusion_recipe.py --quick    # every row, small sizes, one repeat, goodput on
                                                           # seed-tiny: a smoke run, its numbers mean little
+    .venv/bin/python bench/diffusion_recipe.py --goodput-steps 800 --every 16   # goodput >= 0.90: ~30 min
     options: --repeats 3 --steps 6 --warmup 2 --goodput-steps 60 --every 4 --grid-every 4
              --goodput-step-delay 0.5 --threads 1 --json FILE
 """
