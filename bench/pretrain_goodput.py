@@ -271,12 +271,13 @@ def kill_one_train_worker(driver_pid: int) -> bool:
     as a lost worker node; False while none is running."""
     import psutil
 
-    for process in psutil.Process(driver_pid).children(recursive=True):
+    from kubeforge.dev.processes import ray_train_workers
+
+    for process in ray_train_workers(driver_pid):
         try:
-            if "RayTrainWorker" in " ".join(process.cmdline()):
-                process.kill()
-                return True
-        except psutil.Error:  # gone between listing and reading
+            process.kill()
+            return True
+        except psutil.Error:  # gone since it was listed
             continue
     return False
 

@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from kubeforge.dev.processes import ray_train_workers
 from tests.integration.conftest_workloads import BUCKET, WorkloadEnv, workload_env  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -160,20 +161,6 @@ def tensors_from_dir(directory) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(Path(directory) / "adapter_model.safetensors"))
-
-
-def ray_train_workers(driver_pid: int) -> list:
-    """The Ray Train worker processes under the entrypoint (the local Ray it started), by their process title."""
-    import psutil
-
-    workers = []
-    for process in psutil.Process(driver_pid).children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(process.cmdline()):
-                workers.append(process)
-        except psutil.Error:  # gone between listing and reading
-            continue
-    return workers
 
 
 def test_a_killed_ray_train_worker_is_recovered_inside_the_attempt(workload_env, uninterrupted):

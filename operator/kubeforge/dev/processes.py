@@ -71,6 +71,18 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
+def ray_train_workers(driver_pid: int) -> list[psutil.Process]:
+    """The Ray Train worker processes under a driver that started its own local Ray, by their process title."""
+    workers = []
+    for process in psutil.Process(driver_pid).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                workers.append(process)
+        except psutil.Error:  # gone between listing and reading
+            continue
+    return workers
+
+
 def die_with_parent() -> None:
     """A `preexec_fn` for a child that must not outlive its parent even when the parent is SIGKILLed (Linux
     PR_SET_PDEATHSIG). It reaches only that child: what the child starts in turn is still stopped by session."""
