@@ -66,6 +66,14 @@ def add(index, vectors: np.ndarray) -> np.ndarray:
     return np.arange(first, index.ntotal, dtype=np.int64)
 
 
+def misnumbered(ids: np.ndarray, total: int) -> int:
+    """How many of `ids` name no vector of an index of `total` (below 0 or past its end) or repeat an earlier one:
+    0 when every chunk holds a vector of its own."""
+    ids = np.asarray(ids, dtype=np.int64)
+    inside = ids[(ids >= 0) & (ids < total)]
+    return len(ids) - len(np.unique(inside))
+
+
 def tombstones(total: int, live_ids: np.ndarray) -> np.ndarray:
     """Ids below `total` that no live chunk holds: vectors of deleted or changed chunks still in the graph."""
     return np.setdiff1d(np.arange(total, dtype=np.int64), np.asarray(live_ids, dtype=np.int64))

@@ -52,7 +52,7 @@ def update_index(stored: np.ndarray, reused_ids: np.ndarray, previous_index, met
         total = previous_index.ntotal + len(new_rows)
         dead = total - len(reused_ids)
         kept = reused_ids[reused_ids >= 0]
-        if len(np.unique(kept)) != len(kept) or (len(kept) and kept.max() >= previous_index.ntotal):
+        if engine.misnumbered(kept, previous_index.ntotal):
             raise ValueError("reused chunks name vector ids the previous index does not hold once each")
         if dead <= REBUILD_TOMBSTONE_FRACTION * total:
             ids = reused_ids.copy()

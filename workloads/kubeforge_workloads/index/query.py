@@ -62,11 +62,11 @@ class IndexVersion:
         # ids no row holds are tombstones of an incremental sync.
         self.vector_ids = (np.asarray(table.column("vector_id").to_numpy(), dtype=np.int64)
                            if "vector_id" in table.column_names else np.arange(len(self.chunk_ids), dtype=np.int64))
-        held = (self.vector_ids >= 0) & (self.vector_ids < self.index.ntotal)
-        if not held.all() or len(np.unique(self.vector_ids)) != len(self.vector_ids):
+        misnumbered = engine.misnumbered(self.vector_ids, self.index.ntotal)
+        if misnumbered:
             # A writer that forgot to number its chunks would otherwise make every search silently come back empty.
-            raise ValueError(f"index version {version}: {int((~held).sum())} of {len(self.vector_ids)} chunks name "
-                             f"a vector id outside the index's {self.index.ntotal} vectors, or ids repeat")
+            raise ValueError(f"index version {version}: {misnumbered} of {len(self.vector_ids)} chunks name a "
+                             f"vector id outside the index's {self.index.ntotal} vectors, or ids repeat")
         self.row_of = np.full(self.index.ntotal, -1, dtype=np.int64)
         self.row_of[self.vector_ids] = np.arange(len(self.vector_ids))
         self.tombstones = engine.tombstones(self.index.ntotal, self.vector_ids)
