@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 
 import pytest
 import yaml
@@ -33,8 +34,14 @@ EMA_START = 10  # ema.startFraction 0.5 of 20 steps
 STEADY = EXAMPLE["metadata"]["name"]  # the uninterrupted reference: the example file itself
 
 
+_APPLYING_EXAMPLE = threading.Lock()
+
+
 def apply_example(sandbox) -> None:
-    sandbox.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "trainingjob.yaml"))
+    # Both scenarios apply the reference, on two threads. A client-side apply is a GET then a POST, so two at once
+    # can both miss it and one POST meet AlreadyExists (CI, stop 21) -- as against a real kube-apiserver.
+    with _APPLYING_EXAMPLE:
+        sandbox.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "trainingjob.yaml"))
 
 
 def trainingjob(name: str, step_delay: float = 0.0) -> dict:
