@@ -114,6 +114,12 @@ def test_read_tasks_are_a_few_per_cpu_not_one_per_eight_documents(objects, cpus,
     assert build.read_batch_size(objects, cpus) == expected
 
 
+@pytest.mark.parametrize("objects,actors,expected", [(50, 1, 128), (1000, 1, 250), (2000, 1, 500), (7500, 1, 512),
+                                                     (2000, 4, 128), (7500, 4, 469)])
+def test_an_embedding_actor_gets_calls_as_large_as_its_share_allows_up_to_512_documents(objects, actors, expected):
+    assert build.documents_per_call(objects, actors) == expected
+
+
 def test_the_embedding_actor_chunks_its_documents_on_as_many_torch_threads_as_cpus_it_holds():
     import torch
 
