@@ -131,7 +131,9 @@ class TreeCpu:
                     times = process.cpu_times()
                     key = (process.pid, process.create_time())
                     self.seen[key] = times.user + times.system
-                    if not self.names.get(key, "").startswith("ray::"):  # Ray retitles a worker once it runs
+                    # Ray retitles a worker once it runs a task or holds an actor, and a task worker back to
+                    # ray::IDLE after it: a process keeps the first title that says what it did.
+                    if self.names.get(key, "ray::IDLE") == "ray::IDLE" or not self.names[key].startswith("ray::"):
                         self.names[key] = process_label(process)
                 except psutil.Error:
                     pass
