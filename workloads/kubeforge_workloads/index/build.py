@@ -49,6 +49,10 @@ IN_PROCESS_MAX_BYTES = 256 * 1024
 driver: starting Ray Data's workers and loading the model in an actor costs more than embedding them. A first build
 always runs on Ray Data."""
 READ_TASKS_PER_CPU = 2
+DRIVER_READ_THREADS = 8
+ENCODE_CALL_BATCHES = 8
+"""An in-driver sync encodes this many embedding batches per call, which sentence-transformers sorts by length
+together (less padding than a call per batch), and saves and counts them a batch at a time."""
 MIN_DOCUMENTS_PER_CALL, MAX_DOCUMENTS_PER_CALL, CALLS_PER_ACTOR = 128, 512, 4
 """Documents per call of an embedding actor. sentence-transformers sorts the chunks of one call by length, so the
 more chunks a call holds, the less padding its batches carry (measured on 2 CPUs, 1,500 chunks: 16 documents a
@@ -403,7 +407,7 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
         if preload is not None:
             preload.join()  # transformers' lazy imports are not safe from two threads at once
         if to_embed:
-            # Batches of embedding.batchSize: what a killed build has saved is never more than one batch behind.
+            # Saved a batch of embedding.batchSize at a time: a killed build loses at most one encode call.
             for batch in _embedded_batches(to_embed, spec):
                 take(batch)
     phases.enter("Indexing")
@@ -509,13 +513,23 @@ def _shutdown_local_ray() -> None:
 
 
 def _read(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec) -> list[dict]:
-    """Read and parse `objects` in the driver (a small re-sync); the Ray path reads in _stream."""
+    """Read and parse `objects` in the driver (a small re-sync), DRIVER_READ_THREADS GETs at a time: each waits on
+    the object store far longer than parsing takes. The Ray path reads in _stream."""
+    from concurrent.futures import ThreadPoolExecutor
+
     if not objects:
         return []
     jsonl = spec.source.jsonl
-    items = [{"key": o.key, "relative": o.relative, "format": o.format or ""} for o in objects]
-    rows = _rows(read_and_parse({name: [item[name] for item in items] for name in items[0]}, bucket,
-                                jsonl.text_field, jsonl.id_field, tuple(jsonl.metadata_fields)))
+    slices = [objects[start::DRIVER_READ_THREADS] for start in range(min(DRIVER_READ_THREADS, len(objects)))]
+
+    def read(part: list[SourceObject]) -> list[dict]:
+        items = [{"key": o.key, "relative": o.relative, "format": o.format or ""} for o in part]
+        return _rows(read_and_parse({name: [item[name] for item in items] for name in items[0]}, bucket,
+                                    jsonl.text_field, jsonl.id_field, tuple(jsonl.metadata_fields)))
+
+    _source_store()  # one client, made before the threads share it
+    with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="kubeforge-read") as pool:
+        rows = [row for part in pool.map(read, slices) for row in part]
     return sorted(rows, key=lambda row: row["document_id"])
 
 
@@ -563,8 +577,11 @@ def _embedded_batches(documents: list[dict], spec: VectorIndexSpec):
     chunks = chunk_documents({name: [row[name] for row in documents] for name in documents[0]},
                              spec.embedding.model, chunking.strategy.value, chunking.size, chunking.overlap)
     embedder = ChunkEmbedder(spec.embedding.model, size, spec.embedding.normalize, spec.embedding.device.value)
-    for start in range(0, len(chunks["text"]), size):
-        yield embedder({name: np.asarray(values[start:start + size]) for name, values in chunks.items()})
+    call = size * ENCODE_CALL_BATCHES
+    for start in range(0, len(chunks["text"]), call):
+        embedded = embedder({name: np.asarray(values[start:start + call]) for name, values in chunks.items()})
+        for offset in range(0, len(embedded["text"]), size):
+            yield {name: values[offset:offset + size] for name, values in embedded.items()}
 
 
 def _stream(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec, skip: frozenset):
