@@ -41,6 +41,20 @@ Measured (2026-12-03, 2 shared cores, load average 3-12 from other sessions' run
 - cost model from that run: fixed 11.0 s, 0.0008 s per corpus document, 0.018 s per changed document, full build
   0.083 s per document: a 1% re-sync reaches 0.03 of a full build from ~7,200 documents (a full build of ~10
   minutes here, too long to run in this bench's budget).
+Measured (2026-12-04, 2 cores and no other session's load, so the first build's wall shrank; 7,500 documents,
+11,250 chunks; --copies 150 --repeats 1 --resyncs 2 --no-query, about 10 minutes):
+- the code as of 2026-12-03: wall ratio 0.574 (workload 222.0 s, raw 127.4 s), CPU ratio 0.626 (390.2 vs 244.2
+  CPU s); the embedding actor alone took ~1.3x the raw process's CPU for the same chunks. 1% re-sync (75
+  documents) 13.1 s = 0.059 of the full build's wall, 0.034 of its CPU.
+- embedding calls of up to 512 documents, not 128: wall ratio 0.627 (202.5 / 126.9 s), CPU 0.692. Then the
+  in-driver re-sync reading 8 objects at a time and encoding 8 batches per call: wall ratio 0.694 (228.0 / 158.2 s;
+  the machine ran ~25% slower in this run, on both sides), CPU 0.770; 1% re-sync 17.6-18.0 s = 0.078 of the
+  wall, 0.045 of the CPU; per changed document 0.026 s (was 0.037), 375 changed documents read in 2.6 s (4.5 s).
+- cost model of that run: fixed 11.3 s, 0.0006 s per corpus document, 0.026 s per changed document, full build
+  0.030 s per document. The per-corpus-document part alone is 2% of a full build's per-document cost (listing
+  7,500 keys from the moto server takes ~3 s; a real S3 lists them in 8 requests), so on this S3 server a 1%
+  re-sync only approaches 0.03 as the corpus grows (0.01 x 0.026 / 0.030 + 0.0006 / 0.030 = 0.029): the model
+  puts 0.03 at ~265,000 documents.
 Engine: faiss (faiss-cpu): flat and HNSW in one library, search-time IDSelectors (metadata filters and the
 tombstones of incremental syncs), index files readable by any faiss, recall measurable against IndexFlat;
 usearch can remove vectors natively, but faiss's HNSW is the better-known reference, and removal is covered by
