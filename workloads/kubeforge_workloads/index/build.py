@@ -599,12 +599,13 @@ def _stream(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec, ski
     items = [{"key": o.key, "relative": o.relative, "format": o.format or ""} for o in objects]
     use_gpu = resources.gpus_per_worker > 0 and embedding.device.value != "cpu"
     read_batch = min(read_batch_size(len(items), int(ray.cluster_resources().get("CPU", 1))), READ_BATCH_DOCUMENTS)
+    per_call = documents_per_call(len(items), resources.workers)
     dataset = ray.data.from_items(items).map_batches(
         read_and_parse, batch_size=read_batch, num_cpus=1,
         fn_kwargs={"bucket": bucket, "text_field": jsonl.text_field, "id_field": jsonl.id_field,
                    "metadata_fields": tuple(jsonl.metadata_fields)},
     ).map_batches(
-        DocumentEmbedder, batch_size=documents_per_call(len(items), resources.workers), compute=ray.data.ActorPoolStrategy(size=resources.workers),
+        DocumentEmbedder, batch_size=per_call, compute=ray.data.ActorPoolStrategy(size=resources.workers),
         num_cpus=resources.cpus_per_worker, num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs={"model": embedding.model, "strategy": chunking.strategy.value, "size": chunking.size,
                                "overlap": chunking.overlap, "batch_size": embedding.batch_size,
