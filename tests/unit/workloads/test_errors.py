@@ -1,9 +1,13 @@
 """Exceptions map to the exit codes the operator classifies, also through Ray's wrappers."""
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from kubeforge.api.workload import ExitCode
-from kubeforge_workloads.common.errors import (DataError, NodeCheckError, UserError, classify_exception,
+from kubeforge_workloads.common.errors import (DataError, NodeCheckError, UserError, classify_exception, exit_code,
                                                run_workload)
 
 
@@ -49,3 +53,25 @@ def test_run_workload_reports_and_exits_with_the_code():
     assert info.value.code == ExitCode.USER_ERROR
     code, reason, message, tail = reports[0]
     assert (code, reason, message) == (64, "UserError", "missing dataset s3://b/nope.jsonl") and "Traceback" in tail
+
+
+def test_end_process_runs_the_atexit_handlers_flushes_the_output_and_exits_with_the_code(tmp_path):
+    marker = tmp_path / "atexit-ran"
+    script = textwrap.dedent(f"""
+        import atexit, sys
+        from kubeforge_workloads.common.errors import end_process
+        atexit.register(lambda: open({str(marker)!r}, "w").write("ran"))
+        sys.stdout.write("a line still in the buffer")
+        sys.stderr.write("and one on stderr")
+        end_process(7)
+        print("never reached")
+    """)
+    ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (ended.returncode, ended.stdout, ended.stderr) == (7, "a line still in the buffer", "and one on stderr")
+    assert marker.read_text() == "ran"
+
+
+@pytest.mark.parametrize("code,expected", [(None, 0), (0, 0), (64, 64), ("a message", 1)])
+def test_exit_code_is_what_sys_exit_gives_the_process(code, expected, capsys):
+    assert exit_code(SystemExit(code)) == expected
+    assert capsys.readouterr().err == ("a message\n" if code == "a message" else "")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 import traceback
-from typing import Callable, Optional
+from typing import Callable, NoReturn, Optional
 
 from kubeforge.api.workload import ExitCode
 
@@ -82,3 +84,25 @@ def run_workload(main: Callable[[], None], report: Optional[Callable[[int, str, 
             print(f"kubeforge: could not write the failure report: {report_error}", file=sys.stderr)
         print(f"kubeforge: {reason}: {message}", file=sys.stderr)
         sys.exit(code)
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit with `code` once the atexit handlers (Ray's shutdown, MLflow's flush, logging) have run and the output
+    is flushed, without the interpreter's teardown: with torch, transformers and MLflow loaded, freeing every module
+    takes about 1.5 s after the last atexit handler (`import sentence_transformers` alone: 1.3 s), a tenth of a
+    small VectorIndex re-sync, and nothing in it saves or reports anything."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to save
+            pass
+    os._exit(code)
+
+
+def exit_code(exit: SystemExit) -> int:
+    """The status sys.exit(x) would give the process: None is 0, an int is itself, anything else is printed and 1."""
+    if exit.code is None or isinstance(exit.code, int):
+        return exit.code or 0
+    print(exit.code, file=sys.stderr)
+    return 1

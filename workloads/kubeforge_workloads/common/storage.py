@@ -130,11 +130,16 @@ def download_uri(store: S3ObjectStore, uri: str, local_dir: Path) -> Path:
 
 def run_entrypoint(run: Callable[[WorkloadContext, "WorkloadStorage"], object], what: str) -> None:
     """A RayJob entrypoint: the context from the environment, `run` under run_workload (a failure is classified,
-    reported to the attempt's failure.json and becomes the exit code), then how long it took."""
-    from kubeforge_workloads.common.errors import run_workload
+    reported to the attempt's failure.json and becomes the exit code), then how long it took; the process ends
+    without the interpreter's teardown (end_process)."""
+    from kubeforge_workloads.common.errors import end_process, exit_code, run_workload
 
     context = WorkloadContext.from_env()
     storage = WorkloadStorage(context)
     started = time.monotonic()
-    run_workload(lambda: run(context, storage), storage.write_failure)
+    try:
+        run_workload(lambda: run(context, storage), storage.write_failure)
+    except SystemExit as exit:
+        end_process(exit_code(exit))
     print(f"kubeforge: {what} finished in {time.monotonic() - started:.1f}s", flush=True)
+    end_process(0)
