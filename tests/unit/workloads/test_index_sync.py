@@ -1,5 +1,6 @@
 """A VectorIndex sync's costs: a re-sync after a few small documents changed runs in the driver without starting
-Ray, while a first build always runs on Ray Data; a re-sync downloads only the objects whose ETag or size changed
+Ray, while a first build always runs on Ray Data; a re-sync starts loading the model as soon as the listing shows a
+changed document; a re-sync downloads only the objects whose ETag or size changed
 and copies the rest from the current version; the read stage makes one S3 client per process; the embedding actor
 chunks its own documents with as many torch threads as CPUs it holds."""
 
@@ -87,6 +88,49 @@ def test_a_small_resync_embeds_in_the_driver_and_reads_only_the_changed_object(o
     for chunk_id in ("ray.md#c0", "kopf.html#c0"):
         assert after[chunk_id] == before[chunk_id]
     assert after["faiss.txt#c0"] != before["faiss.txt#c0"]
+
+
+def test_a_resync_loads_the_model_from_the_first_changed_object_listed_and_a_sync_without_one_never(
+        object_store, tmp_path, monkeypatch):
+    from kubeforge_workloads.common.storage import WorkloadStorage
+
+    events = []
+    list_sources, preload_model = build.list_sources, build.preload_model
+
+    def listing(*args):
+        events.append("listing")
+        found = list_sources(*args)
+        events.append("listed")
+        return found
+
+    def preload(spec):
+        events.append("model")
+        return preload_model(spec)
+
+    monkeypatch.setattr(build, "list_sources", listing)
+    monkeypatch.setattr(build, "preload_model", preload)
+    monkeypatch.setattr(build, "embeds_in_driver", lambda previous, to_read: True)  # the first build too: no Ray
+    for key, text in DOCUMENTS.items():
+        object_store.put(BUCKET, key, text.encode())
+    storage = WorkloadStorage(_context(1), object_store)
+    _sync(_context(1), storage, tmp_path / "one")
+    assert events == ["listing", "listed"]  # nothing to reuse: no re-sync to speed up
+
+    events.clear()
+    assert _sync(_context(2), storage, tmp_path / "two")["unchanged"]
+    assert events == ["listing", "listed"]
+
+    events.clear()
+    object_store.put(BUCKET, "docs/faiss.txt", b"Faiss searches dense vectors; HNSW trades recall for speed.\n")
+    assert _sync(_context(3), storage, tmp_path / "three")["sync"]["embeddedDocuments"] == 1
+    assert events == ["listing", "model", "listed"]
+
+    events.clear()
+    object_store.client.delete_object(Bucket=BUCKET, Key="docs/ray.md")
+    deleted = _sync(_context(4), storage, tmp_path / "four")
+    sync = deleted["sync"]
+    assert (deleted["documents"], sync["deletedDocuments"], sync["embeddedDocuments"]) == (2, 1, 0)
+    assert events == ["listing", "listed"]
 
 
 def test_the_read_stage_makes_one_s3_client_per_process(object_store, monkeypatch):

@@ -6,6 +6,7 @@ import functools
 import posixpath
 import re
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 from kubeforge.storage.layout import parse_s3_uri
 
@@ -61,8 +62,10 @@ def selected(relative: str, include: list[str], exclude: list[str]) -> bool:
             and not any(glob_pattern(g).match(relative) for g in exclude))
 
 
-def list_sources(client, uri: str, include: list[str], exclude: list[str]) -> list[SourceObject]:
-    """The objects under uri that include selects and exclude does not, sorted by relative key."""
+def list_sources(client, uri: str, include: list[str], exclude: list[str],
+                 seen: Optional[Callable[[SourceObject], None]] = None) -> list[SourceObject]:
+    """The objects under uri that include selects and exclude does not, sorted by relative key; `seen` is called
+    with each as its listing page arrives (a sync can start work before the last page)."""
     bucket, key = parse_s3_uri(uri)
     root = key.rstrip("/") + "/" if key.strip("/") else ""
     found = []
@@ -71,4 +74,6 @@ def list_sources(client, uri: str, include: list[str], exclude: list[str]) -> li
             relative = item["Key"][len(root):]
             if relative and not relative.endswith("/") and selected(relative, include, exclude):
                 found.append(SourceObject(item["Key"], relative, item["ETag"].strip('"'), int(item["Size"])))
+                if seen is not None:
+                    seen(found[-1])
     return sorted(found, key=lambda o: o.relative)
