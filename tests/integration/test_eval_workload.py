@@ -1,5 +1,5 @@
 """The EvalRun workload against real parts: a moto S3 server, two VectorIndex versions of one corpus (chunk sizes 16
-and 64) written by the index workload's own chunking, embedding and commit code, a scripted OpenAI-compatible
+and 64) written by the index workload's own sync, a scripted OpenAI-compatible
 endpoint and judge served over HTTP by uvicorn (deterministic replies, some malformed, one rejected question),
 reached through KUBEFORGE_SERVICE_ALIASES as the sandbox does, and MLflow on sqlite.
 
@@ -40,32 +40,34 @@ JUDGE_URL = "http://judge-serve-svc.ns.svc:8000/ns/judge/v1"
 MAX_TOKENS = 64
 
 CORPUS = {
-    "resume": "When a node fails, Kubeforge starts a new attempt that resumes training from the last committed "
-              "checkpoint. A checkpoint counts only after its manifest is written last. Older checkpoints are kept "
-              "until a newer one is committed, so a crash while writing never loses the previous one.",
-    "nodecheck": "Before training, every worker runs a node check: the GPU must be visible, a small matrix "
-                 "multiplication must give the known answer, and a collective must reach every peer.",
-    "serving": "A ServingEndpoint serves a base model with LoRA adapters behind an OpenAI-compatible chat "
-               "completions API, autoscaled by Ray Serve.",
-    "index": "Vector index versions are immutable; a new version becomes visible only when its manifest is written.",
-    "registry": "Fine-tuned models are registered in the MLflow model registry once per resource generation.",
-    "retention": "Old index versions beyond keepVersions are garbage-collected after a new version lands.",
+    "resume.txt": "When a node fails, Kubeforge starts a new attempt that resumes training from the last committed "
+                  "checkpoint. A checkpoint counts only after its manifest is written last. Older checkpoints are "
+                  "kept until a newer one is committed, so a crash while writing never loses the previous one.",
+    "nodecheck.txt": "Before training, every worker runs a node check: the GPU must be visible, a small matrix "
+                     "multiplication must give the known answer, and a collective must reach every peer.",
+    "serving.txt": "A ServingEndpoint serves a base model with LoRA adapters behind an OpenAI-compatible chat "
+                   "completions API, autoscaled by Ray Serve.",
+    "index.txt": "Vector index versions are immutable; a new version becomes visible only when its manifest is "
+                 "written.",
+    "registry.txt": "Fine-tuned models are registered in the MLflow model registry once per resource generation.",
+    "retention.txt": "Old index versions beyond keepVersions are garbage-collected after a new version lands.",
 }
 QUESTIONS = [
     {"id": "q1", "question": "How does training resume after a node failure?", "expected_answer":
-        "A new attempt resumes from the last committed checkpoint.", "relevant_doc_ids": ["resume"]},
+        "A new attempt resumes from the last committed checkpoint.", "relevant_doc_ids": ["resume.txt"]},
     {"id": "q2", "question": "What does the node check verify before training?",
-     "relevant_doc_ids": {"nodecheck": 2, "resume": 0}},
-    {"id": "q3", "question": "How are models served with adapters?", "relevant_doc_ids": ["serving"]},
+     "relevant_doc_ids": {"nodecheck.txt": 2, "resume.txt": 0}},
+    {"id": "q3", "question": "How are models served with adapters?", "relevant_doc_ids": ["serving.txt"]},
     {"id": "q4", "question": "When does a new index version become visible? [flaky]",
-     "relevant_doc_ids": {"index": 2, "retention": 1}},
-    {"id": "q5", "question": "Where are fine-tuned models registered? [malformed]", "relevant_doc_ids": ["registry"]},
-    {"id": "q6", "question": "What happens to old index versions?", "relevant_doc_ids": ["retention"]},
+     "relevant_doc_ids": {"index.txt": 2, "retention.txt": 1}},
+    {"id": "q5", "question": "Where are fine-tuned models registered? [malformed]",
+     "relevant_doc_ids": ["registry.txt"]},
+    {"id": "q6", "question": "What happens to old index versions?", "relevant_doc_ids": ["retention.txt"]},
     {"id": "q7", "question": "Tell me a joke. [reject]"},
-    {"id": "q8", "question": "Which API does a ServingEndpoint expose?", "relevant_doc_ids": ["serving"]},
+    {"id": "q8", "question": "Which API does a ServingEndpoint expose?", "relevant_doc_ids": ["serving.txt"]},
     {"id": "q9", "question": "Is a checkpoint valid before its manifest is written?",
-     "relevant_doc_ids": ["resume"]},
-    {"id": "q10", "question": "What autoscales the serving replicas?", "relevant_doc_ids": ["serving"]},
+     "relevant_doc_ids": ["resume.txt"]},
+    {"id": "q10", "question": "What autoscales the serving replicas?", "relevant_doc_ids": ["serving.txt"]},
 ]
 CRITERIA = ("correctness", "comprehensiveness", "readability")
 
@@ -153,46 +155,27 @@ class ScriptedOpenAI:
         return {c: int(hashlib.sha256(f"{question}|{c}".encode()).hexdigest(), 16) % 4 for c in CRITERIA}
 
 
-def build_index(store, prefix, chunk_size: int) -> int:
-    """Version 1 of a VectorIndex over CORPUS, made by the index workload's chunking, embedding and commit code (the
-    Ray Data stages called as plain functions, as each Ray task would)."""
-    import tempfile
+def build_index(store, name: str, chunk_size: int, work: Path) -> int:
+    """Version 1 of VectorIndex `name` over CORPUS (uploaded under corpus/), made by the index workload's own sync
+    (embedding in the driver, as a small re-sync does, so that the fixture starts no Ray); returns its chunks."""
+    from kubeforge.api.vectorindex import VectorIndexSpec
+    from kubeforge.api.workload import WorkloadContext
+    from kubeforge_workloads.common.heartbeat import Heartbeat
+    from kubeforge_workloads.common.storage import WorkloadStorage
+    from kubeforge_workloads.index import build
 
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from kubeforge_workloads.index import engine
-    from kubeforge_workloads.index.build import _chunk_table, _documents_schema, chunk_documents
-    from kubeforge_workloads.index.embedding import ChunkEmbedder
-    from kubeforge_workloads.index.incremental import update_index
-    from kubeforge_workloads.index.partial import embedded_table
-    from kubeforge_workloads.index.versions import commit_version
-
-    ids = sorted(CORPUS)
-    hashes = [hashlib.sha256(CORPUS[i].encode()).hexdigest() for i in ids]
-    documents = {"document_id": ids, "text": [CORPUS[i] for i in ids], "metadata": ["{}"] * len(ids),
-                 "anchors": ["[]"] * len(ids), "document_hash": hashes}
-    chunks = chunk_documents(documents, "all-MiniLM-L6-v2", "tokens", chunk_size, 4)
-    embedded = ChunkEmbedder("all-MiniLM-L6-v2", 32, True, "cpu")(chunks)
-    table = _chunk_table(None, set(), [embedded_table(embedded)])
-    vectors = np.asarray(table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                         dtype=np.float32).reshape(table.num_rows, -1)
-    # As the build does: a first version numbers its vectors 0..n-1 (new chunks come out of _chunk_table as -1).
-    update = update_index(engine.prepare(vectors, "cosine"), table.column("vector_id").to_numpy(), None, "cosine",
-                          "flat", 32, 200)
-    table = table.set_column(table.column_names.index("vector_id"), "vector_id", pa.array(update.vector_ids))
-    index = update.index
-    out = Path(tempfile.mkdtemp(prefix="eval-index-"))
-    pq.write_table(table, out / "chunks.parquet")
-    rows = [{"object": i, "etag": "", "size": 0, "document_id": i, "document_hash": h, "cause": "", "message": "",
-             "chunks": table.column("document_id").to_pylist().count(i)} for i, h in zip(ids, hashes)]
-    pq.write_table(pa.Table.from_pylist(rows, schema=_documents_schema()), out / "documents.parquet")
-    engine.save(index, str(out / "index.faiss"))
-    commit_version(store, prefix, 1, out, {
-        "metric": "cosine", "index": {"type": "flat"}, "dims": int(vectors.shape[1]), "documents": len(ids),
-        "chunks": table.num_rows, "embedding": {"model": "all-MiniLM-L6-v2", "normalize": True}})
-    return table.num_rows
+    spec = {"source": {"uri": f"s3://{BUCKET}/corpus/"}, "embedding": {"batchSize": 32},
+            "chunking": {"strategy": "tokens", "size": chunk_size, "overlap": 4}, "index": {"type": "flat"}}
+    context = WorkloadContext(kind="VectorIndex", namespace=NAMESPACE, name=name, uid=f"uid-{name}", generation=1,
+                              attempt=1, spec=spec,
+                              storage={"bucket": BUCKET, "prefix": f"{NAMESPACE}/VectorIndex/{name}"},
+                              mlflow={"experiment": f"{NAMESPACE}/VectorIndex", "run_name": name})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "embeds_in_driver", lambda previous, to_read: True)
+        result = build.sync(context, VectorIndexSpec.model_validate(spec), WorkloadStorage(context, store),
+                            Heartbeat(lambda progress: None, 1), work)
+    assert (result["version"], result["documents"]) == (1, len(CORPUS)), result
+    return result["chunks"]
 
 
 @pytest.fixture(scope="module")
@@ -206,15 +189,15 @@ def eval_env(tmp_path_factory):
         import boto3
         import mlflow
 
-        from kubeforge.storage.layout import ResourcePrefix
         from kubeforge.storage.objectstore import S3ObjectStore
 
         s3 = boto3.client("s3")
         s3.put_object(Bucket=BUCKET, Key=DATASET_KEY,
                       Body="".join(json.dumps(row) + "\n" for row in QUESTIONS).encode())
         store = S3ObjectStore(s3)
-        chunks = {name: build_index(store, ResourcePrefix(BUCKET, f"{NAMESPACE}/VectorIndex/{name}"), size)
-                  for name, size in (("small", 16), ("large", 64))}
+        for document_id, text in CORPUS.items():
+            s3.put_object(Bucket=BUCKET, Key=f"corpus/{document_id}", Body=text.encode())
+        chunks = {name: build_index(store, name, size, tmp / name) for name, size in (("small", 16), ("large", 64))}
         assert chunks["small"] > chunks["large"] >= len(CORPUS)
         tracking_uri = f"sqlite:///{tmp}/mlflow.db"
         mlflow.set_tracking_uri(tracking_uri)
@@ -309,7 +292,8 @@ def test_eval_run_scores_counts_error_rows_resumes_and_logs_to_mlflow(eval_env):
     assert rows["q7"]["error"].startswith("generation:") and "HTTP 400" in rows["q7"]["error"]
     # each criterion's first reply was off the scale, and was asked again
     assert rows["q4"]["error"] is None and rows["q4"]["judge_requests"] == 2 * len(CRITERIA)
-    assert set(rows["q1"]["retrieved"]) == {"small", "large"} and rows["q1"]["retrieved"]["large"][0] == "resume"
+    assert set(rows["q1"]["retrieved"]) == {"small", "large"}
+    assert rows["q1"]["retrieved"]["large"][0] == "resume.txt"
     scored = [row for row in rows.values() if not row["error"]]
     for row in scored:
         assert row["scores"] == openai.expected_scores(row["question"])
