@@ -55,6 +55,15 @@ Measured (2026-12-04, 2 cores and no other session's load, so the first build's 
   7,500 keys from the moto server takes ~3 s; a real S3 lists them in 8 requests), so on this S3 server a 1%
   re-sync only approaches 0.03 as the corpus grows (0.01 x 0.026 / 0.030 + 0.0006 / 0.030 = 0.029): the model
   puts 0.03 at ~265,000 documents.
+Measured (2026-12-04, later; same command, idle machine): the model of a small re-sync starts loading at the first
+changed document the listing shows (it loaded after the listing), and the process ends without the interpreter's
+teardown (1.5 s with torch, transformers and MLflow loaded): 1% re-sync 13.3 / 11.5 s = 0.062 of the full build's
+wall (199.3 s), 0.039 of its CPU; the 5% re-sync 18.2 s (was 25.7). Cost model: fixed 6.7 s (was 11.3), 0.0006 s
+per corpus document, 0.019 s per changed document, full build 0.027 s per document: the 1% re-sync approaches 0.029
+and reaches 0.03 at ~226,000 documents. Of the 12.4 s: importing torch and sentence-transformers and loading the
+model 5.6-6.4 s (from the listing's start, now), encoding 150 chunks 2.1 s, MLflow 1.8 s (importing it 0.9 s, its
+sqlite store 0.9 s), listing 2-3 s. Full build in that run: wall ratio 0.637 (199.3 / 127.0 s), CPU 0.699; the
+embedding actor took 292 CPU s against the raw process's 244 for the same chunks.
 Engine: faiss (faiss-cpu): flat and HNSW in one library, search-time IDSelectors (metadata filters and the
 tombstones of incremental syncs), index files readable by any faiss, recall measurable against IndexFlat;
 usearch can remove vectors natively, but faiss's HNSW is the better-known reference, and removal is covered by
