@@ -144,7 +144,7 @@ def test_the_read_stage_makes_one_s3_client_per_process(object_store, monkeypatc
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(objectstore, "S3ObjectStore", CountingStore)
-    monkeypatch.setattr(build, "_stores", [])
+    monkeypatch.setattr(build, "_stores", {})
     object_store.put(BUCKET, "docs/a.txt", b"alpha")
     batch = {"key": ["docs/a.txt"], "relative": ["a.txt"], "format": ["txt"]}
     for _ in range(3):

@@ -93,16 +93,19 @@ def read_and_parse(batch: dict, bucket: str, text_field: str, id_field: Optional
     return rows
 
 
-_stores: list = []
+_stores: dict = {}
 
 
 def _source_store():
-    """One S3 client per worker process: creating a boto3 client costs more than reading a small document."""
+    """One S3 client per worker process and endpoint: creating a boto3 client costs more than reading a small
+    document. Keyed by AWS_ENDPOINT_URL, so a process whose endpoint changes (a test process does) never reads
+    through a client of the old one."""
     from kubeforge.storage.objectstore import S3ObjectStore
 
-    if not _stores:
-        _stores.append(S3ObjectStore())
-    return _stores[0]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint not in _stores:
+        _stores[endpoint] = S3ObjectStore()
+    return _stores[endpoint]
 
 
 _chunkers: dict = {}
