@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -19,7 +20,9 @@ def free_port() -> int:
 @contextmanager
 def moto_s3_server(*buckets: str) -> Iterator[dict[str, str]]:
     """moto's S3 server on a free loopback port, this process's AWS_* environment pointing at it until the block ends
-    (then restored), `buckets` created; yields that environment for subprocesses."""
+    (then restored), `buckets` created; yields that environment for subprocesses. moto keeps its buckets in this
+    process's memory, shared by every server it starts: the block ends by emptying them, so that no module finds
+    another's objects."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -41,6 +44,12 @@ def moto_s3_server(*buckets: str) -> Iterator[dict[str, str]]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset",
+                                                               method="POST"), timeout=30):
+                pass
+        except OSError as error:  # never hide the block's own failure behind this one
+            logging.getLogger(__name__).warning("could not empty moto's buckets: %s", error)
         server.stop()
 
 

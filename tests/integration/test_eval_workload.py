@@ -34,6 +34,7 @@ BUCKET = "kubeforge"
 NAMESPACE = "ns"
 EXPERIMENT = f"{NAMESPACE}/EvalRun"
 DATASET_KEY = "eval/questions.jsonl"
+CORPUS_PREFIX = "eval/corpus/"
 API_KEY = "key-1"
 ENDPOINT_URL = "http://chat-serve-svc.ns.svc:8000/ns/chat/v1"
 JUDGE_URL = "http://judge-serve-svc.ns.svc:8000/ns/judge/v1"
@@ -156,15 +157,15 @@ class ScriptedOpenAI:
 
 
 def build_index(store, name: str, chunk_size: int, work: Path) -> int:
-    """Version 1 of VectorIndex `name` over CORPUS (uploaded under corpus/), made by the index workload's own sync
-    (embedding in the driver, as a small re-sync does, so that the fixture starts no Ray); returns its chunks."""
+    """Version 1 of VectorIndex `name` over CORPUS (uploaded under CORPUS_PREFIX), made by the index workload's own
+    sync (embedding in the driver, as a small re-sync does, so that the fixture starts no Ray); returns its chunks."""
     from kubeforge.api.vectorindex import VectorIndexSpec
     from kubeforge.api.workload import WorkloadContext
     from kubeforge_workloads.common.heartbeat import Heartbeat
     from kubeforge_workloads.common.storage import WorkloadStorage
     from kubeforge_workloads.index import build
 
-    spec = {"source": {"uri": f"s3://{BUCKET}/corpus/"}, "embedding": {"batchSize": 32},
+    spec = {"source": {"uri": f"s3://{BUCKET}/{CORPUS_PREFIX}"}, "embedding": {"batchSize": 32},
             "chunking": {"strategy": "tokens", "size": chunk_size, "overlap": 4}, "index": {"type": "flat"}}
     context = WorkloadContext(kind="VectorIndex", namespace=NAMESPACE, name=name, uid=f"uid-{name}", generation=1,
                               attempt=1, spec=spec,
@@ -196,7 +197,7 @@ def eval_env(tmp_path_factory):
                       Body="".join(json.dumps(row) + "\n" for row in QUESTIONS).encode())
         store = S3ObjectStore(s3)
         for document_id, text in CORPUS.items():
-            s3.put_object(Bucket=BUCKET, Key=f"corpus/{document_id}", Body=text.encode())
+            s3.put_object(Bucket=BUCKET, Key=f"{CORPUS_PREFIX}{document_id}", Body=text.encode())
         chunks = {name: build_index(store, name, size, tmp / name) for name, size in (("small", 16), ("large", 64))}
         assert chunks["small"] > chunks["large"] >= len(CORPUS)
         tracking_uri = f"sqlite:///{tmp}/mlflow.db"
