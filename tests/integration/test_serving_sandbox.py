@@ -114,7 +114,10 @@ def test_bad_requests_get_openai_errors_and_the_key_is_in_no_object_or_log(sandb
 
 def request_traces(sandbox, question: str) -> str:
     """The replicas' MLflow traces (the example samples every request) as JSON, once the one asking `question`
-    has been exported by MLflow's background logger."""
+    has been exported by MLflow's background logger. The process-wide tracking URI is the sandbox's meanwhile: MLflow
+    reads a trace's spans from its mlflow-artifacts: location through that URI, not the client's, and other modules
+    leave a sqlite one behind."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(sandbox.state.mlflow_url)
@@ -126,7 +129,12 @@ def request_traces(sandbox, question: str) -> str:
         text = "\n".join(trace.to_json() for trace in found)
         return text if question in text else None
 
-    return sandbox.wait_for(exported, "the request's MLflow trace", timeout=60)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(sandbox.state.mlflow_url)
+    try:
+        return sandbox.wait_for(exported, "the request's MLflow trace", timeout=60)
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def test_a_new_adapter_rolls_out_with_no_failed_request(sandbox, assistant):
