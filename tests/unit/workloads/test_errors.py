@@ -55,12 +55,14 @@ def test_run_workload_reports_and_exits_with_the_code():
     assert (code, reason, message) == (64, "UserError", "missing dataset s3://b/nope.jsonl") and "Traceback" in tail
 
 
-def test_end_process_runs_the_atexit_handlers_flushes_the_output_and_exits_with_the_code(tmp_path):
+def test_end_process_waits_for_threads_runs_the_atexit_handlers_flushes_the_output_and_keeps_the_code(tmp_path):
     marker = tmp_path / "atexit-ran"
+    finished = tmp_path / "thread-finished"
     script = textwrap.dedent(f"""
-        import atexit, sys
+        import atexit, sys, threading, time
         from kubeforge_workloads.common.errors import end_process
         atexit.register(lambda: open({str(marker)!r}, "w").write("ran"))
+        threading.Thread(target=lambda: (time.sleep(0.5), open({str(finished)!r}, "w").write("done"))).start()
         sys.stdout.write("a line still in the buffer")
         sys.stderr.write("and one on stderr")
         end_process(7)
@@ -68,7 +70,7 @@ def test_end_process_runs_the_atexit_handlers_flushes_the_output_and_exits_with_
     """)
     ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (ended.returncode, ended.stdout, ended.stderr) == (7, "a line still in the buffer", "and one on stderr")
-    assert marker.read_text() == "ran"
+    assert marker.read_text() == "ran" and finished.read_text() == "done"  # as a normal exit, it waits for them
 
 
 @pytest.mark.parametrize("code,expected", [(None, 0), (0, 0), (64, 64), ("a message", 1)])
