@@ -312,21 +312,24 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     fingerprint = config_fingerprint(spec)
     previous = load_previous(storage, fingerprint, work)
     reusable = previous.reusable_objects if previous else {}
-    preload: list[threading.Thread] = []
+    preload: Optional[threading.Thread] = None
+
+    def unchanged(o: SourceObject) -> bool:
+        return reusable.get(o.relative) == (o.etag, o.size)
 
     def listed(o: SourceObject) -> None:
         """A small re-sync embeds in the driver, and loading the model is most of its cost: it starts at the first
         changed document the listing shows, while the listing goes on (7,500 keys: 2-3 s), not after it."""
-        if not preload and reusable and reusable.get(o.relative) != (o.etag, o.size) \
-                and o.size <= IN_PROCESS_MAX_BYTES:
-            preload.append(preload_model(spec))
+        nonlocal preload
+        if preload is None and reusable and not unchanged(o) and o.size <= IN_PROCESS_MAX_BYTES:
+            preload = preload_model(spec)
 
     objects = list_sources(storage.store.client, source.uri, source.include, source.exclude, listed)
     if not objects:
         raise UserError(f"spec.source.uri {source.uri} holds no objects matching include {source.include}"
                         f"{f' and not exclude {source.exclude}' if source.exclude else ''}: upload documents "
                         "there or fix spec.source")
-    unchanged_objects = {o.relative for o in objects if reusable.get(o.relative) == (o.etag, o.size)}
+    unchanged_objects = {o.relative for o in objects if unchanged(o)}
     to_read = [o for o in objects if o.relative not in unchanged_objects]
     kept_rows = [row for row in (previous.documents if previous else []) if row["object"] in unchanged_objects]
     index_config = spec.index.wire()
@@ -341,8 +344,8 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
     heartbeat.update(phase="Reading", message=f"reading {len(to_read)} new or changed of {len(objects)} objects")
     resources = spec.resources
     in_process = embeds_in_driver(previous, to_read)
-    if preload and not in_process:
-        preload[0].join()  # more changed than the driver embeds: Ray's and transformers' imports, one at a time
+    if preload is not None and not in_process:
+        preload.join()  # more changed than the driver embeds: Ray's and transformers' imports, one at a time
     if previous is not None and previous.documents:  # the chunks to reuse: downloaded while the model loads
         download_version(storage.store, storage.prefix, previous.version, previous.manifest, previous.local_dir,
                          [INDEX_CHUNKS_FILE])
@@ -416,8 +419,8 @@ def sync(context: WorkloadContext, spec: VectorIndexSpec, storage: WorkloadStora
         phases.enter("EmbeddingStartup" if to_embed else "Embedding")
         heartbeat.update(phase="Embedding", step=done, total_steps=len(indexed),
                          message=f"embedding {len(to_embed)} new or changed documents, reusing {done}")
-        for thread in preload:
-            thread.join()  # transformers' lazy imports are not safe from two threads at once
+        if preload is not None:
+            preload.join()  # transformers' lazy imports are not safe from two threads at once
         if to_embed:
             # Saved a batch of embedding.batchSize at a time: a killed build loses at most one encode call.
             for batch in _embedded_batches(to_embed, spec):
