@@ -93,6 +93,11 @@ def read_and_parse(batch: dict, bucket: str, text_field: str, id_field: Optional
     return rows
 
 
+def read_items(objects: list[SourceObject]) -> list[dict]:
+    """The rows read_and_parse takes a batch of, one per object."""
+    return [{"key": o.key, "relative": o.relative, "format": o.format or ""} for o in objects]
+
+
 _stores: dict = {}
 
 
@@ -538,7 +543,7 @@ def _read(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec) -> li
     slices = [objects[start::DRIVER_READ_THREADS] for start in range(min(DRIVER_READ_THREADS, len(objects)))]
 
     def read(part: list[SourceObject]) -> list[dict]:
-        items = [{"key": o.key, "relative": o.relative, "format": o.format or ""} for o in part]
+        items = read_items(part)
         return _rows(read_and_parse({name: [item[name] for item in items] for name in items[0]}, bucket,
                                     jsonl.text_field, jsonl.id_field, tuple(jsonl.metadata_fields)))
 
@@ -611,7 +616,7 @@ def _stream(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec, ski
         return
     DataContext.get_current().execution_options.preserve_order = True
     jsonl, embedding, resources, chunking = spec.source.jsonl, spec.embedding, spec.resources, spec.chunking
-    items = [{"key": o.key, "relative": o.relative, "format": o.format or ""} for o in objects]
+    items = read_items(objects)
     use_gpu = resources.gpus_per_worker > 0 and embedding.device.value != "cpu"
     read_batch = min(read_batch_size(len(items), int(ray.cluster_resources().get("CPU", 1))), READ_BATCH_DOCUMENTS)
     per_call = documents_per_call(len(items), resources.workers)
