@@ -30,7 +30,7 @@ from kubeforge_workloads.common.errors import UserError
 from kubeforge_workloads.common.heartbeat import Heartbeat
 from kubeforge_workloads.common.storage import WorkloadStorage, run_entrypoint, utcnow
 from kubeforge_workloads.index import engine
-from kubeforge_workloads.index.embedding import max_chunk_tokens, model_path
+from kubeforge_workloads.index.embedding import actor_layout, max_chunk_tokens, model_bytes, model_path
 from kubeforge_workloads.index.incremental import IndexUpdate, index_shape, update_index
 from kubeforge_workloads.index.partial import (
     FLUSH_SECONDS, PartialChunks, current_only, embedded_table, load_partial, saved_documents,
@@ -618,19 +618,19 @@ def _stream(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec, ski
     jsonl, embedding, resources, chunking = spec.source.jsonl, spec.embedding, spec.resources, spec.chunking
     items = read_items(objects)
     use_gpu = resources.gpus_per_worker > 0 and embedding.device.value != "cpu"
+    layout = actor_layout(resources, use_gpu, model_bytes(model_path(embedding.model)))
     read_batch = min(read_batch_size(len(items), int(ray.cluster_resources().get("CPU", 1))), READ_BATCH_DOCUMENTS)
-    per_call = documents_per_call(len(items), resources.workers)
     dataset = ray.data.from_items(items).map_batches(
-        read_and_parse, batch_size=read_batch, num_cpus=1,
+        read_and_parse, batch_size=read_batch, num_cpus=layout.read_cpus,
         fn_kwargs={"bucket": bucket, "text_field": jsonl.text_field, "id_field": jsonl.id_field,
                    "metadata_fields": tuple(jsonl.metadata_fields)},
     ).map_batches(
-        DocumentEmbedder, batch_size=per_call, compute=ray.data.ActorPoolStrategy(size=resources.workers),
-        num_cpus=resources.cpus_per_worker, num_gpus=1 if use_gpu else 0,
+        DocumentEmbedder, batch_size=documents_per_call(len(items), layout.actors),
+        compute=ray.data.ActorPoolStrategy(size=layout.actors), num_cpus=layout.cpus, num_gpus=layout.gpus,
         fn_constructor_kwargs={"model": embedding.model, "strategy": chunking.strategy.value, "size": chunking.size,
                                "overlap": chunking.overlap, "batch_size": embedding.batch_size,
                                "normalize": embedding.normalize, "device": embedding.device.value,
-                               "threads": 0 if use_gpu else max(1, int(resources.cpus_per_worker)), "skip": skip})
+                               "threads": layout.threads, "skip": skip})
     yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
 
 
