@@ -208,10 +208,10 @@ def run_workload(args, prefix: str, attempt: int, generation: int) -> dict:
                               mlflow=MlflowContext(experiment="bench/VectorIndex", run_name="corpus"))
     s3_before = process_cpu(args.s3_pid)
     started = time.monotonic()
-    # One logical CPU more than the embedding actor asks for, so reading tasks are never starved.
+    # Ray gets the worker's CPUs and no more, as a KubeRay worker pod beside a head of num-cpus 0 offers.
     process = subprocess.Popen([sys.executable, "-m", "kubeforge_workloads.index"], cwd=args.work,
                                env={**os.environ, CONTEXT_ENV: context.model_dump_json(), "RAY_ADDRESS": "",
-                                    "KUBEFORGE_LOCAL_RAY_CPUS": str(args.threads + 1)},
+                                    "KUBEFORGE_LOCAL_RAY_CPUS": str(args.threads)},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cpu = TreeCpu(process.pid)
     _, stderr = process.communicate()

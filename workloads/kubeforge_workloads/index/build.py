@@ -49,7 +49,9 @@ IN_PROCESS_MAX_BYTES = 256 * 1024
 driver: starting Ray Data's workers and loading the model in an actor costs more than embedding them. A first build
 always runs on Ray Data."""
 READ_TASKS_PER_CPU = 2
-DRIVER_READ_THREADS = 8
+READ_THREADS = 8
+"""GETs in flight while a read task (or an in-driver sync) reads its objects: each waits on the object store far
+longer than parsing takes, and a read task holds only a fraction of a CPU (embedding.READ_TASK_CPUS)."""
 ENCODE_CALL_BATCHES = 8
 """An in-driver sync encodes this many embedding batches per call, which sentence-transformers sorts by length
 together (less padding than a call per batch), and saves and counts them a batch at a time."""
@@ -70,26 +72,38 @@ PARTIAL_SAVE_SECONDS_ENV = "KUBEFORGE_INDEX_PARTIAL_SAVE_SECONDS"
 def read_and_parse(batch: dict, bucket: str, text_field: str, id_field: Optional[str],
                    metadata_fields: tuple[str, ...]) -> dict:
     """Objects -> documents and skipped records (one row each; `text` empty for skipped ones)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from kubeforge_workloads.index.parse import Document, parse_object
 
     store = _source_store()
     rows: dict[str, list] = {name: [] for name in ("object", "document_id", "document_hash", "text", "metadata",
                                                    "anchors", "cause", "message")}
-    for key, relative, fmt in zip(batch["key"], batch["relative"], batch["format"]):
-        fmt = str(fmt) or None
-        data = store.get(bucket, str(key)) if fmt else b""
-        if data is None:  # deleted between listing and reading: the next sync drops it
-            continue
-        for item in parse_object(str(relative), fmt, data, text_field, id_field, metadata_fields):
-            document = isinstance(item, Document)
-            rows["object"].append(str(relative))
-            rows["document_id"].append(item.document_id)
-            rows["document_hash"].append(item.content_hash if document else "")
-            rows["text"].append(item.text if document else "")
-            rows["metadata"].append(json.dumps(item.metadata if document else {}, default=str))
-            rows["anchors"].append(json.dumps(item.anchors if document else []))
-            rows["cause"].append("" if document else item.cause)
-            rows["message"].append("" if document else item.message)
+    objects = list(zip(batch["key"], batch["relative"], batch["format"]))
+
+    def fetch(obj) -> Optional[bytes]:
+        key, _, fmt = obj
+        return store.get(bucket, str(key)) if str(fmt) else b""
+
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, max(1, len(objects))),
+                            thread_name_prefix="kubeforge-read") as pool:
+        # READ_THREADS objects at a time, parsed in order, so a batch of large PDFs is never all in memory at once
+        for start in range(0, len(objects), READ_THREADS):
+            window = objects[start:start + READ_THREADS]
+            for (key, relative, fmt), data in zip(window, pool.map(fetch, window)):
+                if data is None:  # deleted between listing and reading: the next sync drops it
+                    continue
+                for item in parse_object(str(relative), str(fmt) or None, data, text_field, id_field,
+                                         metadata_fields):
+                    document = isinstance(item, Document)
+                    rows["object"].append(str(relative))
+                    rows["document_id"].append(item.document_id)
+                    rows["document_hash"].append(item.content_hash if document else "")
+                    rows["text"].append(item.text if document else "")
+                    rows["metadata"].append(json.dumps(item.metadata if document else {}, default=str))
+                    rows["anchors"].append(json.dumps(item.anchors if document else []))
+                    rows["cause"].append("" if document else item.cause)
+                    rows["message"].append("" if document else item.message)
     return rows
 
 
@@ -533,23 +547,13 @@ def _shutdown_local_ray() -> None:
 
 
 def _read(objects: list[SourceObject], bucket: str, spec: VectorIndexSpec) -> list[dict]:
-    """Read and parse `objects` in the driver (a small re-sync), DRIVER_READ_THREADS GETs at a time: each waits on
-    the object store far longer than parsing takes. The Ray path reads in _stream."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Read and parse `objects` in the driver (a small re-sync); the Ray path reads in _stream."""
     if not objects:
         return []
     jsonl = spec.source.jsonl
-    slices = [objects[start::DRIVER_READ_THREADS] for start in range(min(DRIVER_READ_THREADS, len(objects)))]
-
-    def read(part: list[SourceObject]) -> list[dict]:
-        items = read_items(part)
-        return _rows(read_and_parse({name: [item[name] for item in items] for name in items[0]}, bucket,
-                                    jsonl.text_field, jsonl.id_field, tuple(jsonl.metadata_fields)))
-
-    _source_store()  # one client, made before the threads share it
-    with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="kubeforge-read") as pool:
-        rows = [row for part in pool.map(read, slices) for row in part]
+    items = read_items(objects)
+    rows = _rows(read_and_parse({name: [item[name] for item in items] for name in items[0]}, bucket,
+                                jsonl.text_field, jsonl.id_field, tuple(jsonl.metadata_fields)))
     return sorted(rows, key=lambda row: row["document_id"])
 
 
