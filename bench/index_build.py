@@ -64,6 +64,18 @@ and reaches 0.03 at ~226,000 documents. Of the 12.4 s: importing torch and sente
 model 5.6-6.4 s (from the listing's start, now), encoding 150 chunks 2.1 s, MLflow 1.8 s (importing it 0.9 s, its
 sqlite store 0.9 s), listing 2-3 s. Full build in that run: wall ratio 0.637 (199.3 / 127.0 s), CPU 0.699; the
 embedding actor took 292 CPU s against the raw process's 244 for the same chunks.
+Measured (2026-12-04, evening; same command with --repeats 2, ABBA): Ray now gets the worker's 2 CPUs and no more
+(it had 3, one spare for the read tasks; with exactly 2 the old layout never finished: its one actor held both CPUs
+and no read task could start, as on a KubeRay worker beside a head of num-cpus 0); two single-threaded embedding
+actors of 0.875 CPU each, read tasks of 0.25 CPU fetching 8 objects at a time. Full build 179.2 / 178.4 s wall
+(309 CPU s), raw 117.7 / 117.5 s (226 CPU s; the machine ran faster than in the earlier runs): wall ratio 0.658
+(was 0.637), CPU 0.731 (was 0.699). The actors took 256 CPU s against the raw process's 226 (two model loads and
+the chunking included); the rest went to the read tasks (22), the driver (15), Ray's own processes (about 18) and,
+outside the tree, the moto server (25): on 2 cores the machine is busy throughout (1.87 cores on average), so that
+work comes out of the actors' share. 1% re-sync 11.4 / 10.4 s = 0.061 of the full build's wall, 0.038 of its CPU;
+cost model: fixed 5.2 s, 0.00048 s per corpus document, 0.028 s per changed document, full build 0.024 s per
+document: the per-corpus-document part alone is 2.0% of a full build's per-document cost (mostly listing 7,500
+keys from moto, 2.5 s), so on this S3 server a 1% re-sync approaches 0.032 and never reaches 0.03.
 Engine: faiss (faiss-cpu): flat and HNSW in one library, search-time IDSelectors (metadata filters and the
 tombstones of incremental syncs), index files readable by any faiss, recall measurable against IndexFlat;
 usearch can remove vectors natively, but faiss's HNSW is the better-known reference, and removal is covered by
