@@ -130,11 +130,11 @@ class ActorLayout:
     read_cpus: float
 
 
-def actor_layout(resources: Resources, use_gpu: bool, model_bytes: Optional[int]) -> ActorLayout:
+def actor_layout(resources: Resources, use_gpu: bool, model_size: Optional[int]) -> ActorLayout:
     """One actor per GPU; on CPU, one single-threaded actor per whole CPU of a worker, as many as its memory holds
-    (one with every thread when the model's size is unknown). A small encoder runs faster as several one-thread
-    processes than as one process of several threads: on 2 cores, MiniLM over 1,500 chunks took 43 s as 2 x 1
-    thread against 51 s as 1 x 2 threads, and 85.6 CPU s against 100.8."""
+    (one with every thread when `model_size`, the model's bytes, is unknown). A small encoder runs faster as several
+    one-thread processes than as one process of several threads: on 2 cores, MiniLM over 1,500 chunks took 43 s as
+    2 x 1 thread against 51 s as 1 x 2 threads, and 85.6 CPU s against 100.8."""
     worker_cpus = resources.cpus_per_worker
     read_cpus = min(READ_TASK_CPUS, worker_cpus / 4)
     if use_gpu:
@@ -142,8 +142,8 @@ def actor_layout(resources: Resources, use_gpu: bool, model_bytes: Optional[int]
         return ActorLayout(resources.workers * per_worker, min(1.0, (worker_cpus - read_cpus) / per_worker), 1, 0,
                            read_cpus)
     whole = max(1, int(worker_cpus))
-    fits = 1 if model_bytes is None else int(parse_quantity(resources.memory) * ACTOR_MEMORY_SHARE
-                                             // (ACTOR_BASE_BYTES + ACTOR_MODEL_COPIES * model_bytes))
+    fits = 1 if model_size is None else int(parse_quantity(resources.memory) * ACTOR_MEMORY_SHARE
+                                            // (ACTOR_BASE_BYTES + ACTOR_MODEL_COPIES * model_size))
     per_worker = max(1, min(whole, fits))
     return ActorLayout(resources.workers * per_worker, (worker_cpus - read_cpus) / per_worker, 0,
                        whole // per_worker, read_cpus)
