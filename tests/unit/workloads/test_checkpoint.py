@@ -174,15 +174,16 @@ def test_without_keep_latest_every_checkpoint_stays(checkpointer, tmp_path):
 
 
 class GatedCheckpointer(Checkpointer):
-    """A real Checkpointer whose commits wait for the test to open a gate: the upload is observably in flight."""
+    """A real Checkpointer whose commits wait for the test to let them through, one `gate.release()` per commit: the
+    upload is observably in flight, and a later save stays in flight until the test lets it through too."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.gate = threading.Event()
+        self.gate = threading.Semaphore(0)
         self.fail_with: Exception | None = None
 
     def save(self, *args, **kwargs):
-        assert self.gate.wait(10)
+        assert self.gate.acquire(timeout=10)
         if self.fail_with:
             raise self.fail_with
         return super().save(*args, **kwargs)
@@ -194,9 +195,10 @@ def test_background_saves_run_one_at_a_time_and_close_waits(storage, tmp_path):
     committed = []
     checkpointer.save_in_background(4, {0: local_files(directory)}, directory, on_committed=committed.append)
     assert checkpointer.latest() is None  # returned at once; the commit is in flight
-    threading.Timer(0.3, checkpointer.gate.set).start()
+    threading.Timer(0.3, checkpointer.gate.release).start()
     checkpointer.save_in_background(8, {0: local_files(directory)}, directory)  # waits for step 4 first
     assert checkpointer.latest() == 4 and committed == [checkpointer.uri(4)]
+    checkpointer.gate.release()
     checkpointer.close()
     assert checkpointer.latest() == 8
 
@@ -206,7 +208,7 @@ def test_a_background_failure_is_raised_to_the_caller(storage, tmp_path):
     checkpointer.fail_with = IOError("S3 said no")
     directory = checkpoint_dir(tmp_path)
     checkpointer.save_in_background(4, {0: local_files(directory)}, directory)
-    checkpointer.gate.set()
+    checkpointer.gate.release()
     with pytest.raises(IOError, match="S3 said no"):
         checkpointer.close()
     assert checkpointer.latest() is None
