@@ -27,7 +27,7 @@ NAME = "docs"
 PREFIX = f"ns/VectorIndex/{NAME}"
 SOURCE = "corpus/"
 EXPERIMENT = "ns/VectorIndex"
-CPUS_PER_WORKER = "2"
+CPUS_PER_WORKER = 2
 """The local Ray gets exactly the worker's CPUs, as a KubeRay cluster whose head holds none (num-cpus 0) offers: a
 build whose actors hold every CPU leaves its read tasks waiting forever."""
 
@@ -71,7 +71,7 @@ def index_env(tmp_path_factory):
         mlflow.create_experiment(EXPERIMENT, artifact_location=(tmp / "mlartifacts").as_uri())
         env = {**os.environ, **s3_env, "MLFLOW_TRACKING_URI": tracking_uri, "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "RAY_DEDUP_LOGS": "0",
-               "TOKENIZERS_PARALLELISM": "false", "KUBEFORGE_LOCAL_RAY_CPUS": CPUS_PER_WORKER,
+               "TOKENIZERS_PARALLELISM": "false", "KUBEFORGE_LOCAL_RAY_CPUS": str(CPUS_PER_WORKER),
                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT / "workloads"),
                                               os.environ.get("PYTHONPATH", "")])}
         env.pop("RAY_ADDRESS", None)
@@ -83,7 +83,7 @@ def _context(attempt: int, generation: int) -> dict:
     spec = {"source": {"uri": f"s3://{BUCKET}/{SOURCE}", "include": ["**"],
                        "jsonl": {"idField": "id", "textField": "question", "metadataFields": ["team"]}},
             "chunking": {"strategy": "tokens", "size": 64, "overlap": 8},
-            "index": {"type": "hnsw"}, "resources": {"workers": 1, "cpusPerWorker": int(CPUS_PER_WORKER)}}
+            "index": {"type": "hnsw"}, "resources": {"workers": 1, "cpusPerWorker": CPUS_PER_WORKER}}
     return {"kind": "VectorIndex", "namespace": "ns", "name": NAME, "uid": "uid-docs", "generation": generation,
             "attempt": attempt, "spec": spec, "storage": {"bucket": BUCKET, "prefix": PREFIX},
             "mlflow": {"experiment": EXPERIMENT, "run_name": NAME}}

@@ -115,8 +115,7 @@ def test_bad_requests_get_openai_errors_and_the_key_is_in_no_object_or_log(sandb
 def request_traces(sandbox, question: str) -> str:
     """The replicas' MLflow traces (the example samples every request) as JSON, once the one asking `question`
     has been exported by MLflow's background logger. The process-wide tracking URI is the sandbox's meanwhile: MLflow
-    reads a trace's spans from its mlflow-artifacts: location through that URI, not the client's, and other modules
-    leave a sqlite one behind."""
+    reads a trace's spans from its mlflow-artifacts: location through that URI, not the client's."""
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -72,39 +72,43 @@ PARTIAL_SAVE_SECONDS_ENV = "KUBEFORGE_INDEX_PARTIAL_SAVE_SECONDS"
 def read_and_parse(batch: dict, bucket: str, text_field: str, id_field: Optional[str],
                    metadata_fields: tuple[str, ...]) -> dict:
     """Objects -> documents and skipped records (one row each; `text` empty for skipped ones)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from kubeforge_workloads.index.parse import Document, parse_object
 
-    store = _source_store()
     rows: dict[str, list] = {name: [] for name in ("object", "document_id", "document_hash", "text", "metadata",
                                                    "anchors", "cause", "message")}
     objects = list(zip(batch["key"], batch["relative"], batch["format"]))
+    for (key, relative, fmt), data in _fetched(objects, bucket):
+        if data is None:  # deleted between listing and reading: the next sync drops it
+            continue
+        for item in parse_object(str(relative), str(fmt) or None, data, text_field, id_field, metadata_fields):
+            document = isinstance(item, Document)
+            rows["object"].append(str(relative))
+            rows["document_id"].append(item.document_id)
+            rows["document_hash"].append(item.content_hash if document else "")
+            rows["text"].append(item.text if document else "")
+            rows["metadata"].append(json.dumps(item.metadata if document else {}, default=str))
+            rows["anchors"].append(json.dumps(item.anchors if document else []))
+            rows["cause"].append("" if document else item.cause)
+            rows["message"].append("" if document else item.message)
+    return rows
 
-    def fetch(obj) -> Optional[bytes]:
+
+def _fetched(objects: list[tuple], bucket: str):
+    """((key, relative, format), bytes or None) for each object, in order, READ_THREADS GETs in flight: a window of
+    READ_THREADS at a time, so a batch of large PDFs is never all in memory at once. No format: empty bytes, no GET."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = _source_store()
+
+    def fetch(obj: tuple) -> Optional[bytes]:
         key, _, fmt = obj
         return store.get(bucket, str(key)) if str(fmt) else b""
 
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, max(1, len(objects))),
                             thread_name_prefix="kubeforge-read") as pool:
-        # READ_THREADS objects at a time, parsed in order, so a batch of large PDFs is never all in memory at once
         for start in range(0, len(objects), READ_THREADS):
             window = objects[start:start + READ_THREADS]
-            for (key, relative, fmt), data in zip(window, pool.map(fetch, window)):
-                if data is None:  # deleted between listing and reading: the next sync drops it
-                    continue
-                for item in parse_object(str(relative), str(fmt) or None, data, text_field, id_field,
-                                         metadata_fields):
-                    document = isinstance(item, Document)
-                    rows["object"].append(str(relative))
-                    rows["document_id"].append(item.document_id)
-                    rows["document_hash"].append(item.content_hash if document else "")
-                    rows["text"].append(item.text if document else "")
-                    rows["metadata"].append(json.dumps(item.metadata if document else {}, default=str))
-                    rows["anchors"].append(json.dumps(item.anchors if document else []))
-                    rows["cause"].append("" if document else item.cause)
-                    rows["message"].append("" if document else item.message)
-    return rows
+            yield from zip(window, pool.map(fetch, window))
 
 
 def read_items(objects: list[SourceObject]) -> list[dict]:
